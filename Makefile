@@ -1,0 +1,72 @@
+# finops — every target uses the project's own .venv and the services it starts itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+MANAGE := $(PY) manage.py
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install services stop migrate seed run test lint bench eval tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON_SYS) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned requirements
+
+services: install ## start embedded Postgres 16 + pgvector and Redis (idempotent); writes .finops/env
+	$(PY) -m finops.services start
+
+stop: ## stop what `make services` started
+	@if [ -x $(PY) ]; then $(PY) -m finops.services stop; fi
+
+migrate: services
+	$(MANAGE) migrate --noinput -v 0
+
+seed: migrate ## migrate, then seed the demo workload (skipped when already seeded)
+	$(MANAGE) seed_demo
+	$(MANAGE) ensure_demo_users
+
+run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), prints the URLs
+	$(PY) -m finops.runner
+
+tools: ## best-effort: Debian packages some tests and benchmarks use (chromium, wrk, promtool, amtool)
+	@missing=""; \
+	for pair in chromium:chromium wrk:wrk promtool:prometheus amtool:prometheus-alertmanager; do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	    || echo "apt-get failed; tests that need$$missing will skip"; \
+	fi; true
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: services tools ## the whole suite: ruff, makemigrations --check, pytest on real Postgres/Redis/mock LLM
+	$(VENV)/bin/ruff check .
+	$(MANAGE) makemigrations --check --dry-run
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: services tools ## benchmarks; results go to docs/benchmarks.md
+	$(PY) bench/bench_ledger.py
+
+eval: services ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
+	@echo "evaluations: see the targets added by each area"
+
+clean: stop ## stop services and delete .finops (databases included)
+	rm -rf .finops

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class AnomaliesConfig(AppConfig):
+    name = "apps.anomalies"
+    label = "anomalies"
+    verbose_name = "Anomalies and alerts"
+
+    def ready(self) -> None:
+        from apps.anomalies import collectors  # noqa: F401  (registers the scrape-time gauges)

@@ -1,0 +1,573 @@
+"""Anomaly writes: alert dispatch and delivery, triage, and the hourly scan."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.anomalies import detectors as d
+from apps.anomalies.conf import knob
+from apps.anomalies.models import SEVERITY_RANK, AlertDelivery, AlertRoute, Anomaly, Severity
+from apps.anomalies.selectors import SCOPE_ORG, SCOPE_TEAM, HourlySeries, hourly_series, scope_labels
+from apps.ledger.money import quantize_usd
+
+logger = logging.getLogger(__name__)
+
+_SEVERITY_COLOR = {Severity.INFO: "#439FE0", Severity.WARNING: "#ECB22E", Severity.CRITICAL: "#E01E5A"}
+
+
+class DeliveryError(Exception):
+    """A receiver refused or could not be reached; the Celery task retries it."""
+
+
+# --- alert routing ------------------------------------------------------------------------------------
+
+
+def alert_routes_matching(*, severity: str, scope_type: str, org_id: int | None) -> list[AlertRoute]:
+    routes = AlertRoute.objects.filter(enabled=True, severity=severity)
+    routes = routes.filter(Q(scope_type="") | Q(scope_type=scope_type))
+    routes = routes.filter(Q(org__isnull=True) | Q(org_id=org_id)) if org_id is not None else routes.filter(org__isnull=True)
+    return list(routes.order_by("id"))
+
+
+def slack_message(*, severity: str, title: str, text: str, payload: dict) -> dict:
+    """Slack-compatible incoming-webhook JSON: `text` for notifications, blocks and an attachment for people."""
+    fields = [{"type": "mrkdwn", "text": f"*{key}*\n{value}"} for key, value in list(payload.items())[:10] if _is_scalar(value)]
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or title}},
+    ]
+    if fields:
+        blocks.append({"type": "section", "fields": fields})
+    return {
+        "text": f"[{severity.upper()}] {title}",
+        "blocks": blocks,
+        "attachments": [{"color": _SEVERITY_COLOR.get(severity, "#999999"), "fallback": text[:500], "text": text[:3000]}],
+        "finops": {"severity": severity, **payload},
+    }
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def alert_dispatch(*, severity: str, scope_type: str, org_id: int | None, title: str, text: str, payload: dict) -> int:
+    """Send an alert to every enabled route that matches severity, scope type and org; return how many.
+
+    Webhook and email deliveries are recorded as `AlertDelivery` rows and sent by a Celery task after
+    the surrounding transaction commits, so a slow receiver never blocks the caller (the anomaly scan,
+    the budget threshold job). Prometheus routes count as delivered: the gauges already carry the state
+    and Alertmanager does the paging. `payload` must be JSON-serialisable (str() is applied otherwise).
+    """
+    from apps.anomalies import metrics
+
+    if severity not in Severity.values:
+        raise ValueError(f"unknown severity {severity!r}")
+    payload = json.loads(json.dumps(payload, default=str))
+    anomaly_id = payload.get("anomaly_id") if isinstance(payload.get("anomaly_id"), int) else None
+    dispatched = 0
+    to_send: list[int] = []
+    for route in alert_routes_matching(severity=severity, scope_type=scope_type, org_id=org_id):
+        dispatched += 1
+        metrics.alerts_dispatched.labels(receiver=route.receiver, severity=severity).inc()
+        if route.receiver == AlertRoute.Receiver.PROMETHEUS:
+            continue
+        delivery = AlertDelivery.objects.create(
+            route=route,
+            anomaly_id=anomaly_id,
+            receiver=route.receiver,
+            target=route.target,
+            severity=severity,
+            scope_type=scope_type,
+            org_id=org_id,
+            title=title[:300],
+            text=text,
+            payload=payload,
+        )
+        to_send.append(delivery.id)
+    if to_send:
+        transaction.on_commit(lambda: _enqueue_deliveries(to_send))
+    return dispatched
+
+
+def _enqueue_deliveries(delivery_ids: list[int]) -> None:
+    from apps.anomalies.tasks import alert_delivery_send_task
+
+    for delivery_id in delivery_ids:
+        try:
+            # A dead broker must not break the caller: the row stays pending and the sweep retries it.
+            alert_delivery_send_task.apply_async(
+                args=[delivery_id], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1}
+            )
+        except Exception:
+            logger.exception("could not enqueue alert delivery %s; the pending sweep will retry", delivery_id)
+
+
+def alert_delivery_send(*, delivery_id: int, final_attempt: bool = False) -> str:
+    """Send one delivery. Claims it with a conditional UPDATE so two workers never both send it.
+
+    Returns the resulting status. Raises DeliveryError on a failure that is worth retrying, unless
+    `final_attempt`, in which case the row is marked failed.
+    """
+    claimed = AlertDelivery.objects.filter(id=delivery_id, status__in=[AlertDelivery.Status.PENDING]).update(
+        status=AlertDelivery.Status.SENDING, attempts=F("attempts") + 1
+    )
+    if not claimed:
+        return AlertDelivery.objects.filter(id=delivery_id).values_list("status", flat=True).first() or "missing"
+    delivery = AlertDelivery.objects.get(id=delivery_id)
+    try:
+        if delivery.receiver == AlertRoute.Receiver.WEBHOOK:
+            _webhook_post(
+                url=delivery.target,
+                body=slack_message(
+                    severity=delivery.severity, title=delivery.title, text=delivery.text, payload=delivery.payload
+                ),
+            )
+        elif delivery.receiver == AlertRoute.Receiver.EMAIL:
+            recipients = [address.strip() for address in delivery.target.split(",") if address.strip()]
+            send_mail(
+                subject=f"[finops {delivery.severity}] {delivery.title}",
+                message=f"{delivery.text}\n\n{json.dumps(delivery.payload, indent=2, sort_keys=True)}",
+                from_email=None,
+                recipient_list=recipients,
+                fail_silently=False,
+            )
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        status = AlertDelivery.Status.FAILED if final_attempt else AlertDelivery.Status.PENDING
+        AlertDelivery.objects.filter(id=delivery_id).update(status=status, last_error=error)
+        if final_attempt:
+            logger.error("alert delivery %s failed for good: %s", delivery_id, error)
+            return status
+        raise DeliveryError(error) from exc
+    AlertDelivery.objects.filter(id=delivery_id).update(status=AlertDelivery.Status.SENT, sent_at=timezone.now(), last_error="")
+    return AlertDelivery.Status.SENT
+
+
+def _webhook_post(*, url: str, body: dict) -> None:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=float(knob("ALERT_WEBHOOK_TIMEOUT_S"))) as response:  # noqa: S310 (admin-configured URL)
+        if response.status >= 300:
+            raise DeliveryError(f"webhook answered {response.status}")
+
+
+def alert_deliveries_requeue(*, older_than_seconds: int = 300) -> int:
+    """Re-enqueue deliveries left pending (broker down at dispatch) or stuck sending (worker died)."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    AlertDelivery.objects.filter(status=AlertDelivery.Status.SENDING, created_at__lt=cutoff).update(
+        status=AlertDelivery.Status.PENDING
+    )
+    ids = list(
+        AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING, created_at__lt=cutoff).values_list("id", flat=True)[
+            :500
+        ]
+    )
+    _enqueue_deliveries(ids)
+    return len(ids)
+
+
+# --- triage -------------------------------------------------------------------------------------------
+
+
+def anomalies_acknowledge(*, anomaly_ids: list[int]) -> int:
+    return Anomaly.objects.filter(id__in=anomaly_ids, status=Anomaly.Status.OPEN).update(
+        status=Anomaly.Status.ACKNOWLEDGED, acknowledged_at=timezone.now(), updated_at=timezone.now()
+    )
+
+
+def anomalies_resolve(*, anomaly_ids: list[int]) -> int:
+    return (
+        Anomaly.objects.filter(id__in=anomaly_ids)
+        .exclude(status=Anomaly.Status.RESOLVED)
+        .update(status=Anomaly.Status.RESOLVED, resolved_at=timezone.now(), updated_at=timezone.now())
+    )
+
+
+def anomalies_set_feedback(*, anomaly_ids: list[int], feedback: str) -> int:
+    if feedback not in Anomaly.Feedback.values:
+        raise ValueError(f"unknown feedback {feedback!r}")
+    return Anomaly.objects.filter(id__in=anomaly_ids).update(feedback=feedback, updated_at=timezone.now())
+
+
+def alert_deliveries_retry(*, delivery_ids: list[int]) -> int:
+    ids = list(AlertDelivery.objects.filter(id__in=delivery_ids, status=AlertDelivery.Status.FAILED).values_list("id", flat=True))
+    AlertDelivery.objects.filter(id__in=ids).update(status=AlertDelivery.Status.PENDING, attempts=0)
+    transaction.on_commit(lambda: _enqueue_deliveries(ids))
+    return len(ids)
+
+
+# --- detection and the scan ---------------------------------------------------------------------------
+
+SCAN_LOCK_ID = 0x46494E0A  # pg advisory lock key: one scan writes at a time, a second one waits and then updates
+MERGE_GAP_HOURS = 2  # runs this close together are one incident (a quiet hour inside a loop does not split it)
+MAX_IMPACT_PCT = 10_000.0  # a series that was ~0 has an infinite relative impact; cap it for display and sorting
+
+
+@dataclass
+class Incident:
+    """A candidate anomaly from one scan, before it is written."""
+
+    detector: str
+    metric: str
+    scope_type: str
+    org_id: int | None
+    team_id: int | None
+    model: str
+    scope_label: str
+    series_key: str
+    start: int  # hour index in the series, inclusive
+    end: int  # exclusive
+    window_start: dt.datetime
+    window_end: dt.datetime
+    expected: float
+    actual: float
+    impact_usd: Decimal
+    impact_pct: float
+    score: float
+    severity: str
+    hour_impacts: list[float] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScanResult:
+    hours: int = 0
+    scopes: int = 0
+    incidents: int = 0
+    created: int = 0
+    updated: int = 0
+    notified: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.scopes} scopes × {self.hours} h: {self.incidents} incidents "
+            f"({self.created} new, {self.updated} updated), {self.notified} notified in {self.seconds:.2f}s"
+        )
+
+
+def severity_for(*, impact_usd: Decimal, impact_pct: float) -> str:
+    """Critical or warning only when BOTH the dollar and the percentage bar are reached; else info."""
+    if impact_usd >= knob("ANOMALY_CRITICAL_USD") and impact_pct >= float(knob("ANOMALY_CRITICAL_PCT")):
+        return Severity.CRITICAL
+    if impact_usd >= knob("ANOMALY_WARNING_USD") and impact_pct >= float(knob("ANOMALY_WARNING_PCT")):
+        return Severity.WARNING
+    return Severity.INFO
+
+
+def _usd(value: float) -> Decimal:
+    # Detection statistics are floats; the stored impact is an estimate, rounded once to cents-and-below here.
+    return quantize_usd(Decimal(repr(round(float(value), 10))))
+
+
+def anomalies_detect(
+    *, series: HourlySeries, evaluate_from: int = 0, labels: tuple[dict[int, str], dict[int, str]] | None = None
+) -> list[Incident]:
+    """Run the combined detector on cost, requests and tokens per request of every scope, and the
+    model-mix detector on each org's premium share; merge flagged hours into incidents; drop those
+    under the minimum dollar impact. Pure: no writes, so the evaluation replays it over history."""
+    if not len(series):
+        return []
+    org_labels, team_labels = labels or ({}, {})
+    min_impact = knob("ANOMALY_MIN_IMPACT_USD")
+    metrics = {"cost": series.cost, "requests": series.requests, "tokens_per_request": series.tokens_per_request}
+    detections = {name: d.combined(values, start=evaluate_from) for name, values in metrics.items()}
+    cost_det = detections["cost"][0]
+    expected_cost = np.where(np.isnan(cost_det.expected), series.cost, cost_det.expected)
+    any_flag = np.zeros(series.cost.shape, dtype=bool)
+    for det, _ in detections.values():
+        any_flag |= det.flags
+    incidents: list[Incident] = []
+    for i in range(len(series)):
+        scope = _scope(series, i, org_labels, team_labels)
+        for lo, hi in d.merge_runs(d.runs(any_flag[i]), gap=MERGE_GAP_HOURS):
+            hour_impacts = series.cost[i, lo:hi] - expected_cost[i, lo:hi]
+            impact = float(hour_impacts.sum())
+            expected = float(expected_cost[i, lo:hi].sum())
+            actual = float(series.cost[i, lo:hi].sum())
+            counts = {name: int(det.flags[i, lo:hi].sum()) for name, (det, _) in detections.items()}
+            metric = max(counts, key=lambda name: (counts[name], name == "cost"))
+            fired = sorted(
+                {part for name, (_, parts) in detections.items() for part, p in parts.items() if p.flags[i, lo:hi].any()}
+            )
+            incidents.append(
+                _incident(
+                    "combined", metric, scope, series, i, lo, hi, expected, actual, impact, hour_impacts,
+                    score=float(np.nanmax(detections[metric][0].score[i, lo:hi])) if counts[metric] else 0.0,
+                    details={"flagged_hours": counts, "detectors": fired, **_metric_details(series, detections, i, lo, hi)},
+                )
+            )  # fmt: skip
+    share = series.premium_share
+    org_rows = [i for i, kind in enumerate(series.scope_type) if kind == SCOPE_ORG]
+    if org_rows:
+        mix_det = d.mix(share[org_rows], start=evaluate_from)
+        for row, i in enumerate(org_rows):
+            scope = _scope(series, i, org_labels, team_labels)
+            for lo, hi in d.merge_runs(d.runs(mix_det.flags[row]), gap=MERGE_GAP_HOURS):
+                base_share = np.nan_to_num(mix_det.expected[row, lo:hi])
+                hour_impacts = (np.nan_to_num(share[i, lo:hi]) - base_share) * series.cost[i, lo:hi]
+                incidents.append(
+                    _incident(
+                        "mix", "premium_share", scope, series, i, lo, hi, float(np.mean(base_share)),
+                        float(np.nanmean(share[i, lo:hi])), float(hour_impacts.sum()), hour_impacts,
+                        score=float(np.nanmax(mix_det.score[row, lo:hi])),
+                        details={"premium_cost_usd": round(float(series.premium_cost[i, lo:hi].sum()), 6),
+                                 "cost_usd": round(float(series.cost[i, lo:hi].sum()), 6)},
+                        expected_cost=float((series.cost[i, lo:hi] - hour_impacts).sum()),
+                    )
+                )  # fmt: skip
+    return [incident for incident in incidents if incident.impact_usd >= min_impact]
+
+
+def _scope(series: HourlySeries, i: int, org_labels: dict[int, str], team_labels: dict[int, str]) -> dict:
+    kind = series.scope_type[i]
+    if kind == SCOPE_ORG:
+        ident = series.org_id[i]
+        label = org_labels.get(ident, f"org {ident}")
+    elif kind == SCOPE_TEAM:
+        ident = series.team_id[i]
+        label = team_labels.get(ident, f"team {ident}")
+    else:
+        ident = series.model[i]
+        label = ident
+    return {
+        "scope_type": kind,
+        "org_id": series.org_id[i],
+        "team_id": series.team_id[i],
+        "model": series.model[i],
+        "label": label,
+        "key": f"{kind}:{ident}",
+    }
+
+
+def _metric_details(series: HourlySeries, detections: dict, i: int, lo: int, hi: int) -> dict:
+    out = {}
+    for name, values in (("requests", series.requests), ("tokens_per_request", series.tokens_per_request)):
+        det = detections[name][0]
+        out[name] = {
+            "expected": round(float(np.nanmean(det.expected[i, lo:hi])), 3)
+            if not np.all(np.isnan(det.expected[i, lo:hi]))
+            else None,
+            "actual": round(float(np.nanmean(values[i, lo:hi])), 3) if not np.all(np.isnan(values[i, lo:hi])) else None,
+        }
+    return out
+
+
+def _incident(
+    detector: str,
+    metric: str,
+    scope: dict,
+    series: HourlySeries,
+    i: int,
+    lo: int,
+    hi: int,
+    expected: float,
+    actual: float,
+    impact: float,
+    hour_impacts: np.ndarray,
+    *,
+    score: float,
+    details: dict,
+    expected_cost: float | None = None,
+) -> Incident:
+    base = expected if expected_cost is None else expected_cost
+    impact_pct = min(MAX_IMPACT_PCT, impact / base * 100) if base > 1e-9 else (MAX_IMPACT_PCT if impact > 0 else 0.0)
+    impact_usd = _usd(impact)
+    return Incident(
+        detector=detector,
+        metric=metric,
+        scope_type=scope["scope_type"],
+        org_id=scope["org_id"],
+        team_id=scope["team_id"],
+        model=scope["model"],
+        scope_label=scope["label"],
+        series_key=f"{scope['key']}:{detector}",
+        start=lo,
+        end=hi,
+        window_start=series.hour_at(lo),
+        window_end=series.hour_at(hi),
+        expected=expected,
+        actual=actual,
+        impact_usd=impact_usd,
+        impact_pct=float(impact_pct),
+        score=score if np.isfinite(score) else 0.0,
+        severity=severity_for(impact_usd=impact_usd, impact_pct=float(impact_pct)),
+        hour_impacts=[float(v) for v in hour_impacts],
+        details=details,
+    )
+
+
+def anomaly_scan(*, now: dt.datetime | None = None) -> ScanResult:
+    """Read the look-back window in one query, detect, and upsert the incidents that touch the last
+    `ANOMALY_SCAN_HORIZON_HOURS` complete hours; notify each new incident and each escalation once.
+
+    Safe to run twice, even at once: writers serialise on an advisory lock, incidents are found again
+    by series and overlapping window (or by their unique dedupe key), and notifications are claimed
+    with a conditional UPDATE on `notified_severity`.
+    """
+    started = time.monotonic()
+    now = now or timezone.now()
+    end = now.replace(minute=0, second=0, microsecond=0)
+    lookback = int(knob("ANOMALY_LOOKBACK_HOURS"))
+    horizon = int(knob("ANOMALY_SCAN_HORIZON_HOURS"))
+    series = hourly_series(start=end - dt.timedelta(hours=lookback), end=end)
+    result = ScanResult(hours=series.hours, scopes=len(series))
+    labels = scope_labels(
+        org_ids={o for o in series.org_id if o is not None}, team_ids={t for t in series.team_id if t is not None}
+    )
+    # Detect a little before the horizon too, so a run that started earlier is seen whole.
+    evaluate_from = max(0, series.hours - horizon - 48)
+    incidents = [
+        incident for incident in anomalies_detect(series=series, evaluate_from=evaluate_from, labels=labels)
+        if incident.end > series.hours - horizon
+    ]  # fmt: skip
+    result.incidents = len(incidents)
+    to_notify: list[int] = []
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SCAN_LOCK_ID])
+        for incident in incidents:
+            anomaly, created = anomaly_upsert(incident=incident)
+            result.created += int(created)
+            result.updated += int(not created)
+            to_notify.append(anomaly.id)
+        for anomaly_id in to_notify:
+            result.notified += int(anomaly_notify(anomaly_id=anomaly_id))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def anomaly_dedupe_key(*, series_key: str, window_start: dt.datetime) -> str:
+    return hashlib.sha256(f"{series_key}|{window_start.isoformat()}".encode()).hexdigest()
+
+
+def anomaly_upsert(*, incident: Incident) -> tuple[Anomaly, bool]:
+    """Write an incident: extend the open-or-recent incident of the same series that it overlaps or
+    touches (within MERGE_GAP_HOURS), else create it under its dedupe key."""
+    gap = dt.timedelta(hours=MERGE_GAP_HOURS)
+    existing = (
+        Anomaly.objects.select_for_update()
+        .filter(
+            series_key=incident.series_key,
+            window_start__lte=incident.window_end + gap,
+            window_end__gte=incident.window_start - gap,
+        )
+        .order_by("window_start")
+        .first()
+    )
+    fields = {
+        "detector": incident.detector,
+        "metric": incident.metric,
+        "scope_type": incident.scope_type,
+        "org_id": incident.org_id,
+        "team_id": incident.team_id,
+        "model": incident.model,
+        "scope_label": incident.scope_label[:300],
+        "series_key": incident.series_key,
+        "window_start": incident.window_start,
+        "window_end": incident.window_end,
+        "expected": incident.expected,
+        "actual": incident.actual,
+        "impact_usd": incident.impact_usd,
+        "impact_pct": incident.impact_pct,
+        "score": incident.score,
+        "severity": incident.severity,
+        "details": incident.details,
+    }
+    if existing is None:
+        key = anomaly_dedupe_key(series_key=incident.series_key, window_start=incident.window_start)
+        return Anomaly.objects.update_or_create(dedupe_key=key, defaults=fields)
+    grew = incident.window_end > existing.window_end
+    if incident.window_start > existing.window_start:
+        # A continuation seen without its beginning: keep what the earlier scans measured where larger.
+        fields["window_start"] = existing.window_start
+        fields["impact_usd"] = max(existing.impact_usd, incident.impact_usd)
+        fields["impact_pct"] = max(existing.impact_pct, incident.impact_pct)
+        fields["expected"], fields["actual"] = max(existing.expected, incident.expected), max(existing.actual, incident.actual)
+        fields["score"] = max(existing.score, incident.score)
+    fields["window_end"] = max(existing.window_end, incident.window_end)
+    if SEVERITY_RANK[Severity(existing.severity)] > SEVERITY_RANK[Severity(fields["severity"])]:
+        fields["severity"] = existing.severity  # never downgrade an incident that already paged
+    if existing.status == Anomaly.Status.RESOLVED and grew:
+        fields["status"] = Anomaly.Status.OPEN  # it came back after being closed
+        fields["resolved_at"] = None
+    for name, value in fields.items():
+        setattr(existing, name, value)
+    existing.save()
+    return existing, False
+
+
+def anomaly_notify(*, anomaly_id: int) -> bool:
+    """Dispatch an alert if this severity has not been notified yet for the incident (claimed atomically)."""
+    anomaly = Anomaly.objects.select_related("org").get(id=anomaly_id)
+    if anomaly.status == Anomaly.Status.RESOLVED or anomaly.feedback in (
+        Anomaly.Feedback.PLANNED,
+        Anomaly.Feedback.FALSE_POSITIVE,
+    ):
+        return False
+    rank = SEVERITY_RANK[Severity(anomaly.severity)]
+    lower = [""] + [s for s, r in SEVERITY_RANK.items() if r < rank]
+    if not Anomaly.objects.filter(id=anomaly.id, notified_severity__in=lower).update(notified_severity=anomaly.severity):
+        return False
+    alert_dispatch(
+        severity=anomaly.severity,
+        scope_type=anomaly.scope_type,
+        org_id=anomaly.org_id,
+        title=anomaly_title(anomaly),
+        text=anomaly_text(anomaly),
+        payload={
+            "anomaly_id": anomaly.id,
+            "detector": anomaly.detector,
+            "metric": anomaly.metric,
+            "scope": anomaly.scope_label,
+            "window_start": anomaly.window_start.isoformat(),
+            "window_end": anomaly.window_end.isoformat(),
+            "expected": round(anomaly.expected, 4),
+            "actual": round(anomaly.actual, 4),
+            "impact_usd": str(quantize_usd(Decimal(anomaly.impact_usd), places=2)),
+            "impact_pct": round(anomaly.impact_pct, 1),
+            "url": f"{knob('ALERT_ADMIN_BASE_URL').rstrip('/')}/admin/anomalies/anomaly/{anomaly.id}/change/",
+        },
+    )
+    return True
+
+
+def anomaly_title(anomaly: Anomaly) -> str:
+    what = {
+        "cost": "spend",
+        "requests": "requests",
+        "tokens_per_request": "tokens per request",
+        "premium_share": "premium-model share",
+    }
+    return (
+        f"{anomaly.severity.upper()}: {anomaly.scope_type} {anomaly.scope_label} {what.get(anomaly.metric, anomaly.metric)} "
+        f"anomaly, +${quantize_usd(Decimal(anomaly.impact_usd), places=2)} ({anomaly.impact_pct:+.0f}%)"
+    )
+
+
+def anomaly_text(anomaly: Anomaly) -> str:
+    hours = int((anomaly.window_end - anomaly.window_start).total_seconds() // 3600)
+    if anomaly.metric == "premium_share":
+        measure = f"premium models took {anomaly.actual:.0%} of spend against {anomaly.expected:.0%} usually"
+    else:
+        measure = f"spend was ${anomaly.actual:,.2f} against ${anomaly.expected:,.2f} expected"
+    return (
+        f"{anomaly.scope_type.capitalize()} {anomaly.scope_label}: {measure} over {hours} h "
+        f"({anomaly.window_start:%Y-%m-%d %H:%M}–{anomaly.window_end:%H:%M} UTC). "
+        f"Estimated excess ${quantize_usd(Decimal(anomaly.impact_usd), places=2)} ({anomaly.impact_pct:+.0f}%), "
+        f"detector {anomaly.detector} on {anomaly.metric}, score {anomaly.score:.1f}."
+    )

@@ -1,0 +1,48 @@
+"""Budget metrics. Labels are bounded: decision state, fail-open reason, limiter backend, outcome, scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+BUDGET_DECISIONS = Counter(
+    "finops_budget_decisions_total",
+    "Budget decisions on the request path, by resulting budget_state.",
+    ["state"],  # none, ok, soft_exceeded, downgraded, blocked, fail_open
+)
+BUDGET_FAIL_OPEN = Counter(
+    "finops_budget_fail_open_total",
+    "Requests decided without the budget database (it timed out or failed), by reason, limiter and outcome.",
+    [
+        "reason",
+        "limiter",
+        "outcome",
+    ],  # reason: timeout|lock_timeout|unavailable|error; limiter: redis|local; outcome: allowed|limited
+)
+BUDGET_CHECK_SECONDS = Histogram(
+    "finops_budget_check_seconds",
+    "Time to reach a budget decision (reserve round trip, or the fail-open path).",
+    ["path"],  # db, fail_open
+    buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.064, 0.1, 0.25, 1.0),
+)
+BUDGET_SETTLE_FAILURES = Counter(
+    "finops_budget_settle_failures_total",
+    "Settles that did not reach the database (the reservation expires and reconcile books the cost).",
+    ["reason"],
+)
+
+
+def budget_utilisation() -> Iterable[Metric]:
+    """Highest utilisation per org and scope in the current period, read from the counters at scrape time."""
+    from apps.budgets.selectors import budget_utilisation_by_org_scope
+
+    family = GaugeMetricFamily(
+        "finops_budget_utilisation_ratio",
+        "Highest spent/cap among the active budgets of an org and scope, current period.",
+        labels=["org", "scope"],
+    )
+    for org_slug, scope, ratio in budget_utilisation_by_org_scope():
+        family.add_metric([org_slug, scope], ratio)
+    yield family

@@ -1,0 +1,190 @@
+"""Reads of the cache: the effective policy of an org/route, prices, and nearest semantic entries.
+
+The hot-path reads are async (asyncpg) and the slow-changing ones are memoised per process
+for a few seconds: an admin change takes effect within FINOPS["CACHE_SETTINGS_CACHE_S"].
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from apps.ledger.pricing import Price
+from finops.asyncdb import get_pool
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    enabled: bool
+    semantic_enabled: bool
+    threshold: float  # cosine similarity, 1 = identical
+    ttl_s: int
+    max_temperature: float
+    allow_high_temperature: bool
+    allow_tools: bool
+
+
+def default_policy() -> CachePolicy:
+    f = settings.FINOPS
+    return CachePolicy(
+        enabled=f.get("CACHE_ENABLED", True),
+        semantic_enabled=True,
+        threshold=f.get("CACHE_THRESHOLD", 0.92),
+        ttl_s=f.get("CACHE_TTL_S", 86400),
+        max_temperature=f.get("CACHE_MAX_TEMPERATURE", 0.7),
+        allow_high_temperature=False,
+        allow_tools=False,
+    )
+
+
+_policies: dict[int, tuple[float, CachePolicy, dict[str, dict[str, Any]]]] = {}
+
+_POLICY_SQL = """
+SELECT s.enabled, s.semantic_enabled, s.threshold, s.ttl_s, s.max_temperature, s.allow_high_temperature, s.allow_tools,
+       coalesce((SELECT json_agg(json_build_object('model_class', o.model_class, 'enabled', o.enabled,
+                                                   'threshold', o.threshold, 'ttl_s', o.ttl_s))
+                 FROM cache_route_overrides o WHERE o.settings_id = s.id), '[]') AS overrides
+FROM cache_settings s WHERE s.org_id = $1
+"""
+
+
+async def cache_policy_for(*, org_id: int, model_class: str) -> CachePolicy:
+    """The org's policy with the per-route override for `model_class` applied."""
+    now = time.monotonic()
+    cached = _policies.get(org_id)
+    if cached is None or cached[0] < now:
+        pool = await get_pool()
+        row = await pool.fetchrow(_POLICY_SQL, org_id)
+        overrides: dict[str, dict[str, Any]] = {}
+        if row is None:
+            policy = default_policy()
+        else:
+            policy = CachePolicy(
+                enabled=row["enabled"],
+                semantic_enabled=row["semantic_enabled"],
+                threshold=row["threshold"],
+                ttl_s=row["ttl_s"],
+                max_temperature=row["max_temperature"],
+                allow_high_temperature=row["allow_high_temperature"],
+                allow_tools=row["allow_tools"],
+            )
+            raw = row["overrides"]
+            for item in json.loads(raw) if isinstance(raw, str) else raw:
+                overrides[item["model_class"]] = item
+        cached = (now + settings.FINOPS.get("CACHE_SETTINGS_CACHE_S", 15.0), policy, overrides)
+        _policies[org_id] = cached
+    _, policy, overrides = cached
+    override = overrides.get(model_class)
+    if override is None:
+        return policy
+    return CachePolicy(
+        enabled=policy.enabled and override["enabled"],
+        semantic_enabled=policy.semantic_enabled,
+        threshold=override["threshold"] if override["threshold"] is not None else policy.threshold,
+        ttl_s=override["ttl_s"] if override["ttl_s"] is not None else policy.ttl_s,
+        max_temperature=policy.max_temperature,
+        allow_high_temperature=policy.allow_high_temperature,
+        allow_tools=policy.allow_tools,
+    )
+
+
+def cache_policy_forget(org_id: int | None = None) -> None:
+    """Drop this process's memoised policy (all orgs when org_id is None)."""
+    if org_id is None:
+        _policies.clear()
+    else:
+        _policies.pop(org_id, None)
+
+
+_prices: dict[tuple[str, dt.date], tuple[float, Price | None]] = {}
+_PRICE_SQL = """
+SELECT id, provider, model, input_per_1m, output_per_1m, cached_input_per_1m FROM model_prices
+WHERE model = $1 AND effective_from <= $2 AND (effective_to IS NULL OR effective_to > $2)
+ORDER BY effective_from DESC LIMIT 1
+"""
+
+
+async def price_in_force_async(*, model: str, on: dt.date) -> Price | None:
+    """`apps.ledger.selectors.price_in_force` for the event loop, memoised for a minute; None when unpriced."""
+    now = time.monotonic()
+    cached = _prices.get((model, on))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    pool = await get_pool()
+    row = await pool.fetchrow(_PRICE_SQL, model, on)
+    price = Price.from_row(row) if row is not None else None
+    _prices[(model, on)] = (now + 60.0, price)
+    return price
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    id: int
+    similarity: float  # 1 - cosine distance
+    guard: dict[str, Any]
+    response: dict[str, Any]
+    answer_model: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
+# The (org, model class, context, params) filter is what keeps tenants apart: never drop it.
+# The planner scans a small scope exactly (scope index + top-N sort) and a large one with HNSW.
+_NEAREST_SQL = """
+SELECT id, 1 - (embedding <=> $1::vector) AS similarity, guard, response, answer_model, created_at, expires_at
+FROM semantic_cache_entries
+WHERE org_id = $2 AND model_class = $3 AND system_prompt_hash = $4 AND params_hash = $5 AND expires_at > now()
+  AND created_at >= $7
+ORDER BY embedding <=> $1::vector
+LIMIT $6
+"""
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
+
+
+async def semantic_candidates(
+    *,
+    org_id: int,
+    model_class: str,
+    context_hash: str,
+    params_hash: str,
+    vector: np.ndarray,
+    k: int,
+    not_before: dt.datetime | None = None,
+) -> list[Candidate]:
+    """The k nearest live entries in the request's scope, nearest first."""
+    pool = await get_pool()
+    rows = await pool.fetch(
+        _NEAREST_SQL,
+        vector_literal(vector),
+        org_id,
+        model_class,
+        context_hash,
+        params_hash,
+        k,
+        not_before or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc),
+    )
+    return [
+        Candidate(
+            id=r["id"],
+            similarity=float(r["similarity"]),
+            guard=_json(r["guard"]),
+            response=_json(r["response"]),
+            answer_model=r["answer_model"],
+            created_at=r["created_at"],
+            expires_at=r["expires_at"],
+        )
+        for r in rows
+    ]
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value

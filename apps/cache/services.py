@@ -1,0 +1,273 @@
+"""Writes of the dual-tier cache: exact entries in Redis, semantic entries in Postgres, invalidation, expiry.
+
+Redis layout (all keys under `finops:cache:`):
+- `x:{org}:{sha256}`          the cached answer (JSON), with the entry's TTL
+- `xi:{org}:{model_class}`    set of the org's exact keys for one model/route class
+- `xm:{org}`                  set of the org's `xi:` index keys
+- `orgs`                      set of org ids that have exact entries (for the expiry sweep)
+The index sets let an admin invalidate one org (or one org's model) without SCANning Redis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+
+from apps.cache.metrics import CACHE_INVALIDATED, CACHE_PURGED
+from apps.cache.selectors import cache_policy_forget, vector_literal
+from apps.ledger.pricing import Price, cost_compute
+from finops.asyncdb import get_pool
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "finops:cache:"
+ORGS_KEY = PREFIX + "orgs"
+
+
+def exact_key(org_id: int, digest: str) -> str:
+    return f"{PREFIX}x:{org_id}:{digest}"
+
+
+def exact_index_key(org_id: int, model_class: str) -> str:
+    return f"{PREFIX}xi:{org_id}:{model_class}"
+
+
+def exact_models_key(org_id: int) -> str:
+    return f"{PREFIX}xm:{org_id}"
+
+
+# --- exact tier (async, hot path) ---------------------------------------------------------------
+
+
+async def exact_entry_store(
+    *, redis, org_id: int, model_class: str, digest: str, response: dict[str, Any], answer_model: str, ttl_s: int
+) -> None:
+    key = exact_key(org_id, digest)
+    index = exact_index_key(org_id, model_class)
+    models_key = exact_models_key(org_id)
+    value = json.dumps({"o": org_id, "m": answer_model, "t": time.time(), "r": response}, separators=(",", ":"))
+    index_ttl = max(ttl_s, settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, value, ex=ttl_s)
+        pipe.sadd(index, key)
+        pipe.expire(index, index_ttl)
+        pipe.sadd(models_key, index)
+        pipe.expire(models_key, index_ttl)
+        pipe.sadd(ORGS_KEY, str(org_id))
+        await pipe.execute()
+
+
+# --- semantic tier (async, hot path) ------------------------------------------------------------
+
+_UPSERT_SQL = """
+INSERT INTO semantic_cache_entries
+    (org_id, model_class, system_prompt_hash, params_hash, prompt_hash, embedding, prompt_text, guard, response,
+     answer_model, created_at, expires_at, hits)
+VALUES ($1, $2, $3, $4, $5, $6::vector, $7, $8::jsonb, $9::jsonb, $10, now(), now() + make_interval(secs => $11), 0)
+ON CONFLICT (org_id, model_class, system_prompt_hash, params_hash, prompt_hash) DO UPDATE
+SET embedding = EXCLUDED.embedding, prompt_text = EXCLUDED.prompt_text, guard = EXCLUDED.guard,
+    response = EXCLUDED.response, answer_model = EXCLUDED.answer_model,
+    created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+"""
+
+
+async def semantic_entry_store(
+    *,
+    org_id: int,
+    model_class: str,
+    context_hash: str,
+    params_hash: str,
+    prompt_hash: str,
+    vector: np.ndarray,
+    prompt_text: str | None,
+    guard: dict[str, Any],
+    response: dict[str, Any],
+    answer_model: str,
+    ttl_s: int,
+) -> None:
+    pool = await get_pool()
+    await pool.execute(
+        _UPSERT_SQL,
+        org_id,
+        model_class,
+        context_hash,
+        params_hash,
+        prompt_hash,
+        vector_literal(vector),
+        prompt_text,
+        json.dumps(guard, separators=(",", ":")),
+        json.dumps(response, separators=(",", ":")),
+        answer_model[:128],
+        float(ttl_s),
+    )
+
+
+async def semantic_entry_hit(*, entry_id: int) -> None:
+    pool = await get_pool()
+    await pool.execute("UPDATE semantic_cache_entries SET hits = hits + 1, last_hit_at = now() WHERE id = $1", entry_id)
+
+
+# --- embedding cost row -----------------------------------------------------------------------
+
+_EMBEDDING_ROW_SQL = """
+INSERT INTO llm_requests
+    (request_id, endpoint, received_at, recorded_at, org_id, team_id, member_id, api_key_id, api_key_prefix,
+     status, http_status, error_code, stream, requested_model, model, provider, tier, price_id,
+     prompt_tokens, completion_tokens, cached_tokens, cost_usd, saved_usd, cache_status, similarity,
+     requested_tier, route_strategy, route_reason, escalated, escalation_cost_usd, fallback_from, attempts,
+     budget_state, reserved_usd, upstream_ms, overhead_ms, prompt_hash, prompt_text, response_text)
+VALUES ($1, 'embeddings', $2, now(), $3, $4, $5, $6, $7,
+        'served', 200, '', false, $8, $8, $9, '', $10,
+        $11, 0, 0, $12, 0, 'none', NULL,
+        '', '', $13, false, 0, '', 1,
+        'none', 0, $14, NULL, $15, NULL, NULL)
+"""
+
+
+async def embedding_request_record(*, ctx: Any, price: Price, prompt_tokens: int, upstream_ms: float) -> None:
+    """Bill a remote embedding call as its own `llm_requests` row (endpoint "embeddings").
+
+    Written directly with asyncpg: the gateway has no shared recorder for side calls. The row
+    names the request it served in route_reason; the chat row itself carries no embedding cost,
+    so nothing is counted twice.
+    """
+    caller = getattr(ctx, "caller", None)
+    model = price.model
+    cost = cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=0)
+    pool = await get_pool()
+    await pool.execute(
+        _EMBEDDING_ROW_SQL,
+        uuid.uuid4(),
+        dt.datetime.now(dt.timezone.utc),
+        caller.org_id if caller else None,
+        caller.team_id if caller else None,
+        caller.member_id if caller else None,
+        caller.api_key_id if caller else None,
+        caller.api_key_prefix if caller else "",
+        model[:128],
+        price.provider,
+        price.id,
+        prompt_tokens,
+        cost,
+        f"semantic cache embedding for request {ctx.request_id}"[:255],
+        upstream_ms,
+        getattr(ctx, "prompt_hash", "") or "",
+    )
+
+
+# --- invalidation and expiry (sync: admin and beat) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvalidationResult:
+    semantic_deleted: int
+    exact_deleted: int
+
+
+def _sync_redis():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def cache_invalidate(*, org_id: int, model_class: str | None = None) -> InvalidationResult:
+    """Delete every cached answer of an org (or of one of its model/route classes), both tiers.
+
+    Semantic rows go in one DELETE; exact keys are found through the org's index sets, never
+    by SCANning Redis. A Redis outage leaves the exact entries to expire by TTL (logged).
+    """
+    from apps.cache.models import SemanticCacheEntry
+
+    rows = SemanticCacheEntry.objects.filter(org_id=org_id)
+    if model_class is not None:
+        rows = rows.filter(model_class=model_class)
+    semantic_deleted, _ = rows.delete()
+
+    exact_deleted = 0
+    try:
+        client = _sync_redis()
+        models_key = exact_models_key(org_id)
+        index_keys = [exact_index_key(org_id, model_class)] if model_class is not None else [
+            k.decode() for k in client.smembers(models_key)
+        ]
+        for index in index_keys:
+            members = list(client.smembers(index))
+            for start in range(0, len(members), 500):
+                exact_deleted += client.delete(*members[start : start + 500])
+            client.delete(index)
+            client.srem(models_key, index)
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - the exact tier expires by TTL anyway
+        logger.error("cache invalidation: Redis unavailable, exact entries of org %s expire by TTL: %s", org_id, exc)
+    cache_policy_forget(org_id)
+    CACHE_INVALIDATED.labels(tier="semantic").inc(semantic_deleted)
+    CACHE_INVALIDATED.labels(tier="exact").inc(exact_deleted)
+    logger.info("cache invalidated: org=%s model_class=%s semantic=%s exact=%s", org_id, model_class, semantic_deleted, exact_deleted)
+    return InvalidationResult(semantic_deleted=semantic_deleted, exact_deleted=exact_deleted)
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    semantic_deleted: int
+    index_pruned: int
+
+
+def cache_purge_expired(*, batch_size: int = 5000, max_batches: int = 200) -> PurgeResult:
+    """Delete expired semantic rows in batches and prune dead keys from the exact-tier index sets.
+
+    Safe to run twice or concurrently: each batch is an independent DELETE of rows already expired.
+    Lookups filter on expires_at anyway, so a late purge costs disk, never a stale answer.
+    """
+    deleted = 0
+    for _ in range(max_batches):
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                """
+                DELETE FROM semantic_cache_entries WHERE id IN (
+                    SELECT id FROM semantic_cache_entries WHERE expires_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED)
+                """,
+                [batch_size],
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < batch_size:
+                break
+    pruned = 0
+    try:
+        client = _sync_redis()
+        for org in client.smembers(ORGS_KEY):
+            org_id = org.decode()
+            models_key = f"{PREFIX}xm:{org_id}"
+            indexes = client.smembers(models_key)
+            if not indexes:
+                client.srem(ORGS_KEY, org)
+                continue
+            for index in indexes:
+                for chunk in _chunks(list(client.sscan_iter(index, count=1000)), 500):
+                    with client.pipeline(transaction=False) as pipe:
+                        for member in chunk:
+                            pipe.exists(member)
+                        alive = pipe.execute()
+                    dead = [m for m, ok in zip(chunk, alive) if not ok]
+                    if dead:
+                        pruned += client.srem(index, *dead)
+                if not client.exists(index):
+                    client.srem(models_key, index)
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - index pruning is housekeeping; retried next run
+        logger.warning("cache purge: Redis index pruning skipped: %s", exc)
+    CACHE_PURGED.inc(deleted)
+    return PurgeResult(semantic_deleted=deleted, index_pruned=pruned)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

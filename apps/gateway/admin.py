@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import os
+
+from django.contrib import admin, messages
+
+from apps.gateway.models import Provider
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    list_display = ["name", "base_url", "api_key_env", "key_present", "model_count", "timeout_s", "max_connections", "enabled"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "base_url"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["enable", "disable"]
+    fieldsets = [
+        (None, {"fields": ["name", "base_url", "enabled"]}),
+        ("Credentials", {"fields": ["api_key_env"], "description": "Only the name of the environment variable is stored."}),
+        ("Models", {"fields": ["served_models"]}),
+        ("Connections", {"fields": ["timeout_s", "connect_timeout_s", "max_connections"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(boolean=True, description="key set")
+    def key_present(self, obj: Provider) -> bool:
+        return not obj.api_key_env or bool(os.environ.get(obj.api_key_env))
+
+    @admin.display(description="models")
+    def model_count(self, obj: Provider) -> str:
+        return "all priced" if "*" in (obj.served_models or []) else str(len(obj.served_models or []))
+
+    @admin.action(description="Enable the selected providers")
+    def enable(self, request, queryset):
+        count = queryset.update(enabled=True)
+        self.message_user(request, f"{count} provider(s) enabled; gateways pick this up within a minute.", messages.SUCCESS)
+
+    @admin.action(description="Disable the selected providers")
+    def disable(self, request, queryset):
+        count = queryset.update(enabled=False)
+        self.message_user(request, f"{count} provider(s) disabled; gateways pick this up within a minute.", messages.SUCCESS)

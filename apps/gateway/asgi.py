@@ -1,0 +1,213 @@
+"""A lean ASGI front for the OpenAI-compatible `/v1/*` endpoints; everything else goes to Django.
+
+Django's middleware stack runs its sync middleware through `sync_to_async` (a thread hop each) and DRF
+adds its own request wrapping; measured here, that is several times the whole budget for gateway
+overhead. `/v1/chat/completions` and `/v1/models` are therefore served straight from ASGI events by
+the same pipeline that backs the DRF `/chat` view (apps.gateway.pipeline). No ORM, no thread per request.
+
+This app also owns the ASGI lifespan: on shutdown it drains the ledger writer (rows of requests that
+were answered but not yet committed) before the pools close. Django does not speak lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from apps.gateway import pipeline
+from apps.gateway.providers import clients_close
+from apps.gateway.recorder import ledger_drain
+from apps.gateway.selectors import catalog_get
+from finops.asyncdb import close_pools, get_pool
+from finops.errors import FinopsError, PayloadTooLarge
+
+logger = logging.getLogger(__name__)
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    pass
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()]
+
+
+async def _read_body(receive, limit: int, declared: str | None) -> tuple[bytes, bool]:
+    if declared and declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            return b"", True
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+async def _send_json(send, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    body = pipeline.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": JSON_HEADERS + [(b"content-length", str(len(body)).encode())] + _encode_headers(headers or {}),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, message: str, code: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+class GatewayASGI:
+    def __init__(self, django_app):
+        self.django_app = django_app
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http" and scope["path"].startswith("/v1/"):
+            await self.v1(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+        else:
+            await self.django(scope, receive, send)
+
+    async def django(self, scope, receive, send) -> None:
+        pending: list = []
+        token = pipeline.deferred_work.set(pending)
+        try:
+            await self.django_app(scope, receive, send)
+        finally:
+            pipeline.deferred_work.reset(token)
+            for work in pending:  # /chat's settlement and ledger row, after its response has been sent
+                try:
+                    await work
+                except Exception:
+                    logger.exception("deferred work failed")
+
+    async def v1(self, scope, receive, send) -> None:
+        path = scope["path"].rstrip("/")
+        method = scope["method"]
+        if path == "/v1/chat/completions":
+            if method != "POST":
+                await _send_json(send, 405, _error(405, "Use POST for /v1/chat/completions.", "method_not_allowed"), {"allow": "POST"})
+                return
+            await self.chat_completions(scope, receive, send)
+        elif path == "/v1/models" or path.startswith("/v1/models/"):
+            if method != "GET":
+                await _send_json(send, 405, _error(405, "Use GET for /v1/models.", "method_not_allowed"), {"allow": "GET"})
+                return
+            await self.models(scope, send, model_id=path[len("/v1/models/") :] if path.startswith("/v1/models/") else None)
+        else:
+            await _send_json(send, 404, _error(404, f"Unknown request URL: {method} {scope['path']}.", "unknown_url"))
+
+    async def chat_completions(self, scope, receive, send) -> None:
+        headers = _headers(scope)
+        ctx = pipeline.stage1_receive("chat_completions", headers)
+        limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+        try:
+            body, too_large = await _read_body(receive, limit, headers.get("content-length"))
+        except ClientGone:
+            return  # nothing was asked of an upstream: no request to record
+        rejection = PayloadTooLarge(f"The request body exceeds {limit} bytes.", code="request_too_large") if too_large else None
+        reply = await pipeline.chat(ctx, authorization=headers.get("authorization"), body=body, rejection=rejection)
+        if reply.stream is None:
+            await _send_json(send, reply.status, reply.payload, reply.headers)
+            await asyncio.shield(pipeline.finalize(reply))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
+        disconnected = await self._pump(reply.stream, receive, send)
+        await asyncio.shield(reply.stream.finish(disconnected=disconnected))
+
+    async def _pump(self, stream, receive, send) -> bool:
+        """Relay the stream; True if the client went away before the end."""
+
+        async def relay() -> None:
+            async for chunk in stream.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def client_left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        relay_task = asyncio.ensure_future(relay())
+        watch_task = asyncio.ensure_future(client_left())
+        try:
+            await asyncio.wait({relay_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            disconnected = not relay_task.done()
+            for task in (relay_task, watch_task):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(relay_task, watch_task, return_exceptions=True)
+        if not disconnected and relay_task.exception() is not None:
+            logger.error("stream relay failed", exc_info=relay_task.exception())
+            disconnected = True
+        return disconnected
+
+    async def models(self, scope, send, *, model_id: str | None) -> None:
+        headers = _headers(scope)
+        ctx = pipeline.stage1_receive("models", headers)
+        try:
+            await pipeline.stage2_authenticate(ctx, headers.get("authorization"))
+            catalog = await catalog_get()
+        except FinopsError as exc:
+            await _send_json(send, exc.status, exc.as_json(), {k.lower(): v for k, v in exc.headers.items()})
+            return
+        allowed = set(catalog.router_models)
+        if ctx.caller.allow_model_pinning:
+            allowed.update(catalog.served_models())
+        entries = {
+            model: {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": catalog.upstream_for(model).name if catalog.upstream_for(model) else "finops-router",
+            }
+            for model in sorted(allowed)
+        }
+        if model_id is None:
+            await _send_json(send, 200, {"object": "list", "data": list(entries.values())})
+        elif model_id in entries:
+            await _send_json(send, 200, entries[model_id])
+        else:
+            message = f"The model '{model_id[:128]}' does not exist or you do not have access to it."
+            await _send_json(send, 404, _error(404, message, "model_not_found"))
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    # Warm the pool and the price/provider catalog so the first requests do not pay for it.
+                    await asyncio.wait_for(asyncio.gather(get_pool(), catalog_get()), timeout=5)
+                except Exception as exc:
+                    logger.warning("gateway warm-up failed (%s); continuing, requests will retry", exc)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await ledger_drain()
+                    await clients_close()
+                    await close_pools()
+                except Exception:
+                    logger.exception("gateway shutdown was not clean")
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,269 @@
+"""Stage 11, record: exactly one `llm_requests` row per request, never lost, never on the critical path.
+
+How a row travels:
+1. The pipeline hands the row to this process's `LedgerWriter` *after* the response has been sent
+   (for streams, after the last chunk). The request's ASGI task awaits the write, so uvicorn's graceful
+   shutdown (SIGTERM) waits for it, and the lifespan shutdown drains whatever is still queued.
+2. The writer batches whatever is queued at that moment into one transaction
+   (`INSERT … ON CONFLICT (request_id) DO NOTHING`, asyncpg executemany) — group commit: no added
+   latency when idle, one commit per batch under load.
+3. Postgres down, slow (> FINOPS["LEDGER_INSERT_TIMEOUT_S"]) or the queue full: the batch goes to the
+   outbox, a Redis stream (XADD); if Redis is down too, to a local spool file (append + fsync) under
+   FINOPS["LEDGER_SPOOL_DIR"]. After a database failure the writer skips Postgres for
+   FINOPS["LEDGER_DB_RETRY_AFTER_S"] so requests do not queue behind timeouts.
+4. `ledger_outbox_replay_task` (beat, every minute) inserts outbox and spool rows idempotently by request_id.
+
+What can still be lost: rows of requests in flight when the process is killed with SIGKILL (or the
+machine dies) before step 2/3 completes — the same window in which the response itself was being produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from django.conf import settings
+
+from apps.gateway import metrics
+from apps.ledger.models import LLMRequest
+from finops.asyncdb import get_pool
+from finops.asyncredis import get_redis
+
+logger = logging.getLogger(__name__)
+
+COLUMNS: tuple[str, ...] = (
+    "request_id", "endpoint", "received_at", "org_id", "team_id", "member_id", "api_key_id", "api_key_prefix",
+    "status", "http_status", "error_code", "stream", "requested_model", "model", "provider", "tier", "price_id",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "saved_usd", "cache_status", "similarity",
+    "requested_tier", "route_strategy", "route_reason", "escalated", "escalation_cost_usd", "fallback_from", "attempts",
+    "budget_state", "reserved_usd", "upstream_ms", "overhead_ms", "prompt_hash", "prompt_text", "response_text",
+)  # fmt: skip
+MONEY_COLUMNS = frozenset({"cost_usd", "saved_usd", "escalation_cost_usd", "reserved_usd"})
+INSERT_SQL = (
+    f"INSERT INTO llm_requests ({', '.join(COLUMNS)}, recorded_at) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}, now()) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+_LAST_USED_SQL = (
+    "UPDATE tenancy_apikey SET last_used_at = now() "
+    "WHERE id = ANY($1::bigint[]) AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
+)
+# Column widths, so an over-long client-supplied value (e.g. a 500-character model name) cannot fail the insert.
+_MAX_LENGTHS = {
+    f.column: f.max_length
+    for f in LLMRequest._meta.concrete_fields
+    if getattr(f, "max_length", None) and f.get_internal_type() == "CharField"
+}
+
+
+def row_clean(row: dict[str, Any]) -> dict[str, Any]:
+    for column, length in _MAX_LENGTHS.items():
+        value = row.get(column)
+        if isinstance(value, str) and len(value) > length:
+            row[column] = value[:length]
+    return row
+
+
+# --- the outbox ---------------------------------------------------------------------------------
+
+
+def row_to_json(row: dict[str, Any]) -> str:
+    def encode(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return format(value, "f")
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, dt.datetime):
+            return value.isoformat()
+        return value
+
+    return json.dumps({column: encode(row.get(column)) for column in COLUMNS}, separators=(",", ":"))
+
+
+def row_from_json(text: str | bytes) -> dict[str, Any]:
+    data = json.loads(text)
+    row = {column: data.get(column) for column in COLUMNS}
+    row["request_id"] = uuid.UUID(row["request_id"])
+    row["received_at"] = dt.datetime.fromisoformat(row["received_at"])
+    for column in MONEY_COLUMNS:
+        row[column] = Decimal(row[column] if row[column] is not None else "0")
+    return row
+
+
+def spool_dir() -> Path:
+    return Path(settings.FINOPS["LEDGER_SPOOL_DIR"])
+
+
+def spool_append(lines: list[str], *, directory: Path | None = None) -> Path:
+    """Append rows to this process's spool file and fsync; safe against a concurrent replay (see services)."""
+    directory = directory or spool_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"ledger-{os.getpid()}.jsonl"
+    payload = "".join(line + "\n" for line in lines).encode()
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:
+                continue  # a replay claimed the file between open and lock: write to a fresh one
+            os.write(fd, payload)
+            os.fsync(fd)
+            return path
+        finally:
+            os.close(fd)
+
+
+async def outbox_write(rows: list[dict[str, Any]], *, redis=None) -> str:
+    """Put rows in the Redis stream outbox, or the spool file if Redis fails. Returns where they went."""
+    lines = [row_to_json(row) for row in rows]
+    try:
+        client = redis if redis is not None else get_redis()
+        pipe = client.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(settings.FINOPS["LEDGER_OUTBOX_STREAM"], {"row": line})
+        await pipe.execute()
+        sink = "redis"
+    except Exception as exc:
+        logger.warning("ledger outbox: Redis unavailable (%s); spooling %d row(s) to disk", exc, len(lines))
+        await asyncio.to_thread(spool_append, lines)
+        sink = "spool"
+    metrics.LEDGER_OUTBOX.labels(sink=sink).inc(len(lines))
+    return sink
+
+
+# --- the writer -----------------------------------------------------------------------------------
+
+_ledger_pools: dict[int, asyncpg.Pool] = {}
+
+
+async def _ledger_pool() -> asyncpg.Pool:
+    dsn = settings.FINOPS["LEDGER_DATABASE_URL"]
+    if not dsn:
+        return await get_pool()
+    loop_id = id(asyncio.get_running_loop())
+    pool = _ledger_pools.get(loop_id)
+    if pool is None:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=4, timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"], statement_cache_size=32
+        )
+        _ledger_pools[loop_id] = pool
+    return pool
+
+
+class LedgerWriter:
+    """One per event loop: batches queued rows into one transaction per round."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[dict[str, Any], asyncio.Future]] = deque()
+        self.wakeup = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.db_down_until = 0.0
+        self.key_seen: dict[int, float] = {}
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def write(self, row: dict[str, Any]) -> None:
+        row_clean(row)
+        if len(self.queue) >= settings.FINOPS["LEDGER_QUEUE_MAX"]:
+            # Bounded memory: while the writer is backed up, new rows go straight to the outbox.
+            await outbox_write([row])
+            return
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((row, future))
+        self.idle.clear()
+        self.wakeup.set()
+        await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        while self.queue or not self.idle.is_set():
+            self.wakeup.set()
+            await self.idle.wait()
+
+    async def _run(self) -> None:
+        batch_max = settings.FINOPS["LEDGER_BATCH_MAX"]
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                batch = [self.queue.popleft() for _ in range(min(batch_max, len(self.queue)))]
+                try:
+                    await self._flush([row for row, _ in batch])
+                except Exception:  # never leave a request waiting forever
+                    logger.exception("ledger writer: unexpected error; %d row(s) may need the outbox", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+            self.idle.set()
+
+    async def _flush(self, rows: list[dict[str, Any]]) -> None:
+        if time.monotonic() >= self.db_down_until:
+            try:
+                await asyncio.wait_for(self._insert(rows), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                metrics.LEDGER_ROWS.labels(sink="postgres").inc(len(rows))
+                return
+            except Exception as exc:
+                self.db_down_until = time.monotonic() + settings.FINOPS["LEDGER_DB_RETRY_AFTER_S"]
+                logger.warning("ledger insert failed (%s: %s); %d row(s) to the outbox", type(exc).__name__, exc, len(rows))
+        await outbox_write(rows)
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        pool = await _ledger_pool()
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.executemany(INSERT_SQL, [tuple(row[c] for c in COLUMNS) for row in rows])
+            await self._touch_keys(conn, rows)
+
+    async def _touch_keys(self, conn, rows: list[dict[str, Any]]) -> None:
+        # ApiKey.last_used_at, at most once a minute per key and process: a convenience, not a ledger.
+        now = time.monotonic()
+        due = {r["api_key_id"] for r in rows if r["api_key_id"] and self.key_seen.get(r["api_key_id"], 0) < now - 60}
+        if not due:
+            return
+        for key_id in due:
+            self.key_seen[key_id] = now
+        try:
+            await conn.execute(_LAST_USED_SQL, list(due))
+        except Exception as exc:
+            logger.info("api key last_used_at not updated: %s", exc)
+
+
+_writers: dict[int, LedgerWriter] = {}
+
+
+def _writer() -> LedgerWriter:
+    loop_id = id(asyncio.get_running_loop())
+    writer = _writers.get(loop_id)
+    if writer is None or writer.task.done():
+        writer = _writers[loop_id] = LedgerWriter()
+    return writer
+
+
+async def ledger_record(row: dict[str, Any]) -> None:
+    """Returns once the row is committed to Postgres or durable in the outbox."""
+    await _writer().write(row)
+
+
+async def ledger_drain() -> None:
+    """Flush this loop's queued rows (ASGI lifespan shutdown)."""
+    writer = _writers.get(id(asyncio.get_running_loop()))
+    if writer is not None:
+        await writer.drain()
+        writer.task.cancel()
+    pool = _ledger_pools.pop(id(asyncio.get_running_loop()), None)
+    if pool is not None:
+        await pool.close()

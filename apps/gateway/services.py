@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+
+from apps.gateway.recorder import COLUMNS, row_from_json, spool_dir
+
+logger = logging.getLogger(__name__)
+
+_REPLAY_SQL = (
+    f"INSERT INTO llm_requests ({', '.join(COLUMNS)}, recorded_at) "
+    f"VALUES ({', '.join(['%s'] * len(COLUMNS))}, now()) ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+@dataclass
+class ReplayResult:
+    seen: int = 0
+    inserted: int = 0
+    unreadable: int = 0
+
+    def __str__(self) -> str:
+        return f"seen={self.seen} inserted={self.inserted} unreadable={self.unreadable}"
+
+
+def _insert(rows: list[dict]) -> int:
+    inserted = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        for row in rows:
+            cursor.execute(_REPLAY_SQL, [row[c] for c in COLUMNS])
+            inserted += cursor.rowcount
+    return inserted
+
+
+def ledger_outbox_replay(*, batch_size: int = 500, redis_url: str | None = None, directory: Path | None = None) -> ReplayResult:
+    """Insert the rows the gateway diverted while Postgres was unavailable; idempotent by request_id.
+
+    Redis stream entries are deleted only after their rows are committed; spool files are claimed by an
+    atomic rename, read under the writer's lock, and deleted after commit. Running it twice, or twice at
+    once, inserts every row exactly once.
+    """
+    result = ReplayResult()
+    _replay_stream(result, batch_size=batch_size, redis_url=redis_url or settings.REDIS_URL)
+    _replay_spool(result, directory=directory or spool_dir())
+    return result
+
+
+def _replay_stream(result: ReplayResult, *, batch_size: int, redis_url: str) -> None:
+    stream = settings.FINOPS["LEDGER_OUTBOX_STREAM"]
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        after = "-"
+        while True:
+            entries = client.xrange(stream, min=after, count=batch_size)
+            if not entries:
+                return
+            rows, ids = [], []
+            for entry_id, fields in entries:
+                ids.append(entry_id)
+                try:
+                    rows.append(row_from_json(fields[b"row"]))
+                except Exception:
+                    result.unreadable += 1
+                    logger.error("ledger outbox entry %s is unreadable and is left in the stream", entry_id)
+                    ids.pop()
+            result.seen += len(rows)
+            result.inserted += _insert(rows)
+            if ids:
+                client.xdel(stream, *ids)
+            after = "(" + entries[-1][0].decode()
+    finally:
+        client.close()
+
+
+def _replay_spool(result: ReplayResult, *, directory: Path) -> None:
+    if not directory.exists():
+        return
+    for path in sorted(directory.glob("ledger-*.jsonl*")):
+        claimed = path
+        if path.name.endswith(".jsonl"):
+            claimed = path.with_name(f"{path.name}.replay-{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                continue  # another replay claimed it
+        with open(claimed, "rb") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # wait for a writer that locked the file before the rename
+            lines = fh.read().splitlines()
+        rows = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rows.append(row_from_json(line))
+            except Exception:  # a torn last line from a crash mid-append
+                result.unreadable += 1
+                logger.error("unreadable line in %s: %r", claimed, line[:200])
+        result.seen += len(rows)
+        result.inserted += _insert(rows)
+        claimed.unlink()

@@ -1,0 +1,56 @@
+"""The one cost function. Pure: token counts × a dated price row, in Decimal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from apps.ledger.money import TOKENS_PER_PRICE_UNIT, quantize_usd
+from finops.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class Price:
+    """The numbers of a ModelPrice row, detached from the ORM so the async path can use them."""
+
+    id: int | None
+    provider: str
+    model: str
+    input_per_1m: Decimal
+    output_per_1m: Decimal
+    cached_input_per_1m: Decimal | None
+
+    @classmethod
+    def from_row(cls, row) -> Price:
+        return cls(
+            id=row.id if hasattr(row, "id") else row["id"],
+            provider=_get(row, "provider"),
+            model=_get(row, "model"),
+            input_per_1m=Decimal(_get(row, "input_per_1m")),
+            output_per_1m=Decimal(_get(row, "output_per_1m")),
+            cached_input_per_1m=None if _get(row, "cached_input_per_1m") is None else Decimal(_get(row, "cached_input_per_1m")),
+        )
+
+
+def _get(row, name):
+    return getattr(row, name) if hasattr(row, name) else row[name]
+
+
+def cost_compute(*, price: Price, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
+    """(prompt − cached) × input + cached × cached_input + completion × output, per 1M tokens.
+
+    Cached tokens are a subset of prompt tokens (OpenAI's `prompt_tokens_details.cached_tokens`),
+    so they are billed once, at the cached rate, and never again at the input rate.
+    """
+    for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens), ("cached_tokens", cached_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
+    if cached_tokens > prompt_tokens:
+        raise BadRequest(f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})")
+    cached_rate = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
+    micro_total = (
+        (prompt_tokens - cached_tokens) * price.input_per_1m
+        + cached_tokens * cached_rate
+        + completion_tokens * price.output_per_1m
+    )
+    return quantize_usd(micro_total / TOKENS_PER_PRICE_UNIT)

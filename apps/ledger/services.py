@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.ledger.models import ModelPrice
+
+logger = logging.getLogger(__name__)
+
+
+# --- prices ---------------------------------------------------------------------------------
+
+
+def _per_1m(value: Any) -> Decimal | None:
+    """LiteLLM prices are per token; ours are per 1M tokens."""
+    if value in (None, ""):
+        return None
+    try:
+        return (Decimal(str(value)) * 1_000_000).quantize(Decimal("0.000001"))
+    except InvalidOperation:
+        return None
+
+
+def price_upsert(
+    *,
+    provider: str,
+    model: str,
+    input_per_1m: Decimal,
+    output_per_1m: Decimal,
+    cached_input_per_1m: Decimal | None,
+    effective_from: dt.date,
+    source: str = "",
+) -> tuple[ModelPrice, bool]:
+    """Insert a dated price; a changed price for a model closes the previous row's window."""
+    with transaction.atomic():
+        existing = ModelPrice.objects.select_for_update().filter(model=model, effective_from=effective_from).first()
+        if existing:
+            existing.provider = provider
+            existing.input_per_1m = input_per_1m
+            existing.output_per_1m = output_per_1m
+            existing.cached_input_per_1m = cached_input_per_1m
+            existing.source = source or existing.source
+            existing.save()
+            return existing, False
+        previous = (
+            ModelPrice.objects.select_for_update()
+            .filter(model=model, effective_from__lt=effective_from, effective_to__isnull=True)
+            .order_by("-effective_from")
+            .first()
+        )
+        if previous:
+            same = (previous.input_per_1m, previous.output_per_1m, previous.cached_input_per_1m) == (
+                input_per_1m,
+                output_per_1m,
+                cached_input_per_1m,
+            )
+            if same:
+                return previous, False
+            previous.effective_to = effective_from
+            previous.save(update_fields=["effective_to"])
+        row = ModelPrice.objects.create(
+            provider=provider,
+            model=model,
+            input_per_1m=input_per_1m,
+            output_per_1m=output_per_1m,
+            cached_input_per_1m=cached_input_per_1m,
+            effective_from=effective_from,
+            source=source,
+        )
+        return row, True
+
+
+def prices_load_fixture(*, path: Path) -> int:
+    """Load `fixtures/prices.json` (our own format, per 1M tokens)."""
+    data = json.loads(path.read_text())
+    created = 0
+    for item in data["prices"]:
+        _, was_created = price_upsert(
+            provider=item["provider"],
+            model=item["model"],
+            input_per_1m=Decimal(item["input_per_1m"]),
+            output_per_1m=Decimal(item["output_per_1m"]),
+            cached_input_per_1m=None if item.get("cached_input_per_1m") is None else Decimal(item["cached_input_per_1m"]),
+            effective_from=dt.date.fromisoformat(item["effective_from"]),
+            source=item.get("source", ""),
+        )
+        created += was_created
+    return created
+
+
+def prices_import_litellm(*, data: dict[str, Any], effective_from: dt.date, source: str) -> tuple[int, list[str]]:
+    """Import LiteLLM's `model_prices_and_context_window.json` (prices per token).
+
+    Entries without both input and output prices, and non-chat modes, are skipped and reported.
+    """
+    created = 0
+    skipped: list[str] = []
+    for model, spec in data.items():
+        if model == "sample_spec" or not isinstance(spec, dict):
+            continue
+        if spec.get("mode") not in (None, "chat", "completion", "embedding", "responses"):
+            skipped.append(f"{model}: mode {spec.get('mode')}")
+            continue
+        input_price = _per_1m(spec.get("input_cost_per_token"))
+        output_price = _per_1m(spec.get("output_cost_per_token", 0 if spec.get("mode") == "embedding" else None))
+        if input_price is None or output_price is None:
+            skipped.append(f"{model}: no input/output price")
+            continue
+        _, was_created = price_upsert(
+            provider=str(spec.get("litellm_provider") or "unknown")[:64],
+            model=model[:128],
+            input_per_1m=input_price,
+            output_per_1m=output_price,
+            cached_input_per_1m=_per_1m(spec.get("cache_read_input_token_cost")),
+            effective_from=effective_from,
+            source=source,
+        )
+        created += was_created
+    return created, skipped
+
+
+# --- rollup ---------------------------------------------------------------------------------
+
+ROLLUP_SQL = """
+WITH fresh AS (
+    SELECT (r.received_at AT TIME ZONE 'UTC')::date AS date,
+           r.model, r.endpoint, r.member_id AS user_id,
+           max(r.org_id) AS org_id, max(r.team_id) AS team_id,
+           count(*) AS requests,
+           count(*) FILTER (WHERE r.status IN ('rejected', 'failed')) AS errors,
+           count(*) FILTER (WHERE r.cache_status IN ('exact', 'semantic')) AS cache_hits,
+           count(*) FILTER (WHERE r.budget_state = 'fail_open') AS fail_open,
+           coalesce(sum(r.prompt_tokens), 0) AS prompt_tokens,
+           coalesce(sum(r.completion_tokens), 0) AS completion_tokens,
+           coalesce(sum(r.cached_tokens), 0) AS cached_tokens,
+           coalesce(sum(r.cost_usd), 0) AS cost_usd,
+           coalesce(sum(r.saved_usd), 0) AS saved_usd
+    FROM llm_requests r
+    WHERE r.received_at >= %(start)s AND r.received_at < %(end)s
+    GROUP BY 1, 2, 3, 4
+),
+-- Summary keys whose detail rows are gone (e.g. a deleted test org) must not linger.
+-- Same snapshot as the INSERT below, and a disjoint set of keys, so the two never collide.
+pruned AS (
+    DELETE FROM cost_daily_summary s
+    WHERE s.date >= %(start_date)s AND s.date < %(end_date)s
+      AND NOT EXISTS (
+        SELECT 1 FROM fresh f
+        WHERE f.date = s.date AND f.model = s.model AND f.endpoint = s.endpoint
+          AND f.user_id IS NOT DISTINCT FROM s.user_id
+      )
+)
+INSERT INTO cost_daily_summary AS s
+    (date, model, endpoint, user_id, org_id, team_id, requests, errors, cache_hits, fail_open,
+     prompt_tokens, completion_tokens, cached_tokens, cost_usd, saved_usd, updated_at)
+SELECT date, model, endpoint, user_id, org_id, team_id, requests, errors, cache_hits, fail_open,
+       prompt_tokens, completion_tokens, cached_tokens, cost_usd, saved_usd, now()
+FROM fresh
+ON CONFLICT (date, model, endpoint, user_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id, team_id = EXCLUDED.team_id,
+    requests = EXCLUDED.requests, errors = EXCLUDED.errors, cache_hits = EXCLUDED.cache_hits,
+    fail_open = EXCLUDED.fail_open, prompt_tokens = EXCLUDED.prompt_tokens,
+    completion_tokens = EXCLUDED.completion_tokens, cached_tokens = EXCLUDED.cached_tokens,
+    cost_usd = EXCLUDED.cost_usd, saved_usd = EXCLUDED.saved_usd, updated_at = EXCLUDED.updated_at
+-- A re-run that changes nothing writes nothing (and keeps updated_at).
+WHERE (s.org_id, s.team_id, s.requests, s.errors, s.cache_hits, s.fail_open, s.prompt_tokens,
+       s.completion_tokens, s.cached_tokens, s.cost_usd, s.saved_usd)
+      IS DISTINCT FROM
+      (EXCLUDED.org_id, EXCLUDED.team_id, EXCLUDED.requests, EXCLUDED.errors, EXCLUDED.cache_hits,
+       EXCLUDED.fail_open, EXCLUDED.prompt_tokens, EXCLUDED.completion_tokens, EXCLUDED.cached_tokens,
+       EXCLUDED.cost_usd, EXCLUDED.saved_usd)
+"""
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+
+def cost_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
+    """Recompute cost_daily_summary for the days [since, until] (inclusive) from llm_requests.
+
+    Idempotent, and safe to run concurrently with itself: each day is rewritten by one
+    INSERT … SELECT … ON CONFLICT DO UPDATE, so two runs converge on the same rows.
+    Returns the number of summary rows written (inserted or changed).
+    """
+    until = until or timezone.now().date()
+    params = {
+        "start": _day_start(since),
+        "end": _day_start(until + dt.timedelta(days=1)),
+        "start_date": since,
+        "end_date": until + dt.timedelta(days=1),
+    }
+    with connection.cursor() as cursor:  # one statement: atomic on its own
+        cursor.execute(ROLLUP_SQL, params)
+        written = cursor.rowcount
+    return written
+
+
+def cost_rollup_hourly() -> int:
+    """The beat job: today and yesterday (late rows for yesterday still land)."""
+    today = timezone.now().date()
+    return cost_rollup(since=today - dt.timedelta(days=1), until=today)
+
+
+def cost_rollup_days(*, since: dt.date, until: dt.date | None = None) -> Iterable[tuple[dt.date, int]]:
+    """Day-by-day backfill, so a progress bar can follow along."""
+    until = until or timezone.now().date()
+    day = since
+    while day <= until:
+        yield day, cost_rollup(since=day, until=day)
+        day += dt.timedelta(days=1)

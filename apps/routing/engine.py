@@ -1,0 +1,397 @@
+"""The router's decisions as pure functions over an immutable config snapshot.
+
+`apps.routing.selectors.router_config()` builds a `RouterConfig` from the database (tiers, models with
+their price / latency / quality, keyword rules, policies); everything here is plain Python over it, so
+the gateway hot path and the offline A/B harness (`apps.routing.evaluation`) run the same code.
+
+Order of strategies in `route_plan` (the first that decides wins):
+
+1. **pinned**: the client named a concrete model and its org allows pinning → that model.
+2. **tier**: the client named a tier (`finops/premium`) → that tier.
+3. **keyword**: the highest-priority enabled rule whose regex/terms match → its tier.
+4. **complexity**: the prompt's complexity score → the highest tier whose threshold it reaches.
+5. **default**: the policy's default tier (the lowest tier when unset).
+
+Then, after the answer, `escalation_decide` (strategy **confidence**) may send the request one tier up,
+and the fallback chain (`chain_build`: same tier, then upward, never down) absorbs upstream failures.
+
+Route names: a request selects routing with `model="auto"`, `"finops/auto"`, `"router"` or an empty
+model (the org's default policy), `"finops/<route>"` or a bare `"<route>"` (a named policy), or
+`"finops/<tier>"` (a tier of the default ladder). Any other model name is a pin.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from apps.routing.features import (
+    COMPLEXITY_WEIGHTS,
+    DEFAULT_LOGPROB_FLOOR,
+    complexity_features,
+    complexity_score,
+    escalation_risk,
+    prompt_text,
+)
+
+AUTO_ALIASES = frozenset({"", "auto", "finops/auto", "router", "finops"})
+ROUTE_PREFIX = "finops/"
+DEFAULT_LADDER = "default"
+# Typical chat traffic reads ~3 input tokens per output token; used to blend input and output
+# prices into one number for the triangle's cost axis.
+BLEND_INPUT_PER_OUTPUT = Decimal(3)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    model: str
+    provider: str
+    tier: str
+    rank: int
+    input_per_1m: Decimal
+    output_per_1m: Decimal
+    quality: float = 0.5
+    latency_p50_ms: float | None = None
+
+    @property
+    def blended_per_1m(self) -> Decimal:
+        return (self.input_per_1m * BLEND_INPUT_PER_OUTPUT + self.output_per_1m) / (BLEND_INPUT_PER_OUTPUT + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    name: str
+    rank: int
+    complexity_min: float
+    models: tuple[ModelSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    id: int
+    name: str
+    tier: str
+    priority: int
+    regex: re.Pattern[str]
+    org_id: int | None = None
+    last_user_only: bool = False
+
+    def matches(self, *, full_text: str, last_user: str) -> bool:
+        return bool(self.regex.search(last_user if self.last_user_only else full_text))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    id: int | None = None
+    org_id: int | None = None
+    name: str = ""
+    ladder: str = DEFAULT_LADDER
+    weight_cost: float = 0.5
+    weight_latency: float = 0.2
+    weight_quality: float = 0.3
+    use_keywords: bool = True
+    use_complexity: bool = True
+    use_confidence: bool = True
+    default_tier: str = ""
+    complexity_thresholds: Mapping[str, float] = field(default_factory=dict)
+    complexity_weights: Mapping[str, float] = field(default_factory=dict)
+    confidence_threshold: float = 0.6
+    logprob_floor: float = DEFAULT_LOGPROB_FLOOR
+    fallback_on_pinned: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.name or "default"
+
+
+BUILTIN_POLICY = PolicySpec()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    ladders: Mapping[str, tuple[TierSpec, ...]]  # tiers sorted by rank, cheapest first
+    policies: tuple[PolicySpec, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()  # sorted by priority, highest first
+    models: Mapping[str, ModelSpec] = field(default_factory=dict)  # every priced model, tiered or not
+    loaded_at: float = 0.0
+
+    def tiers(self, ladder: str) -> tuple[TierSpec, ...]:
+        return self.ladders.get(ladder) or self.ladders.get(DEFAULT_LADDER) or ()
+
+    def policy_for(self, *, org_id: int | None, name: str = "") -> PolicySpec | None:
+        """The org's policy of that name, else the global one; None when neither exists."""
+        found_global = None
+        for policy in self.policies:
+            if policy.name != name:
+                continue
+            if policy.org_id == org_id and org_id is not None:
+                return policy
+            if policy.org_id is None:
+                found_global = policy
+        return found_global
+
+    def route_names(self) -> set[str]:
+        return {p.name for p in self.policies if p.name}
+
+
+class UnknownRoute(LookupError):
+    pass
+
+
+class NoRoutableModel(LookupError):
+    pass
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    """What `route_plan` decided, with what the later stages need (complexity for the escalation risk)."""
+
+    tier: str
+    strategy: str
+    reason: str
+    chain: list[tuple[str, str]]
+    policy: PolicySpec
+    requested_tier: str = ""
+    complexity: float | None = None
+    features: dict[str, float] | None = None
+    rule_id: int | None = None
+    pinned_model: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.chain[0][1] if self.chain else self.pinned_model
+
+
+# --------------------------------------------------------------------------- request → route
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """How the requested model name is read: a route (policy), a tier, or a pin."""
+
+    kind: str  # "route" | "tier" | "pin"
+    policy_name: str = ""
+    tier: str = ""
+    model: str = ""
+
+
+def target_parse(config: RouterConfig, requested_model: str) -> RouteTarget:
+    name = (requested_model or "").strip()
+    lowered = name.lower()
+    if lowered in AUTO_ALIASES:
+        return RouteTarget(kind="route")
+    routes = config.route_names()
+    if lowered.startswith(ROUTE_PREFIX):
+        rest = name[len(ROUTE_PREFIX) :]
+        if rest in routes:
+            return RouteTarget(kind="route", policy_name=rest)
+        if any(t.name == rest for t in config.tiers(DEFAULT_LADDER)):
+            return RouteTarget(kind="tier", tier=rest)
+        return RouteTarget(kind="route", policy_name=rest)  # unknown route: the caller reports it
+    if name in routes:
+        return RouteTarget(kind="route", policy_name=name)
+    return RouteTarget(kind="pin", model=name)
+
+
+# --------------------------------------------------------------------------- the triangle
+
+
+def _ratio(best: float, value: float) -> float:
+    if value <= 0:
+        return 1.0
+    return min(best / value, 1.0) if best > 0 else 0.0
+
+
+def triangle_rank(models: tuple[ModelSpec, ...] | list[ModelSpec], policy: PolicySpec) -> list[tuple[ModelSpec, float]]:
+    """Order a tier's models by the policy's weighted cost / latency / quality score, best first.
+
+    Each axis is scaled to 0..1 within the tier: cost and latency as best/value (the cheapest or
+    fastest model scores 1), quality as configured or learnt (0..1). A model without latency data
+    gets the tier's median, so a new model is neither favoured nor punished for being unmeasured.
+    """
+    if not models:
+        return []
+    costs = [float(m.blended_per_1m) for m in models]
+    positive_costs = [c for c in costs if c > 0]
+    best_cost = min(positive_costs) if positive_costs else 0.0
+    known = sorted(m.latency_p50_ms for m in models if m.latency_p50_ms is not None and m.latency_p50_ms > 0)
+    median = known[len(known) // 2] if known else None
+    latencies = [m.latency_p50_ms if (m.latency_p50_ms or 0) > 0 else median for m in models]
+    best_latency = min((lat for lat in latencies if lat), default=None)
+
+    wc, wl, wq = max(policy.weight_cost, 0.0), max(policy.weight_latency, 0.0), max(policy.weight_quality, 0.0)
+    total = wc + wl + wq or 1.0
+    scored = []
+    for model, cost, latency in zip(models, costs, latencies, strict=True):
+        cost_s = _ratio(best_cost, cost)
+        latency_s = _ratio(best_latency, latency) if best_latency and latency else 1.0
+        quality_s = min(max(model.quality, 0.0), 1.0)
+        scored.append((model, round((wc * cost_s + wl * latency_s + wq * quality_s) / total, 6)))
+    scored.sort(key=lambda pair: (-pair[1], float(pair[0].blended_per_1m), pair[0].model))
+    return scored
+
+
+def chain_build(tiers: tuple[TierSpec, ...], start_rank: int, policy: PolicySpec, *, first: str = "") -> list[tuple[str, str]]:
+    """The fallback order from the tier of `start_rank`: its models by triangle score, then every higher tier's.
+
+    Never a lower tier. `first` (a pinned model) goes in front of its own tier's models.
+    """
+    chain: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for tier in tiers:
+        if tier.rank < start_rank:
+            continue
+        ranked = [m.model for m, _ in triangle_rank(tier.models, policy)]
+        if first and tier.rank == start_rank and first in ranked:
+            ranked.remove(first)
+            ranked.insert(0, first)
+        for model in ranked:
+            if model not in seen:
+                seen.add(model)
+                chain.append((tier.name, model))
+    return chain
+
+
+def tier_by_name(tiers: tuple[TierSpec, ...], name: str) -> TierSpec | None:
+    return next((t for t in tiers if t.name == name), None)
+
+
+def tier_above(tiers: tuple[TierSpec, ...], name: str) -> TierSpec | None:
+    current = tier_by_name(tiers, name)
+    if current is None:
+        return None
+    return next((t for t in tiers if t.rank > current.rank and t.models), None)
+
+
+def tier_of_model(tiers: tuple[TierSpec, ...], model: str) -> TierSpec | None:
+    return next((t for t in tiers if any(m.model == model for m in t.models)), None)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def keyword_match(rules: tuple[RuleSpec, ...], *, org_id: int | None, tiers: tuple[TierSpec, ...],
+                  full_text: str, last_user: str) -> RuleSpec | None:
+    """The first matching rule in priority order (highest first; ties: the higher tier, then the lower id).
+
+    Org rules and global rules compete on priority alike; a rule whose tier is not in the policy's
+    ladder is ignored.
+    """
+    names = {t.name for t in tiers if t.models}
+    for rule in rules:
+        if rule.org_id is not None and rule.org_id != org_id:
+            continue
+        if rule.tier not in names:
+            continue
+        if rule.matches(full_text=full_text, last_user=last_user):
+            return rule
+    return None
+
+
+def complexity_tier(score: float, tiers: tuple[TierSpec, ...], policy: PolicySpec) -> tuple[TierSpec, float]:
+    """The highest tier whose threshold the score reaches, with that threshold (the lowest tier has none)."""
+    usable = [t for t in tiers if t.models]
+    chosen, threshold = usable[0], 0.0
+    for tier in usable[1:]:
+        tier_threshold = float(policy.complexity_thresholds.get(tier.name, tier.complexity_min))
+        if score >= tier_threshold:
+            chosen, threshold = tier, tier_threshold
+    return chosen, threshold
+
+
+def _last_user_text(messages: list[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return prompt_text([message])
+    return ""
+
+
+def route_plan(
+    config: RouterConfig,
+    *,
+    messages: list[Mapping[str, Any]],
+    requested_model: str,
+    org_id: int | None,
+    allow_pinning: bool = True,
+) -> RoutePlan:
+    """Apply the strategies in order (module docstring) and return the tier, the reason and the chain."""
+    target = target_parse(config, requested_model)
+    policy = config.policy_for(org_id=org_id, name=target.policy_name) if target.kind == "route" else None
+    if policy is None and target.policy_name:
+        raise UnknownRoute(f"route '{target.policy_name}' does not exist; use 'auto' or one of {sorted(config.route_names())}")
+    if policy is None:
+        policy = config.policy_for(org_id=org_id, name="") or BUILTIN_POLICY
+    tiers = config.tiers(policy.ladder)
+    usable = [t for t in tiers if t.models]
+
+    if target.kind == "pin":
+        pinned = target.model
+        if allow_pinning:
+            home = tier_of_model(tiers, pinned) or tier_of_model(config.tiers(DEFAULT_LADDER), pinned)
+            home_ladder = tiers if tier_of_model(tiers, pinned) else config.tiers(DEFAULT_LADDER)
+            if home is not None and policy.fallback_on_pinned:
+                chain = chain_build(home_ladder, home.rank, policy, first=pinned)
+            else:
+                chain = [(home.name if home else "", pinned)]
+            return RoutePlan(tier=home.name if home else "", strategy="pinned", reason=f"client pinned {pinned}",
+                             chain=chain, policy=policy, requested_tier=home.name if home else "", pinned_model=pinned)
+        refused = f"pin {pinned[:60]} refused (org disallows pinning); "
+    else:
+        refused = ""
+
+    if not usable:
+        raise NoRoutableModel(f"route '{policy.label}' has no tier with an enabled, priced model (ladder '{policy.ladder}')")
+
+    if target.kind == "tier":
+        tier = tier_by_name(tiers, target.tier) or usable[0]
+        return RoutePlan(tier=tier.name, strategy="tier", reason=f"client asked for tier {tier.name}",
+                         chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name)
+
+    full_text = prompt_text(messages)
+    features = complexity_features(list(messages))
+    score = complexity_score(features, policy.complexity_weights or COMPLEXITY_WEIGHTS)
+
+    if policy.use_keywords:
+        rule = keyword_match(config.rules, org_id=org_id, tiers=tiers, full_text=full_text[:20_000],
+                             last_user=_last_user_text(list(messages))[:20_000])
+        if rule is not None:
+            tier = tier_by_name(tiers, rule.tier)
+            assert tier is not None
+            return RoutePlan(tier=tier.name, strategy="keyword", reason=f"{refused}rule {rule.id} '{rule.name}' → {tier.name}",
+                             chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
+                             complexity=score, features=features, rule_id=rule.id)
+
+    if policy.use_complexity:
+        tier, threshold = complexity_tier(score, tiers, policy)
+        if tier is usable[0] and len(usable) > 1:
+            nxt = usable[1]
+            cut = float(policy.complexity_thresholds.get(nxt.name, nxt.complexity_min))
+            reason = f"complexity={score:.2f}<{cut:.2f} → {tier.name}"
+        else:
+            reason = f"complexity={score:.2f}≥{threshold:.2f} → {tier.name}"
+        return RoutePlan(tier=tier.name, strategy="complexity", reason=refused + reason,
+                         chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
+                         complexity=score, features=features)
+
+    tier = tier_by_name(tiers, policy.default_tier) if policy.default_tier else None
+    tier = tier if tier is not None and tier.models else usable[0]
+    return RoutePlan(tier=tier.name, strategy="default", reason=f"{refused}policy '{policy.label}' default tier {tier.name}",
+                     chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
+                     complexity=score, features=features)
+
+
+def escalation_decide(*, policy: PolicySpec, strategy: str, complexity: float | None, uncertainty: float) -> tuple[bool, float]:
+    """Whether an answer should be re-asked one tier up, and the risk it was judged on.
+
+    A keyword rule that chose the tier vouches for the prompt, so only the answer's own uncertainty
+    counts there; otherwise the prompt's complexity adds to it (noisy-or, `escalation_risk`).
+    Pinned and tier-named requests are never escalated: the client chose.
+    """
+    if not policy.use_confidence or strategy in ("pinned", "tier", "downgrade"):
+        return False, 0.0
+    c = 0.0 if strategy == "keyword" or complexity is None else complexity
+    risk = escalation_risk(c, uncertainty)
+    return risk >= policy.confidence_threshold, risk

@@ -1,0 +1,550 @@
+"""The router A/B harness: routing policies scored on recorded answers of real models (RouteLLM data).
+
+Each record holds a prompt, what the cheap model (Mixtral-8x7B) and the premium model (GPT-4-1106)
+answered, and how good each answer was (a correctness label, or the MT-Bench judge's score / 10).
+A policy decides, per prompt, which answer the user would have got; its **quality** is the mean score
+of those answers, its **cost** the token counts of those answers × the ledger's prices (a cascade
+that asks the cheap model first and escalates pays both calls).
+
+Metrics (RouteLLM's definitions, see ../shared/data/README.md):
+- PGR (performance gap recovered) = (quality − cheap quality) / (premium quality − cheap quality).
+- APGR: the policy's threshold is swept over its whole range, giving quality as a function of the
+  share of premium calls; APGR is the area under PGR over that share in [0, 1] (trapezoids; tied
+  scores are one step, i.e. a random order inside the tie). Random routing scores 0.5.
+  `apgr_cost` does the same against normalised cost, which charges cascades their cheap first call.
+- CPT(p): the share of premium calls at which the swept curve first recovers p of the gap.
+
+The strategies are the hot path's own functions (`apps.routing.engine`, `apps.routing.features`):
+`keyword_match`, `complexity_features` / `complexity_score`, `confidence_assess`, `escalation_decide`,
+and `route_plan` itself for the full chain's operating point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.gateway.tokens import count_message_tokens, count_tokens
+from apps.ledger.money import ZERO, quantize_usd
+from apps.ledger.pricing import Price, cost_compute
+from apps.routing.engine import (
+    COMPLEXITY_WEIGHTS,
+    PolicySpec,
+    RouterConfig,
+    TierSpec,
+    escalation_decide,
+    keyword_match,
+    route_plan,
+)
+from apps.routing.features import complexity_features, complexity_score, confidence_assess, escalation_risk
+
+EVAL_ROUTE = "eval"
+# GSM8K was generated 8-shot with answers ending "#### <number>" (RouteLLM's generate_responses.py):
+# an answer without that line did not follow the asked format.
+GSM8K_FINAL_ANSWER = re.compile(r"####\s*\$?-?[\d,]*\.?\d+")
+# Completion tokens when the data has no answer text: RouteLLM generated MMLU with max_new_tokens=1.
+COMPLETION_TOKENS_WITHOUT_TEXT = {"mmlu": 1}
+DEFAULT_COMPLETION_TOKENS = 250
+SOURCE_LABELS = {"all": "all sets pooled", "gsm8k": "GSM8K", "mmlu": "MMLU", "mt_bench": "MT-Bench"}
+
+
+@dataclass(slots=True)
+class EvalItem:
+    id: str
+    source: str
+    prompt: str
+    weak_score: float
+    strong_score: float
+    weak_response: str | None
+    strong_response: str | None
+    prompt_tokens: int = 0
+    weak_tokens: int = 0
+    strong_tokens: int = 0
+    weak_cost: Decimal = ZERO
+    strong_cost: Decimal = ZERO
+    complexity: float = 0.0
+    keyword_tier: str | None = None
+    keyword_rule: int | None = None
+    uncertainty: float = 0.0
+    signals: dict[str, float] = field(default_factory=dict)
+    chain_strategy: str = ""  # what route_plan decided for the full chain
+    chain_tier: str = ""
+
+
+@dataclass(slots=True)
+class CurvePoint:
+    share: float
+    quality: float
+    cost: Decimal
+
+
+@dataclass(slots=True)
+class PolicyResult:
+    name: str
+    description: str
+    share: float  # premium calls / prompts at the configured operating point
+    quality: float
+    cost: Decimal
+    cheap_calls: int
+    premium_calls: int
+    pgr: float
+    curve: list[CurvePoint] = field(default_factory=list)
+    apgr: float | None = None
+    apgr_cost: float | None = None
+    cpt50: float | None = None
+    cpt80: float | None = None
+    share_for_95: float | None = None  # smallest premium share reaching 95 % of premium quality
+    cost_for_95: Decimal | None = None
+
+
+@dataclass(slots=True)
+class SourceReport:
+    source: str
+    n: int
+    weak_quality: float
+    strong_quality: float
+    weak_cost: Decimal
+    strong_cost: Decimal
+    results: list[PolicyResult]
+
+    def result(self, name: str) -> PolicyResult:
+        return next(r for r in self.results if r.name == name)
+
+
+# --------------------------------------------------------------------------- metrics (pure)
+
+
+def pgr(quality: float, weak: float, strong: float) -> float:
+    gap = strong - weak
+    return (quality - weak) / gap if gap else 0.0
+
+
+def apgr(points: Sequence[tuple[float, float]], weak: float, strong: float) -> float:
+    """Area under PGR(share) for share in [0, 1]; `points` are (share, quality) of a threshold sweep.
+
+    The sweep must contain the two ends (0 → all cheap, 1 → all premium), as a full sweep does.
+    """
+    xs, ys = _curve_xy(points, weak, strong)
+    return float(np.trapezoid(ys, xs))
+
+
+def apgr_by_cost(points: Sequence[tuple[float, float]], weak: float, strong: float) -> float:
+    """APGR against cost normalised so always-cheap = 0 and always-premium = 1 (x = cost share).
+
+    A cascade's curve can run past 1 (both calls on every prompt); the area is taken over [0, 1].
+    """
+    xs, ys = _curve_xy(points, weak, strong)
+    if xs[-1] < 1.0:
+        xs, ys = np.append(xs, 1.0), np.append(ys, ys[-1])
+    grid_x = np.union1d(xs[xs <= 1.0], [0.0, 1.0])
+    grid_y = np.interp(grid_x, xs, ys)
+    return float(np.trapezoid(grid_y, grid_x))
+
+
+def cpt(points: Sequence[tuple[float, float]], weak: float, strong: float, target: float) -> float | None:
+    """The smallest share at which PGR reaches `target` along the curve (linear between points), else None."""
+    xs, ys = _curve_xy(points, weak, strong)
+    for i, y in enumerate(ys):
+        if y >= target - 1e-12:
+            if i == 0:
+                return float(xs[0])
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (target - y0) * (xs[i] - x0) / (y - y0)) if y != y0 else float(xs[i])
+    return None
+
+
+def _curve_xy(points: Sequence[tuple[float, float]], weak: float, strong: float) -> tuple[np.ndarray, np.ndarray]:
+    ordered = sorted(points, key=lambda p: (p[0], p[1]))
+    xs = np.array([p[0] for p in ordered], dtype=float)
+    ys = np.array([pgr(p[1], weak, strong) for p in ordered], dtype=float)
+    return xs, ys
+
+
+def sweep(
+    weak_score: np.ndarray,
+    strong_score: np.ndarray,
+    weak_cost: np.ndarray,
+    strong_cost: np.ndarray,
+    score: np.ndarray,
+    direct: np.ndarray | None = None,
+) -> list[tuple[float, float, float]]:
+    """(share, quality, cost) for every threshold θ of "premium iff score ≥ θ", from θ = +∞ down to min(score).
+
+    `direct` (same scale as `score`, never above it): a prompt with direct ≥ θ goes straight to premium;
+    other premium prompts are cascades that paid a cheap call first. None = every premium call is direct.
+    Costs are floats in micro-dollars here only for the sweep's arithmetic; reported costs are Decimal.
+    """
+    n = len(score)
+    if direct is None:
+        direct = score
+    order = np.argsort(-score, kind="stable")
+    s_sorted = score[order]
+    gain = (strong_score - weak_score)[order]
+    cum_gain = np.concatenate([[0.0], np.cumsum(gain)])
+    cum_strong_cost = np.concatenate([[0.0], np.cumsum(strong_cost[order])])
+    d_order = np.argsort(-direct, kind="stable")
+    d_sorted = direct[d_order]
+    cum_direct_weak_cost = np.concatenate([[0.0], np.cumsum(weak_cost[d_order])])
+    base_quality = float(weak_score.sum())
+    total_weak_cost = float(weak_cost.sum())
+
+    thresholds = np.unique(s_sorted)[::-1]
+    points = [(0.0, base_quality / n, total_weak_cost)]
+    for theta in thresholds:
+        k = int(np.searchsorted(-s_sorted, -theta, side="right"))  # prompts with score ≥ θ
+        kd = int(np.searchsorted(-d_sorted, -theta, side="right"))  # prompts sent direct
+        quality = (base_quality + cum_gain[k]) / n
+        cost = total_weak_cost - cum_direct_weak_cost[kd] + cum_strong_cost[k]
+        points.append((k / n, quality, cost))
+    return points
+
+
+# --------------------------------------------------------------------------- preparing the records
+
+
+def eval_tiers(config: RouterConfig, policy: PolicySpec) -> tuple[TierSpec, TierSpec]:
+    """The cheapest and the most expensive usable tier of the eval ladder (the pair being compared)."""
+    usable = [t for t in config.tiers(policy.ladder) if t.models]
+    if len(usable) < 2:
+        raise ValueError(f"ladder '{policy.ladder}' needs at least two tiers with priced models to compare")
+    return usable[0], usable[-1]
+
+
+def items_prepare(
+    records: Iterable[dict[str, Any]],
+    *,
+    config: RouterConfig,
+    policy: PolicySpec,
+    weak_price: Price,
+    strong_price: Price,
+    mt_bench_answers: dict[str, dict[str, str]] | None = None,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it,
+) -> list[EvalItem]:
+    """Token counts, costs, and the strategies' inputs (keyword match, complexity, answer confidence) per record."""
+    cheap, premium = eval_tiers(config, policy)
+    tiers = config.tiers(policy.ladder)
+    weights = policy.complexity_weights or COMPLEXITY_WEIGHTS
+    raw = list(records)
+    averages = _average_completion_tokens(raw, mt_bench_answers or {})
+    items: list[EvalItem] = []
+    for rec in progress(raw):
+        weak_text, strong_text = rec.get("weak_response"), rec.get("strong_response")
+        if rec["source"] == "mt_bench" and mt_bench_answers and not weak_text:
+            answers = mt_bench_answers.get(rec["id"], {})
+            weak_text, strong_text = answers.get("weak"), answers.get("strong")
+        messages = [{"role": "user", "content": rec["prompt"]}]
+        prompt_tokens = count_message_tokens(messages)
+        weak_tokens = count_tokens(weak_text) if weak_text else averages[rec["source"]]["weak"]
+        strong_tokens = count_tokens(strong_text) if strong_text else averages[rec["source"]]["strong"]
+        item = EvalItem(
+            id=rec["id"],
+            source=rec["source"],
+            prompt=rec["prompt"],
+            weak_score=float(rec["weak_score"]),
+            strong_score=float(rec["strong_score"]),
+            weak_response=weak_text,
+            strong_response=strong_text,
+            prompt_tokens=prompt_tokens,
+            weak_tokens=weak_tokens,
+            strong_tokens=strong_tokens,
+            weak_cost=cost_compute(price=weak_price, prompt_tokens=prompt_tokens, completion_tokens=weak_tokens),
+            strong_cost=cost_compute(price=strong_price, prompt_tokens=prompt_tokens, completion_tokens=strong_tokens),
+        )
+        item.complexity = complexity_score(complexity_features(messages), weights)
+        rule = keyword_match(config.rules, org_id=policy.org_id, tiers=tiers, full_text=rec["prompt"], last_user=rec["prompt"])
+        if rule is not None:
+            item.keyword_tier, item.keyword_rule = rule.tier, rule.id
+        if weak_text is not None:
+            conf = confidence_assess(
+                answer=weak_text,
+                prompt=rec["prompt"],
+                expected_pattern=GSM8K_FINAL_ANSWER if rec["source"] == "gsm8k" else None,
+                logprob_floor=policy.logprob_floor,
+            )
+            item.uncertainty, item.signals = conf.uncertainty, conf.signals
+        plan = route_plan(config, messages=messages, requested_model=f"finops/{policy.name}" if policy.name else "auto",
+                          org_id=policy.org_id)
+        item.chain_strategy, item.chain_tier = plan.strategy, plan.tier
+        if plan.tier not in (cheap.name, premium.name):
+            raise ValueError(f"eval ladder must have two tiers; route_plan chose {plan.tier}")
+        items.append(item)
+    return items
+
+
+def _average_completion_tokens(records: list[dict[str, Any]], mt_answers: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
+    """Per-source mean answer length, for records whose answers are not in the data (documented fallback)."""
+    sums: dict[str, dict[str, list[int]]] = {}
+    for rec in records:
+        weak, strong = rec.get("weak_response"), rec.get("strong_response")
+        if rec["source"] == "mt_bench" and not weak:
+            weak, strong = mt_answers.get(rec["id"], {}).get("weak"), mt_answers.get(rec["id"], {}).get("strong")
+        bucket = sums.setdefault(rec["source"], {"weak": [], "strong": []})
+        if weak:
+            bucket["weak"].append(count_tokens(weak))
+        if strong:
+            bucket["strong"].append(count_tokens(strong))
+    out: dict[str, dict[str, int]] = {}
+    for source in {r["source"] for r in records}:
+        fixed = COMPLETION_TOKENS_WITHOUT_TEXT.get(source)
+        bucket = sums.get(source, {"weak": [], "strong": []})
+        out[source] = {
+            side: (fixed or (round(sum(v) / len(v)) if v else DEFAULT_COMPLETION_TOKENS)) for side, v in bucket.items()
+        }
+    return out
+
+
+def mt_bench_answers_load(shared_dir: Path) -> dict[str, dict[str, str]]:
+    """Turn-1 answers of both models, cut out of the MT-Bench judge prompts ("[The Start of Assistant's Answer]")."""
+    from apps.routing.datasets import STRONG_MODEL, WEAK_MODEL
+
+    path = shared_dir / "mt_bench_judgements.jsonl"
+    if not path.is_file():
+        return {}
+    answers: dict[str, dict[str, str]] = {}
+    pattern = re.compile(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]", re.S)
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            judge = row.get("judge") or []
+            if len(judge) < 2 or judge[1] not in ("single-v1", "single-math-v1"):
+                continue
+            found = pattern.search(row.get("user_prompt", ""))
+            if not found:
+                continue
+            side = "weak" if row["model"] == WEAK_MODEL else "strong" if row["model"] == STRONG_MODEL else None
+            if side:
+                answers.setdefault(f"mt_bench-{row['question_id']}", {})[side] = found.group(1)
+    return answers
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def _arrays(items: list[EvalItem]) -> dict[str, np.ndarray]:
+    return {
+        "w": np.array([i.weak_score for i in items], dtype=float),
+        "s": np.array([i.strong_score for i in items], dtype=float),
+        "wc": np.array([float(i.weak_cost) for i in items], dtype=float),
+        "sc": np.array([float(i.strong_cost) for i in items], dtype=float),
+        "c": np.array([i.complexity for i in items], dtype=float),
+        "u": np.array([i.uncertainty for i in items], dtype=float),
+    }
+
+
+def _point_result(name: str, description: str, items: list[EvalItem], premium: list[bool], cheap_called: list[bool],
+                  weak_q: float, strong_q: float) -> PolicyResult:
+    n = len(items)
+    quality = sum(i.strong_score if p else i.weak_score for i, p in zip(items, premium, strict=True)) / n
+    cost = sum(
+        ((i.strong_cost if p else ZERO) + (i.weak_cost if c else ZERO) for i, p, c in zip(items, premium, cheap_called, strict=True)),
+        ZERO,
+    )
+    premium_calls = sum(premium)
+    return PolicyResult(
+        name=name, description=description, share=premium_calls / n, quality=quality, cost=quantize_usd(cost),
+        cheap_calls=sum(cheap_called), premium_calls=premium_calls, pgr=pgr(quality, weak_q, strong_q),
+    )
+
+
+def _attach_curve(result: PolicyResult, points: list[tuple[float, float, float]], weak_q: float, strong_q: float,
+                  weak_cost: float, strong_cost: float) -> None:
+    result.curve = [CurvePoint(share=s, quality=q, cost=quantize_usd(Decimal(str(float(c))))) for s, q, c in points]
+    share_quality = [(s, q) for s, q, _ in points]
+    result.apgr = apgr(share_quality, weak_q, strong_q)
+    span = strong_cost - weak_cost
+    if span > 0:
+        result.apgr_cost = apgr_by_cost([((c - weak_cost) / span, q) for _, q, c in points], weak_q, strong_q)
+    result.cpt50 = cpt(share_quality, weak_q, strong_q, 0.5)
+    result.cpt80 = cpt(share_quality, weak_q, strong_q, 0.8)
+    target = 0.95 * strong_q
+    reach = sorted((s, q, c) for s, q, c in points if q >= target - 1e-12)
+    if reach:
+        result.share_for_95 = reach[0][0]
+        result.cost_for_95 = quantize_usd(Decimal(str(float(reach[0][2]))))
+
+
+def policies_evaluate(items: list[EvalItem], *, config: RouterConfig, policy: PolicySpec) -> SourceReport:
+    """Every policy of the A/B table on one set of items (one source, or all pooled)."""
+    if not items:
+        raise ValueError("no records to evaluate")
+    cheap, premium = eval_tiers(config, policy)
+    theta_c = float(policy.complexity_thresholds.get(premium.name, premium.complexity_min))
+    theta_u = policy.confidence_threshold
+    a = _arrays(items)
+    n = len(items)
+    weak_q, strong_q = float(a["w"].mean()), float(a["s"].mean())
+    weak_cost_f, strong_cost_f = float(a["wc"].sum()), float(a["sc"].sum())
+    weak_cost = quantize_usd(sum((i.weak_cost for i in items), ZERO))
+    strong_cost = quantize_usd(sum((i.strong_cost for i in items), ZERO))
+    results: list[PolicyResult] = []
+    all_true, all_false = [True] * n, [False] * n
+
+    results.append(_point_result("always-cheap", f"every prompt to {cheap.models[0].model}", items, all_false, all_true, weak_q, strong_q))
+    results.append(_point_result("always-premium", f"every prompt to {premium.models[0].model}", items, all_true, all_false,
+                                 weak_q, strong_q))
+
+    # Keyword rules alone: a rule for the top tier → premium; everything else cheap. Sweep: rule rank as the score.
+    kw_score = np.array([2.0 if i.keyword_tier == premium.name else (0.0 if i.keyword_tier == cheap.name else 1.0) for i in items])
+    kw_premium = [i.keyword_tier == premium.name for i in items]
+    res = _point_result("keyword", "admin keyword rules; no match → cheap", items, kw_premium, [not p for p in kw_premium], weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], kw_score), weak_q, strong_q, weak_cost_f, strong_cost_f)
+    results.append(res)
+
+    # Complexity alone.
+    cx_premium = [i.complexity >= theta_c for i in items]
+    res = _point_result("complexity", f"premium when complexity ≥ {theta_c:.2f}", items, cx_premium, [not p for p in cx_premium],
+                        weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], a["c"]), weak_q, strong_q, weak_cost_f, strong_cost_f)
+    results.append(res)
+
+    # Confidence alone: cheap first for every prompt, escalate on the answer's uncertainty.
+    cf_premium = [i.uncertainty >= theta_u for i in items]
+    res = _point_result("confidence", f"cheap first; escalate when uncertainty ≥ {theta_u:.2f}", items, cf_premium, all_true,
+                        weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], a["u"], direct=np.full(n, -np.inf)), weak_q, strong_q,
+                  weak_cost_f, strong_cost_f)
+    results.append(res)
+
+    # Complexity + confidence: direct premium when complexity ≥ θc, else cheap then escalate when risk ≥ θu.
+    risk = np.array([escalation_risk(i.complexity, i.uncertainty) for i in items])
+    cc_direct = [i.complexity >= theta_c for i in items]
+    cc_premium = [d or escalation_decide(policy=policy, strategy="complexity", complexity=i.complexity, uncertainty=i.uncertainty)[0]
+                  for i, d in zip(items, cc_direct, strict=True)]
+    res = _point_result("complexity+confidence", f"complexity ≥ {theta_c:.2f} → premium; else cheap, escalate when risk ≥ {theta_u:.2f}",
+                        items, cc_premium, [not d for d in cc_direct], weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], risk, direct=a["c"]), weak_q, strong_q, weak_cost_f, strong_cost_f)
+    results.append(res)
+
+    # Full chain: exactly route_plan (keyword → complexity) then escalation_decide on the cheap answer.
+    fc_direct, fc_premium = [], []
+    for i in items:
+        direct = i.chain_tier == premium.name
+        escalate = False
+        if not direct:
+            escalate, _ = escalation_decide(policy=policy, strategy=i.chain_strategy, complexity=i.complexity, uncertainty=i.uncertainty)
+        fc_direct.append(direct)
+        fc_premium.append(direct or escalate)
+    fc_score = np.array([
+        2.0 if i.keyword_tier == premium.name else (i.uncertainty if i.keyword_tier == cheap.name else r)
+        for i, r in zip(items, risk, strict=True)
+    ])
+    fc_direct_score = np.array([
+        2.0 if i.keyword_tier == premium.name else (-np.inf if i.keyword_tier == cheap.name else i.complexity) for i in items
+    ])
+    res = _point_result("full chain", "keyword → complexity → confidence (route_plan + escalation_decide, as served)", items,
+                        fc_premium, [not d for d in fc_direct], weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], fc_score, direct=fc_direct_score), weak_q, strong_q,
+                  weak_cost_f, strong_cost_f)
+    results.append(res)
+    full = res
+
+    # Random routing at the full chain's cost: expected values (no sampling noise).
+    span = float(strong_cost - weak_cost)
+    p = min(max((float(full.cost - weak_cost) / span) if span > 0 else 0.0, 0.0), 1.0)
+    rnd = PolicyResult(
+        name="random (matched cost)", description=f"premium with probability {p:.3f}, matching the full chain's cost (expected values)",
+        share=p, quality=weak_q + p * (strong_q - weak_q), cost=quantize_usd(weak_cost + (strong_cost - weak_cost) * Decimal(str(p))),
+        cheap_calls=round((1 - p) * n), premium_calls=round(p * n), pgr=p if strong_q != weak_q else 0.0,
+    )
+    _attach_curve(rnd, [(0.0, weak_q, weak_cost_f), (1.0, strong_q, strong_cost_f)], weak_q, strong_q, weak_cost_f, strong_cost_f)
+    results.append(rnd)
+
+    # The perfect router: premium exactly where it scores higher (an upper bound, needs the answers' grades).
+    gain = a["s"] - a["w"]
+    res = _point_result("perfect", "premium only where the premium answer scores higher (oracle)", items,
+                        [g > 0 for g in gain], [g <= 0 for g in gain], weak_q, strong_q)
+    _attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], gain), weak_q, strong_q, weak_cost_f, strong_cost_f)
+    results.append(res)
+
+    return SourceReport(source="", n=n, weak_quality=weak_q, strong_quality=strong_q, weak_cost=weak_cost,
+                        strong_cost=strong_cost, results=results)
+
+
+def evaluate(items: list[EvalItem], *, config: RouterConfig, policy: PolicySpec) -> list[SourceReport]:
+    """One report per source present, plus the pooled one first when there are several sources."""
+    sources = sorted({i.source for i in items})
+    reports = []
+    if len(sources) > 1:
+        pooled = policies_evaluate(items, config=config, policy=policy)
+        pooled.source = "all"
+        reports.append(pooled)
+    for source in sources:
+        report = policies_evaluate([i for i in items if i.source == source], config=config, policy=policy)
+        report.source = source
+        reports.append(report)
+    return reports
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f} %"
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def report_table(report: SourceReport) -> str:
+    lines = [
+        "| policy | premium calls | cost (USD) | cost vs premium | quality | vs premium | PGR | APGR | APGR (cost) | CPT(50 %) | CPT(80 %) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.results:
+        lines.append(
+            f"| {r.name} | {_pct(r.share)} | {r.cost:.4f} | {_pct(float(r.cost / report.strong_cost) if report.strong_cost else None)} "
+            f"| {r.quality:.3f} | {_pct(r.quality / report.strong_quality if report.strong_quality else None)} | {_f(r.pgr, 2)} "
+            f"| {_f(r.apgr)} | {_f(r.apgr_cost)} | {_pct(r.cpt50)} | {_pct(r.cpt80)} |"
+        )
+    return "\n".join(lines)
+
+
+SWEPT = ("keyword", "complexity", "confidence", "complexity+confidence", "full chain")
+
+
+def best_policy(report: SourceReport) -> PolicyResult:
+    return max((r for r in report.results if r.name in SWEPT and r.apgr is not None), key=lambda r: r.apgr or 0.0)
+
+
+def plot_write(reports: list[SourceReport], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(5.2 * len(reports), 4.4), squeeze=False)
+    styles = {"keyword": ":", "complexity": "--", "confidence": "-.", "complexity+confidence": "-", "full chain": "-",
+              "random (matched cost)": ":", "perfect": "-"}
+    colors = {"keyword": "tab:brown", "complexity": "tab:blue", "confidence": "tab:purple", "complexity+confidence": "tab:green",
+              "full chain": "tab:red", "random (matched cost)": "grey", "perfect": "black"}
+    for ax, report in zip(axes[0], reports, strict=True):
+        for r in report.results:
+            if r.curve and r.name in styles:
+                xs = [p.share * 100 for p in sorted(r.curve, key=lambda p: (p.share, p.quality))]
+                ys = [p.quality for p in sorted(r.curve, key=lambda p: (p.share, p.quality))]
+                label = f"{r.name} (APGR {r.apgr:.2f})" if r.apgr is not None else r.name
+                ax.plot(xs, ys, styles[r.name], color=colors[r.name], label=label, linewidth=1.4 if r.name != "full chain" else 2.0)
+            if r.name in ("full chain", "complexity+confidence", "complexity", "keyword"):
+                ax.plot([r.share * 100], [r.quality], "o", color=colors[r.name], markersize=5)
+        ax.axhline(report.weak_quality, color="tab:orange", linewidth=0.8, linestyle="--", label="always cheap")
+        ax.axhline(report.strong_quality, color="tab:cyan", linewidth=0.8, linestyle="--", label="always premium")
+        ax.axhline(0.95 * report.strong_quality, color="tab:cyan", linewidth=0.6, linestyle=":", label="95 % of premium")
+        ax.set_title(f"{SOURCE_LABELS.get(report.source, report.source)} (n={report.n})")
+        ax.set_xlabel("premium calls (%)")
+        ax.set_ylabel("quality (mean score)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Router policies on recorded Mixtral-8x7B / GPT-4-1106 answers (dots: configured operating points)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,18 @@
+"""Per-process routing metrics. Labels are bounded: strategy (a fixed set), tier (admin-defined, a handful), model (catalog models only)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+ROUTE_DECISIONS = Counter(
+    "finops_route_decisions_total",
+    "Routing decisions by the strategy that decided (pinned, tier, keyword, complexity, default, downgrade) and the tier chosen.",
+    ["strategy", "tier"],
+)
+CONFIDENCE_CHECKS = Counter(
+    "finops_route_confidence_checks_total", "Confidence checks of an answer, by the tier that answered and the outcome (keep, escalate).",
+    ["tier", "outcome"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "finops_route_circuit_transitions_total", "Circuit breaker state changes per model (opened, closed), per worker.", ["model", "state"]
+)

@@ -1,0 +1,185 @@
+"""Pipeline hooks of the router (stages 6 and 9, and the circuit breaker).
+
+Contract with apps.gateway.pipeline:
+- `route_select(ctx)` returns a RouteDecision: the model to call first and `chain`, the
+  fallback order (same tier first, then upward, never down).
+- `route_cheapest(ctx)` returns the decision for a budget downgrade.
+- `confidence_escalate(ctx, response)` returns True when a cheap answer should be re-asked one tier up.
+- `circuit_allows(model)` / `circuit_record(model, ok)`: the per-model circuit breaker.
+
+How a request names its route (see `apps.routing.engine`): `model="auto"` / `"finops/auto"` / `"router"`
+routes with the org's default policy, `"finops/<route>"` with a named policy, `"finops/<tier>"` asks for a
+tier, and any other model name is a pin (honoured when the org allows pinning, else routed anyway
+with the refusal in the reason). The decision's strategy / reason / tier / requested_tier go to the
+ledger row. `ctx.extra["route_plan"]` keeps the plan (complexity score, policy) for the confidence
+check; when it escalates, `ctx.extra["escalate_to"]` holds the (tier, model) to re-ask.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+
+from apps.gateway.context import RequestContext, RouteDecision
+from apps.gateway.tokens import message_text
+from apps.routing import metrics
+from apps.routing.circuit import OPEN, CircuitBreaker
+from apps.routing.engine import (
+    BUILTIN_POLICY,
+    NoRoutableModel,
+    RoutePlan,
+    UnknownRoute,
+    chain_build,
+    escalation_decide,
+    route_plan,
+    tier_above,
+    tier_by_name,
+)
+from apps.routing.features import confidence_assess
+from apps.routing.selectors import router_config
+from finops.errors import ModelNotFound
+
+_JSON_REQUEST = re.compile(r"\b(?:respond|reply|answer|output|return|format(?:ted)?|give|produce)\b[^.\n]{0,40}\bJSON\b", re.I)
+
+_breaker: CircuitBreaker | None = None
+
+
+def breaker() -> CircuitBreaker:
+    global _breaker
+    if _breaker is None:
+        _breaker = CircuitBreaker(
+            failures=int(settings.FINOPS.get("ROUTER_CIRCUIT_FAILURES", 5)),
+            cooldown_s=float(settings.FINOPS.get("ROUTER_CIRCUIT_COOLDOWN_S", 30.0)),
+        )
+    return _breaker
+
+
+def _decision(plan: RoutePlan, providers: dict[str, str]) -> RouteDecision:
+    cb = breaker()
+    # Peek only: `allows()` would spend a half-open probe that the gateway's own check must get.
+    model = next((m for _, m in plan.chain if cb.state(m) != OPEN), plan.model)
+    return RouteDecision(
+        model=model,
+        tier=next((t for t, m in plan.chain if m == model), plan.tier),
+        provider=providers.get(model, ""),
+        strategy=plan.strategy,
+        reason=plan.reason,
+        requested_tier=plan.requested_tier,
+        chain=list(plan.chain),
+    )
+
+
+async def route_select(ctx: RequestContext) -> RouteDecision:
+    config = await router_config()
+    caller = ctx.caller
+    try:
+        plan = route_plan(
+            config,
+            messages=ctx.messages,
+            requested_model=ctx.requested_model,
+            org_id=caller.org_id if caller else None,
+            allow_pinning=caller.allow_model_pinning if caller else True,
+        )
+    except (UnknownRoute, NoRoutableModel) as exc:
+        raise ModelNotFound(str(exc), param="model") from exc
+    ctx.extra["route_plan"] = plan
+    decision = _decision(plan, {name: spec.provider for name, spec in config.models.items()})
+    metrics.ROUTE_DECISIONS.labels(plan.strategy, plan.tier or "none").inc()
+    return decision
+
+
+async def route_cheapest(ctx: RequestContext) -> RouteDecision:
+    """The lowest tier of the request's ladder, and only its models: a downgrade must not fall back into cost."""
+    config = await router_config()
+    plan: RoutePlan | None = ctx.extra.get("route_plan")
+    policy = plan.policy if plan else (config.policy_for(org_id=ctx.caller.org_id if ctx.caller else None) or BUILTIN_POLICY)
+    tiers = config.tiers(policy.ladder)
+    usable = [t for t in tiers if t.models]
+    if not usable:
+        raise ModelNotFound(f"route '{policy.label}' has no tier with an enabled, priced model", param="model")
+    lowest = usable[0]
+    chain = chain_build((lowest,), lowest.rank, policy)
+    previous = ctx.route.tier if ctx.route else (plan.tier if plan else "")
+    downgraded = RoutePlan(
+        tier=lowest.name,
+        strategy="downgrade",
+        reason=f"budget downgrade {previous or '?'} → {lowest.name}",
+        chain=chain,
+        policy=policy,
+        requested_tier=ctx.route.requested_tier if ctx.route else (plan.requested_tier if plan else lowest.name),
+        complexity=plan.complexity if plan else None,
+    )
+    ctx.extra["route_plan"] = downgraded
+    metrics.ROUTE_DECISIONS.labels("downgrade", lowest.name).inc()
+    return _decision(downgraded, {name: spec.provider for name, spec in config.models.items()})
+
+
+def _wants_json(ctx: RequestContext) -> bool:
+    fmt = ctx.body.get("response_format") if isinstance(ctx.body, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return True
+    last_user = next((m for m in reversed(ctx.messages) if m.get("role") == "user"), None)
+    return bool(last_user and _JSON_REQUEST.search(message_text(last_user.get("content"))[:5000]))
+
+
+def _answer(response: dict[str, Any]) -> tuple[str, str | None, list[float] | None, bool]:
+    choices = response.get("choices") or [{}]
+    choice = choices[0] or {}
+    message = choice.get("message") or {}
+    content = message_text(message.get("content"))
+    logprobs = None
+    lp = choice.get("logprobs")
+    if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+        values = [t.get("logprob") for t in lp["content"] if isinstance(t, dict)]
+        logprobs = [float(v) for v in values if isinstance(v, int | float)] or None
+    return content, choice.get("finish_reason"), logprobs, bool(message.get("tool_calls"))
+
+
+async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> bool:
+    plan: RoutePlan | None = ctx.extra.get("route_plan")
+    route = ctx.route
+    if plan is None or route is None or ctx.escalated:
+        return False  # one escalation per request at most: the cost of a request stays bounded
+    config = await router_config()
+    tiers = config.tiers(plan.policy.ladder)
+    answered_tier = ctx.tier or route.tier
+    if tier_by_name(tiers, answered_tier) is None:
+        return False
+    above = tier_above(tiers, answered_tier)
+    if above is None:
+        return False
+    content, finish_reason, logprobs, tool_calls = _answer(response)
+    last_user = next((m for m in reversed(ctx.messages) if m.get("role") == "user"), {})
+    confidence = confidence_assess(
+        answer=content,
+        prompt=message_text(last_user.get("content"))[:5000],
+        finish_reason=finish_reason,
+        token_logprobs=logprobs,
+        wants_json=_wants_json(ctx),
+        has_tool_calls=tool_calls,
+        logprob_floor=plan.policy.logprob_floor,
+    )
+    escalate, risk = escalation_decide(
+        policy=plan.policy, strategy=plan.strategy, complexity=plan.complexity, uncertainty=confidence.uncertainty
+    )
+    ctx.extra["confidence"] = {"uncertainty": confidence.uncertainty, "risk": risk, "signals": confidence.signals}
+    metrics.CONFIDENCE_CHECKS.labels(answered_tier or "none", "escalate" if escalate else "keep").inc()
+    if not escalate:
+        return False
+    target = chain_build(tiers, above.rank, plan.policy)
+    ctx.extra["escalate_to"] = target[0] if target else None
+    route.strategy = "confidence"
+    route.reason = f"{route.reason}; escalated {answered_tier}→{above.name}: risk={risk:.2f}≥{plan.policy.confidence_threshold:.2f} ({confidence.reason})"
+    return True
+
+
+def circuit_allows(model: str) -> bool:
+    return breaker().allows(model)
+
+
+def circuit_record(model: str, ok: bool) -> None:
+    changed = breaker().record(model, ok)
+    if changed:
+        metrics.CIRCUIT_TRANSITIONS.labels(model, changed).inc()

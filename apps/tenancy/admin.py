@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.http import HttpRequest
+
+from apps.tenancy.models import ApiKey, Member, Organization, Team
+from apps.tenancy.services import api_key_create, api_key_revoke
+
+
+class TeamInline(admin.TabularInline):
+    model = Team
+    extra = 0
+    fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "team_count", "store_prompts", "allow_model_pinning", "created_at"]
+    search_fields = ["name", "slug"]
+    list_filter = ["store_prompts", "allow_model_pinning"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [TeamInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_teams=Count("teams"))
+
+    @admin.display(ordering="_teams", description="teams")
+    def team_count(self, obj) -> int:
+        return obj._teams
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["name", "org", "member_count"]
+    list_filter = ["org"]
+    list_select_related = ["org"]
+    search_fields = ["name", "org__name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_members=Count("members"))
+
+    @admin.display(ordering="_members", description="members")
+    def member_count(self, obj) -> int:
+        return obj._members
+
+
+@admin.register(Member)
+class MemberAdmin(admin.ModelAdmin):
+    list_display = ["username", "team", "org", "email", "user", "active_keys"]
+    list_filter = ["org"]
+    list_select_related = ["team", "org", "user"]
+    search_fields = ["username", "email"]
+    autocomplete_fields = ["user"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True)))
+
+    @admin.display(ordering="_keys", description="active keys")
+    def active_keys(self, obj) -> int:
+        return obj._keys
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are created here through the service: the secret is shown once, in the success message."""
+
+    list_display = ["prefix", "name", "member", "team", "org", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["org", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["member", "team", "org"]
+    search_fields = ["prefix", "name", "member__username"]
+    fields = ["member", "name", "rate_limit_per_minute", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    autocomplete_fields = ["member"]
+    actions = ["revoke_keys"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "member"] if obj else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = api_key_create(member=obj.member, name=obj.name, rate_limit_per_minute=obj.rate_limit_per_minute)
+        obj.pk = created.api_key.pk
+        obj.__dict__.update(created.api_key.__dict__)
+        self.message_user(
+            request,
+            f"API key created. Copy it now, it will not be shown again: {created.secret}",
+            level=messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request: HttpRequest, queryset) -> None:
+        count = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=key)
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", level=messages.SUCCESS)

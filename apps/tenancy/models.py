@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    # Prompt and response text are kept only when the org opts in; otherwise hashes and counts.
+    store_prompts = models.BooleanField(default=False)
+    # A client may name a concrete model and skip the router.
+    allow_model_pinning = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Team(models.Model):
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["org__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["org", "slug"], name="team_unique_slug_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.org.slug}/{self.slug}"
+
+
+class Member(models.Model):
+    """A person (or service) that makes LLM calls; optionally a Django user for the admin/API."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="members")
+    username = models.CharField(max_length=150)
+    email = models.EmailField(blank=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="finops_member"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["org__name", "username"]
+        constraints = [models.UniqueConstraint(fields=["org", "username"], name="member_unique_username_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.username} ({self.team})"
+
+
+class ApiKey(models.Model):
+    """Only the SHA-256 of the key is stored, plus a short prefix that people can recognise."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="api_keys")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Per-key limits: requests per minute (0 = only the org defaults apply).
+    rate_limit_per_minute = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.member.username})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,61 @@
+"""The raw asyncpg pool for the hot path (auth, prices, budgets, ledger insert).
+
+The Django ORM is sync and would cost a thread per request; the hot path talks to Postgres
+through this pool instead. One pool per process and event loop, created lazily.
+The DSN comes from Django's connection settings, so under pytest it points at the test database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+import asyncpg
+from django.conf import settings
+from django.db import connections
+
+_pools: dict[int, asyncpg.Pool] = {}
+_locks: dict[int, asyncio.Lock] = {}
+
+
+def dsn_from_settings() -> str:
+    db = connections["default"].settings_dict
+    user = quote(db.get("USER") or "postgres")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or ""
+    port = db.get("PORT") or ""
+    name = quote(db["NAME"])
+    if host.startswith("/"):
+        # Unix socket (the embedded pgserver): the host goes in the query string.
+        query = f"?host={quote(host)}" + (f"&port={port}" if port else "")
+        return f"postgresql://{user}{password}@/{name}{query}"
+    return f"postgresql://{user}{password}@{host or '127.0.0.1'}{':' + port if port else ''}/{name}"
+
+
+async def get_pool() -> asyncpg.Pool:
+    loop_id = id(asyncio.get_running_loop())
+    pool = _pools.get(loop_id)
+    if pool is not None:
+        return pool
+    lock = _locks.setdefault(loop_id, asyncio.Lock())
+    async with lock:
+        pool = _pools.get(loop_id)
+        if pool is None:
+            pool = await asyncpg.create_pool(
+                dsn_from_settings(),
+                min_size=settings.FINOPS["ASYNCPG_POOL_MIN"],
+                max_size=settings.FINOPS["ASYNCPG_POOL_MAX"],
+                # Connection attempts are bounded too: a hung Postgres must not hang the pool.
+                timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"],
+                command_timeout=settings.FINOPS["ASYNCPG_COMMAND_TIMEOUT_S"],
+                statement_cache_size=256,
+            )
+            _pools[loop_id] = pool
+    return pool
+
+
+async def close_pools() -> None:
+    for loop_id, pool in list(_pools.items()):
+        if loop_id == id(asyncio.get_running_loop()):
+            await pool.close()
+            _pools.pop(loop_id, None)

@@ -1,0 +1,71 @@
+"""Prometheus exposition that is safe under several worker processes.
+
+Counters and histograms live in each process; with PROMETHEUS_MULTIPROC_DIR set (the Makefile
+and compose set it) they are merged at scrape time by MultiProcessCollector. Gauges that describe
+the database (job freshness, budget utilisation, open anomalies) are computed at scrape time by
+collectors that the apps register, so every worker reports the same value.
+
+Labels are bounded: provider, model, tier, cache status, outcome, detector, severity, org at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+logger = logging.getLogger(__name__)
+
+ScrapeCollector = Callable[[], Iterable[Metric]]
+_scrape_collectors: list[ScrapeCollector] = []
+
+
+def register_scrape_collector(collector: ScrapeCollector) -> ScrapeCollector:
+    if collector not in _scrape_collectors:
+        _scrape_collectors.append(collector)
+    return collector
+
+
+class _DatabaseCollector:
+    def collect(self) -> Iterable[Metric]:
+        for collector in _scrape_collectors:
+            try:
+                yield from collector()
+            except Exception:  # a broken collector must not take /metrics down
+                logger.exception("scrape collector %s failed", getattr(collector, "__name__", collector))
+
+
+@register_scrape_collector
+def job_freshness() -> Iterable[Metric]:
+    from finops.models import JobRun
+
+    family = GaugeMetricFamily(
+        "finops_job_last_success_timestamp_seconds", "Unix time of the last successful run of a scheduled job.", labels=["job"]
+    )
+    for name, at in JobRun.objects.exclude(last_success_at=None).values_list("name", "last_success_at"):
+        family.add_metric([name], at.timestamp())
+    yield family
+
+
+def render() -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    output = generate_latest(registry)
+    output += generate_latest(_database_registry())
+    return output, CONTENT_TYPE_LATEST
+
+
+def _database_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_DatabaseCollector())
+    return registry

@@ -1,0 +1,23 @@
+"""Test settings: the same services as `make run`, a separate Redis database, fast hashing."""
+
+import os
+from urllib.parse import urlparse
+
+from finops.envfile import load_env_file
+
+load_env_file()
+_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Tests flush Redis: give them their own logical database, and tell subprocesses too.
+os.environ["REDIS_URL"] = urlparse(_redis)._replace(path="/" + os.environ.get("FINOPS_TEST_REDIS_DB", "9")).geturl()
+
+from finops.settings import *  # noqa: E402,F403
+from finops.settings import CACHES, DATABASES  # noqa: E402
+
+REDIS_URL = os.environ["REDIS_URL"]
+CACHES["default"]["LOCATION"] = REDIS_URL
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Parallel runs on one Postgres (several checkouts, helpers, xdist) need distinct test databases.
+DATABASES["default"]["TEST"] = {"NAME": "test_finops" + os.environ.get("FINOPS_TEST_DB_SUFFIX", "")}

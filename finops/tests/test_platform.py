@@ -1,0 +1,80 @@
+"""Settings, checks, /metrics and the embedded services' env file."""
+
+import os
+import subprocess
+import sys
+
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from conftest import ROOT
+from finops.envfile import read_env_file
+
+
+def test_metrics_are_served_in_prometheus_format(client, db):
+    from django.utils import timezone
+
+    from finops.models import JobRun
+
+    JobRun.objects.create(name="cost_rollup_hourly", last_success_at=timezone.now(), successes=1)
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    body = response.content.decode()
+    assert 'finops_job_last_success_timestamp_seconds{job="cost_rollup_hourly"}' in body
+
+
+def test_metrics_merge_several_worker_processes(tmp_path, db):
+    """With PROMETHEUS_MULTIPROC_DIR, counters from other processes show up in one scrape."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    code = (
+        "from prometheus_client import Counter; c = Counter('finops_selftest_total', 'x', ['outcome']);"
+        "c.labels(outcome='ok').inc(3)"
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    scrape = subprocess.run(
+        [sys.executable, "-c", "from prometheus_client import CollectorRegistry, generate_latest, multiprocess;"
+         "r = CollectorRegistry(); multiprocess.MultiProcessCollector(r); print(generate_latest(r).decode())"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert 'finops_selftest_total{outcome="ok"} 6.0' in scrape.stdout
+
+
+def test_time_zone_must_be_utc():
+    with override_settings(TIME_ZONE="Europe/Paris"):
+        assert any(e.id == "finops.E001" for e in run_checks())
+    assert not any(e.id == "finops.E001" for e in run_checks())
+
+
+def test_production_refuses_the_default_secret_key():
+    with override_settings(DEBUG=False, SECRET_KEY="django-insecure-finops-development-only"):
+        assert any(e.id == "finops.E002" for e in run_checks(include_deployment_checks=True))
+    with override_settings(DEBUG=False, SECRET_KEY="x" * 60):
+        assert any(e.id == "finops.E002" for e in run_checks(include_deployment_checks=True))
+    with override_settings(DEBUG=False, SECRET_KEY="k3J9-qv8ZpL2mX7wR4tY6uI0oP1aS5dF8gH3jK9lZ2xC7vB4nM6"):
+        assert not any(e.id == "finops.E002" for e in run_checks(include_deployment_checks=True))
+
+
+def test_make_services_wrote_the_env_file():
+    values = read_env_file()
+    assert values["DATABASE_URL"].startswith("postgresql://")
+    assert values["REDIS_URL"].startswith("redis://")
+
+
+def test_services_start_is_idempotent():
+    before = read_env_file()
+    # As `make services` runs from a shell: only URLs of external servers come from the environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    if before.get("FINOPS_EMBEDDED_PG") == "0":
+        env["DATABASE_URL"] = before["DATABASE_URL"]
+    if before.get("FINOPS_EMBEDDED_REDIS") == "0":
+        env["REDIS_URL"] = before["REDIS_URL"]
+    subprocess.run([sys.executable, "-m", "finops.services", "start"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert read_env_file() == before
+
+
+def test_the_admin_login_page_is_served(client, db):
+    response = client.get("/admin/login/")
+    assert response.status_code == 200
+    assert b"Django administration" in response.content or b"finops" in response.content

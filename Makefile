@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test lint bench eval tools clean
+.PHONY: help install services stop migrate seed run test lint bench eval drill tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,7 @@ migrate: services
 
 seed: migrate ## migrate, then seed the demo workload (skipped when already seeded)
 	$(MANAGE) seed_demo
+	$(MANAGE) rollup_routes --all
 	$(MANAGE) ensure_demo_users
 
 run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), prints the URLs
@@ -64,9 +65,19 @@ test: services tools ## the whole suite: ruff, makemigrations --check, pytest on
 
 bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_ledger.py
+	$(PY) bench/bench_anomalies.py
+	$(PY) bench/bench_budgets.py
+	$(PY) bench/bench_cache.py
+	$(PY) bench/bench_reports.py
 
-eval: services ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
-	@echo "evaluations: see the targets added by each area"
+eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
+	$(MANAGE) eval_anomalies
+	$(MANAGE) eval_cache
+	$(MANAGE) eval_router --full-if-available --learned --bench
+	$(MANAGE) cost_model --refresh --reconcile
+
+drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)
+	$(MANAGE) drill
 
 clean: stop ## stop services and delete .finops (databases included)
 	rm -rf .finops

@@ -45,12 +45,12 @@ def test_database_url() -> str:
 @pytest.fixture
 def subprocess_env(django_db_setup, settings) -> dict[str, str]:
     """Environment for a child process (Celery worker, uvicorn) that must see the test database and Redis."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     return {
-        **os.environ,
+        **env,
         "DATABASE_URL": test_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SETTINGS_MODULE": "finops.settings",
-        "PROMETHEUS_MULTIPROC_DIR": "",
     }
 
 
@@ -95,6 +95,15 @@ def prices(db):
     prices_load_fixture(path=ROOT / "fixtures" / "prices.json")
 
 
+@pytest.fixture
+def routing_defaults(prices):
+    """The seeded tiers, route policies and keyword rules. A transactional test's flush empties the tables
+    the routing migration seeded, so tests that route ("auto", "finops/...") ask for them explicitly."""
+    from apps.routing.services import routing_defaults_ensure
+
+    routing_defaults_ensure()
+
+
 @pytest.fixture(scope="session")
 def mock_llm_url():
     """The OpenAI-compatible mock LLM, over real HTTP, in its own process."""
@@ -110,3 +119,56 @@ def mock_llm_url():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, workers: int = 1):
+    """Run the project's ASGI app (finops.asgi) under uvicorn against the current test database.
+
+    A context manager yielding the base URL. The gateway's caches of keys, prices and providers are
+    off (TTL 0) because every transactional test flushes and re-creates them.
+    """
+    import contextlib
+
+    from django.conf import settings
+
+    @contextlib.contextmanager
+    def run():
+        port = free_port()
+        child_env = {
+            **os.environ,
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "DJANGO_SETTINGS_MODULE": "finops.settings",
+            "PROMETHEUS_MULTIPROC_DIR": "",
+            "FINOPS_MOCK_LLM_URL": mock_llm_url,
+            "FINOPS_API_KEY_CACHE_SECONDS": "0",
+            "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "0",
+            "FINOPS_ROUTER_CONFIG_TTL_S": "0",
+            **(env or {}),
+        }
+        args = [sys.executable, "-m", "uvicorn", "finops.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
+        proc = subprocess.Popen(args, cwd=ROOT, env=child_env)
+        try:
+            wait_for_port(port, timeout=60, proc=proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    return run()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(django_db_setup, mock_llm_url):
+    """The gateway (uvicorn + finops.asgi) on the pytest-django test database and the mock LLM.
+
+    Tests that use it need `@pytest.mark.django_db(transaction=True)`, so that the keys and prices
+    they create are committed and visible to the server process. Upstream read timeout: 3 s.
+    """
+    with gateway_server(mock_llm_url=mock_llm_url, env={"FINOPS_UPSTREAM_TIMEOUT_S": "3", "FINOPS_GATEWAY_MAX_PROMPT_TOKENS": "2000"}) as url:
+        yield url

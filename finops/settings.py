@@ -82,7 +82,9 @@ INSTALLED_APPS = [
     "apps.cache",
     "apps.routing",
     "apps.anomalies",
+    "apps.reports",
     "apps.gateway",
+    "apps.costmodel",
     "finops",
 ]
 
@@ -209,9 +211,19 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(minute="2-59/5"),  # fail-open spend reaches the counters within 5 minutes
         "options": {"expires": 290},
     },
+    "routing-latency-refresh": {
+        "task": "apps.routing.tasks.tier_latency_refresh_task",
+        "schedule": crontab(minute="4-59/5"),  # the triangle's latency axis: p50 of the last hour, per model
+        "options": {"expires": 290},
+    },
     "anomaly-scan": {
         "task": "apps.anomalies.tasks.anomaly_scan_task",
         "schedule": crontab(minute=12),  # after the rollup, on complete hours
+        "options": {"expires": HOUR - 60},
+    },
+    "reports-route-rollup": {
+        "task": "apps.reports.tasks.route_rollup_hourly_task",
+        "schedule": crontab(minute=9),  # after the ledger rollup (minute 5); dashboards read both
         "options": {"expires": HOUR - 60},
     },
     "alert-deliveries-requeue": {
@@ -256,8 +268,12 @@ FINOPS = {
     "GATEWAY_DEFAULT_MAX_TOKENS": env_int("FINOPS_GATEWAY_DEFAULT_MAX_TOKENS", 1024),
     # Prices and providers are cached in each process and reloaded in the background this often.
     "GATEWAY_CATALOG_CACHE_SECONDS": env_float("FINOPS_GATEWAY_CATALOG_CACHE_SECONDS", 60.0),
-    # Model names that mean "let the router choose" (no price of their own).
-    "GATEWAY_ROUTER_MODELS": [m for m in env_str("FINOPS_GATEWAY_ROUTER_MODELS", "auto").split(",") if m],
+    # Model names that mean "let the router choose" (no price of their own); a trailing * is a prefix.
+    "GATEWAY_ROUTER_MODELS": [m for m in env_str("FINOPS_GATEWAY_ROUTER_MODELS", "auto,router,finops/*").split(",") if m],
+    # Router (apps.routing): config snapshot lifetime per process; per-model circuit breaker (per worker).
+    "ROUTER_CONFIG_TTL_S": env_float("FINOPS_ROUTER_CONFIG_TTL_S", 10.0),
+    "ROUTER_CIRCUIT_FAILURES": env_int("FINOPS_ROUTER_CIRCUIT_FAILURES", 5),
+    "ROUTER_CIRCUIT_COOLDOWN_S": env_float("FINOPS_ROUTER_CIRCUIT_COOLDOWN_S", 30.0),
     # Ledger writes: batched after the response; Postgres down -> Redis stream outbox -> local spool file.
     "LEDGER_DATABASE_URL": env_str("FINOPS_LEDGER_DATABASE_URL", ""),  # default: the main database
     "LEDGER_INSERT_TIMEOUT_S": env_float("FINOPS_LEDGER_INSERT_TIMEOUT_S", 2.0),
@@ -292,6 +308,9 @@ FINOPS = {
     # Settled reservations whose ledger row is still missing count as spend for this long (reconcile).
     "BUDGET_RECONCILE_WINDOW_S": env_int("FINOPS_BUDGET_RECONCILE_WINDOW_S", 6 * 3600),
     "BUDGET_RESERVATION_RETENTION_DAYS": env_int("FINOPS_BUDGET_RESERVATION_RETENTION_DAYS", 7),
+    # Reports (apps.reports): the model whose price is the "premium" counterfactual for routing savings;
+    # empty = the cheapest enabled model of the top tier of the `default` routing ladder.
+    "REPORTS_PREMIUM_MODEL": env_str("FINOPS_REPORTS_PREMIUM_MODEL", ""),
 }
 
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")

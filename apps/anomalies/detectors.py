@@ -13,7 +13,7 @@ not anomalous with NaN expectations.
 | iqr | quartiles of the trailing `window` points | x > Q3 + `k`·IQR (or < Q1 − k·IQR) | window 168, k 3.0, min_history 24 |
 | pattern | median of the same hour of week in the previous `weeks` weeks (±`slot_halfwidth` hours) | z of the residual against the robust spread of past residuals > `threshold` | season 168, weeks 4, slot_halfwidth 1, threshold 4.0, residual_window 336 |
 | mix | median share over the trailing `window` | share − baseline > `min_shift` and robust z > `threshold` | window 168, min_shift 0.2, threshold 3.0 |
-| combined | the pattern's expectation (else the spike median) | pattern AND (spike z > `confirm_spike` OR iqr score > `confirm_iqr`); before one season of history exists: spike AND iqr | confirm_spike 2.5, confirm_iqr 1.0, and the parameters above |
+| combined | the pattern's expectation (else the spike median) | pattern AND (spike z > `confirm_spike` OR iqr score > `confirm_iqr`); before one season of history exists: spike AND iqr | confirm_spike 2.5, confirm_iqr 0.0 (above Q3), and the parameters above |
 
 Scales have floors (`rel_floor`·|baseline| and `abs_floor`) so a flat or all-zero history does not
 turn every small wiggle into an infinite z-score. `direction` is "up" (cost: only increases are
@@ -87,7 +87,7 @@ class CombinedParams:
     # Confirmation bars: lower than the stand-alone thresholds, because they only have to agree with
     # the pattern detector that the level is also unusual for the last week, not find it on their own.
     confirm_spike: float = 2.5
-    confirm_iqr: float = 1.0
+    confirm_iqr: float = 0.0  # above the upper quartile of the last week
 
 
 def _as2d(x: np.ndarray) -> np.ndarray:
@@ -256,7 +256,9 @@ def combined(
     }
     s, q, p = parts["spike"], parts["iqr"], parts["pattern"]
     has_season = ~np.isnan(p.score)
-    confirmed = _flag(s.score, params.confirm_spike, params.spike.direction) | _flag(q.score, params.confirm_iqr, params.iqr.direction)
+    confirmed = _flag(s.score, params.confirm_spike, params.spike.direction) | _flag(
+        q.score, params.confirm_iqr, params.iqr.direction
+    )
     flags = np.where(has_season, p.flags & confirmed, s.flags & q.flags)
     expected = np.where(np.isnan(p.expected), s.expected, p.expected)
     score = np.where(has_season, p.score, s.score)

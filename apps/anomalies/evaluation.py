@@ -130,23 +130,53 @@ def nab_params(step_seconds: float) -> d.CombinedParams:
     )
 
 
-def naive_flags(values: np.ndarray) -> np.ndarray:
-    """The static-threshold baseline: |x − mean| > 3σ of the probation period."""
-    probation = values[: max(2, int(len(values) * PROBATION))]
-    mean, sigma = float(np.mean(probation)), float(np.std(probation))
-    return np.abs(values - mean) > 3 * sigma
+def nab_hourly(series: NabSeries) -> NabSeries:
+    """Hourly means (empty hours NaN): the resolution the scan works at, for the detectors and the baseline alike."""
+    hours = series.timestamps.astype("datetime64[h]")
+    axis = np.arange(hours.min(), hours.max() + 1)
+    idx = (hours - hours.min()).astype(np.int64)
+    sums = np.bincount(idx, weights=series.values, minlength=len(axis))
+    counts = np.bincount(idx, minlength=len(axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return NabSeries(name=series.name, timestamps=axis.astype("datetime64[s]"), values=values, windows=series.windows)
 
 
-def nab_detector_flags(series: NabSeries) -> dict[str, np.ndarray]:
+# A profile tuned ON NAB itself (in-sample, so optimistic): a stricter hour-of-week bar and one page a day per series.
+NAB_TUNED_PATTERN_THRESHOLD = 8.0
+NAB_TUNED_COOLDOWN_HOURS = 24
+
+
+def alerts_with_cooldown(flags: np.ndarray, *, cooldown: int) -> list[int]:
+    """Run starts, dropping any that come less than `cooldown` points after the previous alert."""
+    alerts: list[int] = []
+    for lo, _ in d.runs(flags):
+        if not alerts or lo >= alerts[-1] + cooldown:
+            alerts.append(lo)
+    return alerts
+
+
+def nab_detector_alerts(series: NabSeries) -> dict[str, list[int]]:
     params = nab_params(series.step_seconds)
     x = series.values
     result, parts = d.combined(x, params)
+    probation = x[: max(2, int(len(x) * PROBATION))]
+    probation = probation[~np.isnan(probation)]
+    with np.errstate(invalid="ignore"):
+        naive = np.abs(x - probation.mean()) > 3 * probation.std()
+    s, q, p = (np.abs(np.nan_to_num(parts[k].score[0])) for k in ("spike", "iqr", "pattern"))
+    tuned = (p > NAB_TUNED_PATTERN_THRESHOLD) & ((s > params.confirm_spike) | (q > params.confirm_iqr))
+    cooldown = NAB_TUNED_COOLDOWN_HOURS
     return {
-        "naive (mean ± 3σ of probation)": naive_flags(x),
-        "spike": parts["spike"].flags[0],
-        "iqr": parts["iqr"].flags[0],
-        "pattern": parts["pattern"].flags[0],
-        "combined": result.flags[0],
+        "naive: abs(x − mean) > 3σ of probation": alerts_with_cooldown(naive, cooldown=0),
+        "spike": alerts_with_cooldown(parts["spike"].flags[0], cooldown=0),
+        "iqr": alerts_with_cooldown(parts["iqr"].flags[0], cooldown=0),
+        "pattern": alerts_with_cooldown(parts["pattern"].flags[0], cooldown=0),
+        "combined (scan defaults)": alerts_with_cooldown(result.flags[0], cooldown=0),
+        f"naive, {cooldown} h cooldown": alerts_with_cooldown(naive, cooldown=cooldown),
+        f"combined, NAB-tuned (pattern z > {NAB_TUNED_PATTERN_THRESHOLD:g}, {cooldown} h cooldown)": alerts_with_cooldown(
+            tuned, cooldown=cooldown
+        ),
     }
 
 
@@ -159,14 +189,15 @@ class NabReport:
 
 
 def nab_evaluate(series_list: list[NabSeries], *, source: str, progress: Callable[[str], None] | None = None) -> NabReport:
+    """Score every detector on each file at hourly resolution (the scan's), micro-averaged per corpus."""
     report = NabReport(source=source, files=len(series_list))
-    for series in series_list:
+    for raw in series_list:
         if progress:
-            progress(series.name)
-        flags = nab_detector_flags(series)
+            progress(raw.name)
+        series = nab_hourly(raw)
         report.per_file[series.name] = {}
-        for detector, f in flags.items():
-            score = score_alerts(series, alerts_from_flags(f))
+        for detector, alerts in nab_detector_alerts(series).items():
+            score = score_alerts(series, alerts)
             report.per_file[series.name][detector] = score
             by_corpus = report.scores.setdefault(detector, {})
             by_corpus.setdefault(series.corpus, Score()).add(score)
@@ -246,11 +277,15 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
     outcomes: list[SeedOutcome] = []
     matched_ids: set[int] = set()
     for s in seeded:
-        outcome = SeedOutcome(kind=s.kind, scope=f"{s.org.slug} / {s.team.slug if s.team else '-'} / {s.model}", start=s.start, end=s.end)
+        outcome = SeedOutcome(
+            kind=s.kind, scope=f"{s.org.slug} / {s.team.slug if s.team else '-'} / {s.model}", start=s.start, end=s.end
+        )
         first_hour = s.start.replace(minute=0, second=0, microsecond=0)
         for k, inc in enumerate(incidents):
-            same_scope = (inc.scope_type == "org" and inc.org_id == s.org_id) or (inc.scope_type == "team" and inc.team_id == s.team_id) or (
-                inc.scope_type == "model" and inc.model == s.model
+            same_scope = (
+                (inc.scope_type == "org" and inc.org_id == s.org_id)
+                or (inc.scope_type == "team" and inc.team_id == s.team_id)
+                or (inc.scope_type == "model" and inc.model == s.model)
             )
             if not same_scope or inc.window_end <= s.start or inc.window_start >= s.end:
                 continue

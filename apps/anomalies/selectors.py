@@ -13,23 +13,31 @@ SCOPE_ORG, SCOPE_TEAM, SCOPE_MODEL = "org", "team", "model"
 PREMIUM_TIER = "premium"
 
 # One statement per scan: the detail rows of the look-back window aggregated per hour at the org,
-# team and model level at once (GROUPING SETS, a single pass over llm_requests), each scope then
+# team and model level at once (a single pass over llm_requests, then GROUPING SETS), each scope then
 # crossed with generate_series so hours without traffic come back as explicit zeros, ordered so
 # that every scope is one contiguous block of `hours` rows.
 HOURLY_SERIES_SQL = """
-WITH agg AS (
-    SELECT date_trunc('hour', received_at) AS hour,
-           GROUPING(org_id, team_id, model) AS g,
-           COALESCE(org_id, 0) AS org_id, COALESCE(team_id, 0) AS team_id, COALESCE(model, '') AS model,
-           SUM(cost_usd)::float8 AS cost,
-           COUNT(*)::float8 AS requests,
-           SUM(prompt_tokens + completion_tokens)::float8 AS tokens,
-           COALESCE(SUM(cost_usd) FILTER (WHERE tier = %(premium)s), 0)::float8 AS premium_cost
+WITH base AS (
+    -- One pass over the detail rows, to the finest grain needed; the three scope levels are then
+    -- rolled up from this small set instead of hashing the detail rows three times.
+    SELECT date_trunc('hour', received_at) AS hour, org_id, team_id, model,
+           SUM(cost_usd) AS cost,
+           COUNT(*) AS requests,
+           SUM(prompt_tokens + completion_tokens) AS tokens,
+           SUM(cost_usd) FILTER (WHERE tier = %(premium)s) AS premium_cost
     FROM llm_requests
     WHERE received_at >= %(start)s AND received_at < %(end)s AND org_id IS NOT NULL
-    GROUP BY GROUPING SETS ((date_trunc('hour', received_at), org_id),
-                           (date_trunc('hour', received_at), org_id, team_id),
-                           (date_trunc('hour', received_at), model))
+    GROUP BY 1, 2, 3, 4
+), agg AS (
+    SELECT hour,
+           GROUPING(org_id, team_id, model) AS g,
+           COALESCE(org_id, 0) AS org_id, COALESCE(team_id, 0) AS team_id, COALESCE(model, '') AS model,
+           SUM(cost)::float8 AS cost,
+           SUM(requests)::float8 AS requests,
+           SUM(tokens)::float8 AS tokens,
+           COALESCE(SUM(premium_cost), 0)::float8 AS premium_cost
+    FROM base
+    GROUP BY GROUPING SETS ((hour, org_id), (hour, org_id, team_id), (hour, model))
 ), scopes AS (
     SELECT DISTINCT g, org_id, team_id, model FROM agg
 ), hours AS (

@@ -284,7 +284,17 @@ def anomalies_detect(
         return []
     org_labels, team_labels = labels or ({}, {})
     min_impact = knob("ANOMALY_MIN_IMPACT_USD")
-    metrics = {"cost": series.cost, "requests": series.requests, "tokens_per_request": series.tokens_per_request}
+    # Hours before a scope's first request are not history (the tenant or model did not exist yet):
+    # as zeros they would make the hour-of-week baseline of a three-week-old tenant mostly zero.
+    active = np.maximum.accumulate(series.requests > 0, axis=1)
+    metrics = {
+        name: np.where(active, values, np.nan)
+        for name, values in (
+            ("cost", series.cost),
+            ("requests", series.requests),
+            ("tokens_per_request", series.tokens_per_request),
+        )
+    }
     detections = {name: d.combined(values, start=evaluate_from) for name, values in metrics.items()}
     cost_det = detections["cost"][0]
     expected_cost = np.where(np.isnan(cost_det.expected), series.cost, cost_det.expected)

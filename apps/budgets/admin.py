@@ -130,12 +130,16 @@ class BudgetAdminForm(forms.ModelForm):
 
 class BudgetChangeInline(ReadOnlyMixin, admin.TabularInline):
     model = BudgetChange
-    fields = ["changed_at", "changed_by_label", "field", "old_value", "new_value"]
+    fields = ["changed_at", "who", "field", "old_value", "new_value"]
     readonly_fields = fields
     extra = 0
     verbose_name = "change"
     verbose_name_plural = "History (who changed what, when)"
     ordering = ["-changed_at", "-id"]
+
+    @admin.display(description="changed by")
+    def who(self, obj: BudgetChange) -> str:
+        return obj.changed_by_label or "—"
 
 
 class BudgetAlertInline(ReadOnlyMixin, admin.TabularInline):

@@ -96,4 +96,6 @@ async def fail_open_admit(*, org_id: int, member_id: int, token: str) -> tuple[b
         return bool(admitted), "redis"
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("fail-open limiter: Redis unavailable (%s); using the in-process window", type(exc).__name__)
-        return local_window.admit(key, limit=limit), "local"
+    except Exception:  # whatever broke, the fail-open path must still answer, and stay bounded
+        logger.exception("fail-open limiter: Redis call failed; using the in-process window")
+    return local_window.admit(key, limit=limit), "local"

@@ -26,10 +26,16 @@ from django.conf import settings
 
 from apps.budgets import metrics
 from apps.budgets.limiter import fail_open_admit
-from apps.budgets.services import BudgetUnavailable, ReserveResult, alerts_dispatch_soon, reservation_create, reservation_settle
+from apps.budgets.services import (
+    BudgetUnavailable,
+    ReserveResult,
+    alerts_dispatch_soon,
+    reservation_create,
+    reservation_settle_later,
+)
 from apps.gateway.context import RequestContext
 from apps.ledger.money import ZERO, quantize_usd
-from finops.errors import BudgetExceeded, RateLimited
+from finops.errors import BudgetExceeded, FinopsError, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,17 @@ async def budget_reserve(ctx: RequestContext) -> None:
     try:
         result = await _reserve(ctx, over_downgrade=False)
         if result.decision == "downgrade":
-            result = await _downgrade(ctx)
+            try:
+                result = await _downgrade(ctx)
+            except FinopsError as exc:
+                # Nothing cheaper to route to: the cap holds, as a block.
+                ctx.budget_state = "blocked"
+                metrics.BUDGET_DECISIONS.labels(state="blocked").inc()
+                alerts_dispatch_soon(result.alert_ids)
+                raise BudgetExceeded(
+                    _block_message(ctx, result) + f" No cheaper model to downgrade to: {exc.message}",
+                    headers={"X-Budget-Remaining-USD": _usd(_non_negative(result.remaining_usd))},
+                ) from exc
     except BudgetUnavailable as exc:
         try:
             await _fail_open(ctx, reason=exc.reason)
@@ -73,19 +89,14 @@ async def budget_reserve(ctx: RequestContext) -> None:
 
 
 async def budget_settle(ctx: RequestContext) -> None:
-    reservation_id = ctx.reservation_id
-    if reservation_id is None:
+    """Hand the settle to the per-loop batcher (see services._SettleQueue): it runs after the response anyway."""
+    if ctx.reservation_id is None:
         return
     try:
-        alert_ids = await reservation_settle(reservation_id=reservation_id, actual_usd=ctx.cost_usd or ZERO)
-        alerts_dispatch_soon(alert_ids)
-    except BudgetUnavailable as exc:
-        # The reservation expires and is swept; reconcile books the cost from the ledger row.
-        metrics.BUDGET_SETTLE_FAILURES.labels(reason=exc.reason).inc()
-        logger.warning("budget settle of reservation %s failed (%s); left to sweep and reconcile", reservation_id, exc.reason)
+        reservation_settle_later(reservation_id=ctx.reservation_id, actual_usd=ctx.cost_usd or ZERO)
     except Exception:
         metrics.BUDGET_SETTLE_FAILURES.labels(reason="error").inc()
-        logger.exception("budget settle of reservation %s failed", reservation_id)
+        logger.exception("budget settle of reservation %s not queued", ctx.reservation_id)
 
 
 async def _reserve(ctx: RequestContext, *, over_downgrade: bool) -> ReserveResult:

@@ -17,7 +17,16 @@ class CacheRouteOverrideInline(admin.TabularInline):
 
 @admin.register(CacheSettings)
 class CacheSettingsAdmin(admin.ModelAdmin):
-    list_display = ["org", "enabled", "semantic_enabled", "threshold_similarity", "ttl_s", "max_temperature", "allow_tools", "updated_at"]
+    list_display = [
+        "org",
+        "enabled",
+        "semantic_enabled",
+        "threshold_similarity",
+        "ttl_s",
+        "max_temperature",
+        "allow_tools",
+        "updated_at",
+    ]
     list_filter = ["enabled", "semantic_enabled", "allow_tools", "allow_high_temperature"]
     list_select_related = ["org"]
     search_fields = ["org__name", "org__slug"]

@@ -94,11 +94,18 @@ class LocalEmbedder:
         """Unit vectors (float32, 384-d); None for a text too long to embed without truncation."""
         self.load()
         ok = self.fits(texts) if check_length else [True] * len(texts)
-        todo = [t for t, fits in zip(texts, ok) if fits and len(t) <= MAX_LOCAL_CHARS]
+        todo = [t for t, fits in zip(texts, ok, strict=True) if fits and len(t) <= MAX_LOCAL_CHARS]
         vectors = iter(
-            self._model.encode(todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True) if todo else []
+            self._model.encode(
+                todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+            if todo
+            else []
         )
-        return [next(vectors).astype(np.float32) if fits and len(t) <= MAX_LOCAL_CHARS else None for t, fits in zip(texts, ok)]
+        return [
+            next(vectors).astype(np.float32) if fits and len(t) <= MAX_LOCAL_CHARS else None
+            for t, fits in zip(texts, ok, strict=True)
+        ]
 
 
 local_embedder = LocalEmbedder()
@@ -155,7 +162,7 @@ async def _embed_remote(text: str, *, ctx: Any) -> np.ndarray | None:
     from apps.cache.services import embedding_request_record
 
     model = model_name()
-    price = await price_in_force_async(model=model, on=dt.datetime.now(dt.timezone.utc).date())
+    price = await price_in_force_async(model=model, on=dt.datetime.now(dt.UTC).date())
     if price is None:
         # Never an unbilled ($0) call: an unpriced embedding model switches the semantic tier off.
         logger.error("semantic cache: embedding model %s has no price in force; semantic tier skipped", model)

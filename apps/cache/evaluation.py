@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -55,14 +54,23 @@ class Pair:
 # --- data -----------------------------------------------------------------------------------
 
 
-def load_pairs(path: Path | None = None, *, limit: int | None = None, include_chat: bool = True) -> tuple[list[Pair], str]:
-    """GPTCache pairs (the full set in ../shared/data when present, else the vendored 200) + our chat pairs."""
+def load_pairs(
+    path: Path | None = None, *, limit: int | None = None, include_chat: bool = True, duplicate_jaccard: float = 0.5
+) -> tuple[list[Pair], str]:
+    """GPTCache pairs (the full set in ../shared/data when present, else the vendored 200) + our chat pairs.
+
+    GPTCache's origins repeat the same documentation fact in different words (about a quarter of the
+    999). A paraphrase served the answer of such a twin got the right answer, but would count as a
+    wrong hit; so an origin sharing at least `duplicate_jaccard` of its content words with an earlier
+    one is dropped (a lexical rule, independent of the embedding and the guard under test).
+    """
     if path is None:
         path = FULL_GPTCACHE if FULL_GPTCACHE.exists() else VENDORED_GPTCACHE
-    pairs = [Pair(origin=o, similar=s, source="gptcache") for o, s in _read_pairs(path)]
+    raw = [Pair(origin=o, similar=s, source="gptcache") for o, s in _read_pairs(path)]
     if limit:
-        pairs = pairs[:limit]
-    label = f"{path.name} ({len(pairs)} GPTCache pairs"
+        raw = raw[:limit]
+    pairs = _drop_lexical_twins(raw, duplicate_jaccard) if duplicate_jaccard < 1 else raw
+    label = f"{path.name} ({len(pairs)} GPTCache pairs after dropping {len(raw) - len(pairs)} lexical twins"
     if include_chat and CHAT_PAIRS.exists():
         chat = [
             Pair(
@@ -87,6 +95,22 @@ def _read_pairs(path: Path) -> Iterable[tuple[str, str]]:
             yield row["origin"].strip(), row["similar"].strip()
 
 
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9_]+", text.lower()) if len(w) > 2 and w not in COMMON_WORDS}
+
+
+def _drop_lexical_twins(pairs: list[Pair], jaccard: float) -> list[Pair]:
+    kept: list[Pair] = []
+    kept_words: list[set[str]] = []
+    for pair in pairs:
+        words = _content_words(pair.origin)
+        if any(len(words & other) / max(1, len(words | other)) >= jaccard for other in kept_words):
+            continue
+        kept.append(pair)
+        kept_words.append(words)
+    return kept
+
+
 def _dedupe(pairs: list[Pair]) -> list[Pair]:
     seen: set[str] = set()
     unique = []
@@ -98,7 +122,12 @@ def _dedupe(pairs: list[Pair]) -> list[Pair]:
     return unique
 
 
-_AUX_RE = re.compile(r"\b(is|are|was|were|can|could|does|do|did|will|would|should|has|have|must|may)\b(?!\s+not\b)", re.I)
+SWAP_ENTITIES = (
+    "Tokyo Nairobi Lisbon Oslo Toronto Mumbai Kubernetes Excel Photoshop Shakespeare Mozart Tesla Oracle Bluetooth "
+    "Amazon Netflix Spotify Ethereum Linux Windows Android Java Rust Haskell Fortran Monday Friday January October "
+    "Europe Africa Brazil Canada Germany Japan Mars Jupiter NASA UNESCO FIFA Olympics Wikipedia Slack Zoom Stripe"
+).split()
+_AUX_RE = re.compile(r"\b(is|are|was|were|can|could|does|do|did|will|would|should|has|have|must|may)(?=\s)(?!\s+not\b)", re.I)
 _NEG_RE = re.compile(r"\s+not\b|n't\b", re.I)
 _NUM_RE = re.compile(r"\d+(?:\.\d+)?")
 
@@ -109,7 +138,10 @@ def generate_hard_negatives(pairs: list[Pair], *, seed: int = 7) -> None:
     Each changes the question while keeping almost every word: the closest a wrong hit can get.
     """
     rng = random.Random(seed)
-    entity_pool = sorted({e for p in pairs for e in _entities(p.origin)})
+    # Swapped-in names come from outside the corpus: a name taken from another cached prompt could make
+    # the "negative" a legitimate paraphrase of that prompt.
+    corpus = " ".join(p.origin + " " + p.similar for p in pairs).lower()
+    entity_pool = [e for e in SWAP_ENTITIES if e.lower() not in corpus]
     for pair in pairs:
         existing = {kind for kind, _ in pair.hard_negatives}
         text = pair.origin
@@ -205,15 +237,18 @@ Embed = Callable[[list[str]], np.ndarray]
 
 
 def local_embed(texts: list[str], *, progress: bool = True) -> np.ndarray:
+    import os
+
+    import torch
+
     from apps.cache.embeddings import local_embedder
 
     local_embedder.load()
-    out = []
-    batch = 64
-    for start in tqdm(range(0, len(texts), batch), desc="embedding", unit="batch", disable=not progress):
-        chunk = texts[start : start + batch]
-        vectors = local_embedder.encode(chunk, batch_size=batch, check_length=False)
-        out.extend(vectors)
+    torch.set_num_threads(os.cpu_count() or 1)  # offline batch work: use every core
+    out: list[np.ndarray] = []
+    chunk = 256  # sentence-transformers sorts each chunk by length, so padding stays small
+    for start in tqdm(range(0, len(texts), chunk), desc="embedding", unit="chunk", disable=not progress):
+        out.extend(local_embedder.encode(texts[start : start + chunk], batch_size=64, check_length=False))
     return np.vstack(out).astype(np.float32) if out else np.zeros((0, 384), dtype=np.float32)
 
 
@@ -251,11 +286,18 @@ def threshold_sweep(
         sig = sig_cache.get(q.text) or sig_cache.setdefault(q.text, guard_signature(q.text))
         prepared.append((q, sig, [(float(sims[j]), int(j)) for j in top]))
 
-    examples = []
+    # The nearest hard negative of each kind: what the guard has to stop.
+    nearest: dict[str, tuple[str, float, str, str]] = {}
     for q, _, cands in prepared:
         if q.kind.startswith("hard:") and cands and cands[0][0] >= 0.92:
-            examples.append((q.kind[5:], cands[0][0], q.text, pairs[cands[0][1]].origin))
-    examples.sort(key=lambda e: -e[1])
+            kind = q.kind[5:]
+            if (
+                kind not in nearest
+                or cands[0][0] > nearest[kind][1]
+                or (cands[0][0] == nearest[kind][1] and len(q.text) < len(nearest[kind][2]))
+            ):
+                nearest[kind] = (kind, cands[0][0], q.text, pairs[cands[0][1]].origin)
+    examples = sorted(nearest.values(), key=lambda e: -e[1])
 
     rows = []
     hard_by_kind = Counter(q.kind[5:] for q in queries if q.kind.startswith("hard:"))
@@ -264,9 +306,7 @@ def threshold_sweep(
             correct = wrong = easy_hits = hard_hits = 0
             by_kind: Counter[str] = Counter()
             for q, sig, cands in prepared:
-                decision = choose_hit(
-                    [(s, origin_sigs[j]) for s, j in cands], sig, threshold=threshold, use_guard=use_guard
-                )
+                decision = choose_hit([(s, origin_sigs[j]) for s, j in cands], sig, threshold=threshold, use_guard=use_guard)
                 if decision.index is None:
                     continue
                 hit_pair = cands[decision.index][1]
@@ -300,15 +340,16 @@ def threshold_sweep(
         pairs=len(pairs),
         hard_by_kind=dict(hard_by_kind),
         seconds=time.monotonic() - started,
-        examples=examples[:8],
+        examples=examples,
     )
 
 
 def sweep_table(result: SweepResult, *, thresholds: Iterable[float] | None = None) -> str:
     wanted = set(thresholds) if thresholds is not None else None
     lines = [
-        "| threshold (cosine similarity) | guard | precision | recall | hit rate | wrong paraphrase hits | easy-negative hits | hard-negative false hits |",
-        "|---:|:---:|---:|---:|---:|---:|---:|---:|",
+        "| threshold (cosine similarity) | guard | precision | recall | hit rate | wrong paraphrase hits | easy-negative hits "
+        "| hard-negative false hits | precision incl. hard negatives |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result.rows:
         if wanted is not None and not any(abs(row.threshold - t) < 1e-9 for t in wanted):
@@ -316,7 +357,7 @@ def sweep_table(result: SweepResult, *, thresholds: Iterable[float] | None = Non
         lines.append(
             f"| {row.threshold:.2f} | {'on' if row.guard else 'off'} | {row.precision:.3f} | {row.recall:.3f} | "
             f"{row.hit_rate:.3f} | {row.wrong_positive} | {row.easy_hits}/{row.easy} | "
-            f"{row.hard_hits}/{row.hard} ({row.hard_false_rate:.1%}) |"
+            f"{row.hard_hits}/{row.hard} ({row.hard_false_rate:.1%}) | {row.precision_with_hard:.3f} |"
         )
     return "\n".join(lines)
 
@@ -324,18 +365,42 @@ def sweep_table(result: SweepResult, *, thresholds: Iterable[float] | None = Non
 # --- runbook --------------------------------------------------------------------------------
 
 
+def _cell(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _around_difference(a: str, b: str, *, before: int = 6, width: int = 18) -> tuple[str, str]:
+    """Both texts cut to the words around their first difference, so a long pair shows what changed."""
+    wa, wb = a.split(), b.split()
+    first = next((i for i, (x, y) in enumerate(zip(wa, wb, strict=False)) if x != y), min(len(wa), len(wb)))
+    start = max(0, first - before)
+
+    def cut(words: list[str]) -> str:
+        text = " ".join(words[start : start + width])
+        return _cell(("… " if start else "") + text + (" …" if start + width < len(words) else ""))
+
+    return cut(wa), cut(wb)
+
+
 def runbook_markdown(result: SweepResult, *, default_threshold: float = 0.92) -> str:
     on = result.row(default_threshold, True)
     off = result.row(default_threshold, False)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.hard_by_kind.items()))
     per_kind_off = ", ".join(f"{k} {n}" for k, n in sorted(off.hard_hits_by_kind.items())) or "none"
-    best_recall = max((r for r in result.rows if r.guard and r.precision >= 0.98 and r.hard_hits == 0), key=lambda r: r.recall, default=None)
-    examples = "\n".join(
-        f"| {kind} | {sim:.3f} | {query} | {cached} |" for kind, sim, query, cached in result.examples
-    ) or "| – | – | – | – |"
+    best_recall = max(
+        (r for r in result.rows if r.guard and r.precision >= 0.98 and r.hard_hits == 0), key=lambda r: r.recall, default=None
+    )
+    examples = (
+        "\n".join(
+            f"| {kind} | {sim:.3f} | {' | '.join(_around_difference(query, cached))} |"
+            for kind, sim, query, cached in result.examples
+        )
+        or "| – | – | – | – |"
+    )
     return f"""# Semantic cache: choosing the threshold
 
-_Generated by `manage.py eval_cache` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {result.label};
+_Generated by `manage.py eval_cache` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {result.label};
 {result.pairs} paraphrase pairs, {result.pairs} easy negatives, {sum(result.hard_by_kind.values())} hard negatives ({kinds}).
 Re-run it after changing the embedding model or the guard: the numbers below are only true for this combination._
 
@@ -352,9 +417,12 @@ or the output-changing parameters (temperature, max_tokens, tools, …): those a
 
 ## What each setting costs
 
-Measured on the set above (precision: share of served answers that answered the asked question;
-recall: share of paraphrases that were served; hard-negative false hits: wrong answers to a question
-that differs by one number, name or negation).
+Measured on the set above. *Precision*: the share of answers served to paraphrase and easy-negative
+queries that answered the question asked (GPTCache repeats some documentation facts in different words;
+origins sharing half their content words with an earlier one were dropped so that a hit on such a twin is
+not scored as wrong, and the few twins left still count as wrong). *Recall*: the share of paraphrases
+served from cache. *Hard-negative false hits*: answers served to a question that differs from a cached
+one by one number, name, negation, antonym or direction; *precision incl. hard negatives* counts those too.
 
 {sweep_table(result)}
 
@@ -363,7 +431,7 @@ At the default {default_threshold} with the guard: precision **{on.precision:.3f
 precision {off.precision:.3f} and **{off.hard_hits}** false hits ({per_kind_off}): embeddings alone cannot tell
 "2+2" from "2+3". Recall is modest by design: GPTCache's paraphrases are loose rewrites, and a
 missed paraphrase costs one upstream call while a wrong hit costs a wrong answer.
-{f"The lowest-risk setting with precision ≥ 0.98 and no hard-negative hit here is {best_recall.threshold:.2f} (recall {best_recall.recall:.3f})." if best_recall else ""}
+{f"The most permissive threshold that still keeps precision ≥ 0.98 and no hard-negative hit on this set is {best_recall.threshold:.2f} (recall {best_recall.recall:.3f})." if best_recall else ""}
 
 Closest hard negatives (similarity to the cached prompt; the guard is what stops these):
 
@@ -476,7 +544,13 @@ def _workload(pairs: list[Pair], *, requests: int, seed: int) -> list[tuple[str,
     for n in range(requests):
         roll = rng.random()
         if roll < 0.15:
-            stream.append(("one-off", f"tail-{n}", long_tail[n % len(long_tail)] if n < len(long_tail) else f"{long_tail[n % len(long_tail)]} (case {n})"))
+            stream.append(
+                (
+                    "one-off",
+                    f"tail-{n}",
+                    long_tail[n % len(long_tail)] if n < len(long_tail) else f"{long_tail[n % len(long_tail)]} (case {n})",
+                )
+            )
             continue
         i = rng.choices(range(len(popular)), weights=weights)[0]
         pair = popular[i]
@@ -499,7 +573,7 @@ async def _replay(stream, *, org, team, member, key, model: str, progress: bool)
     from apps.ledger.pricing import cost_compute
     from finops.asyncdb import close_pools
 
-    price = await price_in_force_async(model=model, on=dt.datetime.now(dt.timezone.utc).date())
+    price = await price_in_force_async(model=model, on=dt.datetime.now(dt.UTC).date())
     if price is None:
         raise RuntimeError(f"{model} has no price in force; run `manage.py import_prices fixtures/prices.json`")
     caller = Caller(api_key_id=key.id, api_key_prefix=key.prefix, org_id=org.id, team_id=team.id, member_id=member.id)
@@ -540,7 +614,9 @@ async def _replay(stream, *, org, team, member, key, model: str, progress: bool)
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer to {intent}"}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": f"answer to {intent}"}, "finish_reason": "stop"}
+            ],
             "usage": {
                 "prompt_tokens": ctx.prompt_tokens_estimate,
                 "completion_tokens": completion_tokens,

@@ -2,13 +2,20 @@
 
 Sentence embeddings place "what is 2+2" next to "what is 2+3", "flights to Paris" next to
 "flights to Rome", and "is X safe" next to "is X not safe". The guard compares compact
-signatures of both prompts and rejects the hit when their numbers, named entities, negation,
-antonym pairs, math operators, or the order of entities/numbers around a directional word
-("from ... to", "than") differ. A rejected paraphrase is a missed saving; a wrong answer
-is worse, so every heuristic here errs on the side of rejecting.
+signatures of both prompts and refuses the hit when
+- their numbers differ (digits and number words; order too around operators and "from/to"),
+- their math operators differ,
+- their negations differ in count, or negate different words,
+- a named entity (capitalised name, acronym, camelCase, currency, a unit next to a number) of one
+  is missing from the other,
+- one has a word whose antonym the other has instead ("before"/"after", "enable"/"disable"),
+- one narrows the question with an extreme the other lacks ("worst", "top", "maximum", "drawbacks"),
+- a directional word points at a different entity ("from Paris to Rome" vs "from Rome to Paris").
+A refused paraphrase is a missed saving; a wrong answer is worse, so every rule errs on refusing.
 
-A signature holds keyed hashes (blake2b keyed from SECRET_KEY), not words: stored next to a
+A signature holds keyed hashes (blake2b keyed from SECRET_KEY), never words: stored next to a
 cached answer it lets the guard work for orgs that do not allow prompt text to be stored.
+Rotating SECRET_KEY makes old signatures incomparable, which refuses hits (safe) until they expire.
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 4
 
 _WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
-_OPERATOR_RE = re.compile(r"(?<=[\d\s)])([+\-*/×÷^%=<>])(?=[\s\d(.])")
-_SENTENCE_BREAK_RE = re.compile(r"[.!?;:\n\"“”(\[]")
+_OPERATOR_RE = re.compile(r"(?<=[\d\s)])([+\-*/×÷^=<>])(?=[\s\d(.])")
+_SENTENCE_BREAK_RE = re.compile(r"[.!?;:\n]")
 
 NEGATIONS = frozenset(
     "not no never none nobody nothing neither nor nowhere cannot cant without isnt arent wasnt werent dont doesnt didnt "
@@ -43,31 +50,54 @@ NUMBER_WORDS = {
     "ninth": "ord9", "tenth": "ord10", "hundredth": "ord100",
 }  # fmt: skip
 
-_ANTONYM_PAIRS = [
-    ("before", "after"), ("more", "less"), ("more", "fewer"), ("most", "least"), ("increase", "decrease"),
-    ("increasing", "decreasing"), ("increased", "decreased"), ("maximum", "minimum"), ("max", "min"), ("largest", "smallest"),
-    ("biggest", "smallest"), ("highest", "lowest"), ("higher", "lower"), ("larger", "smaller"), ("bigger", "smaller"),
-    ("greater", "less"), ("above", "below"), ("over", "under"), ("first", "last"), ("best", "worst"), ("better", "worse"),
-    ("true", "false"), ("add", "remove"), ("enable", "disable"), ("buy", "sell"), ("import", "export"),
-    ("upload", "download"), ("open", "close"), ("start", "stop"), ("win", "lose"), ("encrypt", "decrypt"),
-    ("compress", "decompress"), ("hot", "cold"), ("oldest", "newest"), ("earliest", "latest"), ("ascending", "descending"),
-    ("north", "south"), ("east", "west"), ("advantages", "disadvantages"), ("pros", "cons"), ("positive", "negative"),
-    ("input", "output"), ("inside", "outside"), ("include", "exclude"), ("allow", "deny"), ("accept", "reject"),
-    ("push", "pull"), ("send", "receive"), ("left", "right"), ("cheapest", "most expensive"), ("cheaper", "expensive"),
-    ("faster", "slower"), ("fastest", "slowest"), ("safe", "unsafe"), ("legal", "illegal"), ("possible", "impossible"),
-    ("valid", "invalid"), ("always", "sometimes"), ("all", "some"), ("minimize", "maximize"), ("underflow", "overflow"),
-    ("inner", "outer"), ("soft", "hard"), ("good", "bad"), ("top", "bottom"), ("unsafe", "safe"), ("client", "server"), ("sync", "async"), ("synchronous", "asynchronous"), ("male", "female"),
-]  # fmt: skip
-ANTONYMS: dict[str, set[str]] = {}
-for _a, _b in _ANTONYM_PAIRS:
-    for _w, _x in ((_a, _b), (_b, _a)):
-        if " " not in _w and " " not in _x:
-            ANTONYMS.setdefault(_w, set()).add(_x)
+_ANTONYM_PAIRS = """
+before:after more:less more:fewer increase:decrease rise:fall raise:lower higher:lower larger:smaller bigger:smaller
+greater:less above:below better:worse true:false add:remove enable:disable on:off buy:sell import:export
+upload:download start:end start:stop begin:end began:ended started:ended win:lose won:lost encrypt:decrypt
+compress:decompress hot:cold ascending:descending north:south east:west advantages:disadvantages benefits:drawbacks
+benefits:disadvantages advantages:drawbacks pros:cons positive:negative inside:outside include:exclude allow:deny
+accept:reject push:pull send:receive cheaper:expensive faster:slower quicker:slower safe:unsafe legal:illegal
+possible:impossible valid:invalid minimize:maximize underflow:overflow inner:outer soft:hard sync:async
+synchronous:asynchronous male:female success:failure succeed:fail boiling:freezing boil:freeze melting:freezing
+good:bad love:hate open:close opened:closed input:output client:server left:right
+"""
+ANTONYMS: dict[str, frozenset[str]] = {}
+for _pair in _ANTONYM_PAIRS.split():
+    _a, _b = _pair.split(":")
+    ANTONYMS[_a] = ANTONYMS.get(_a, frozenset()) | {_b}
+    ANTONYMS[_b] = ANTONYMS.get(_b, frozenset()) | {_a}
 
-# Words where argument order changes the question: "from A to B", "A than B", "A vs B".
+# Words that narrow a question to an extreme or to one side: present in one prompt only, they change it
+# ("the time complexity" vs "the WORST time complexity").
+EXTREMES = frozenset(
+    """best worst first last max min maximum minimum top bottom highest lowest largest smallest biggest oldest newest
+    earliest latest fastest slowest cheapest most least disadvantages drawbacks downsides cons unsafe illegal invalid
+    impossible""".split()
+)
+# Lower-case words that name things as precisely as a proper noun.
+CURRENCIES = frozenset(
+    "dollar dollars usd euro euros eur pound pounds gbp yen jpy yuan rmb rupee rupees peso pesos franc francs bitcoin btc".split()
+)
+# Units count as entities next to a number ("5 km" vs "5 miles"), not alone ("how many hours" ≈ "how long").
+UNITS = frozenset(
+    """km kilometer kilometers kilometre kilometres mile miles meter meters metre metres cm mm inch inches foot feet
+    yard yards kg kilogram kilograms gram grams g lb lbs ounce ounces oz liter liters litre litres ml gallon gallons
+    celsius fahrenheit kelvin second seconds minute minutes hour hours day days week weeks month months year years
+    decade decades century centuries byte bytes kb mb gb tb kib mib gib tib bit bits hz khz mhz ghz watt watts kw kwh
+    volt volts amp amps""".split()
+)
+
+# Skipped when collecting the words a negation applies to.
+_NEGATION_SKIP = frozenset(
+    "be been being is are was were am do does did have has had a an the to any really very quite so that it this there "
+    "always ever yet even just also only at all i you he she we they me us them my your his her our their its".split()
+)
+
+# Words where what follows matters: "from A to B", "A than B", "A vs B".
 DIRECTIONAL = frozenset("than from to into vs versus before after over beat beats defeated minus divided".split())
 
-# Capitalised only because they start a sentence (or are "I"): not entities.
+# Capitalised only because they start a sentence (or are "I"): not entities. Question words, pronouns,
+# auxiliaries, and the imperative verbs prompts start with.
 COMMON_WORDS = frozenset(
     """a an the this that these those it its it's i i'm i've i'd i'll me my we our you your he she they them their his her
     what which who whom whose when where why how whether is are was were be been being am do does did done have has had
@@ -76,22 +106,35 @@ COMMON_WORDS = frozenset(
     compute convert check get use using in on at of for to from by with about into over under after before between
     and or but if then so because as than also just only very more most much many some any all each every no not yes
     there here one other another such same new old good best better first last next now today hi hello hey dear
-    thanks thank ok okay sure in-depth overview step steps way ways kind type types example examples question answer
-    is it possible could you would you can you do you i need i want we need in short briefly quick quickly simple
-    simply basic basically main key important common different difference differences typical typically usually
-    generally often sometimes always never note consider assume imagine suppose given why's what's how's who's
-    where's when's there's here's that's let me""".split()
+    thanks thank ok okay sure overview step steps way ways kind type types example examples question answer
+    possible need want in short briefly quick quickly simple simply basic basically main key important common
+    different difference differences typical typically usually generally often sometimes always never note consider
+    assume imagine suppose given why's what's how's who's where's when's there's here's that's
+    compose share recommend draft outline rewrite rephrase paraphrase edit proofread improve fix debug implement build
+    design plan prepare propose review optimize refactor analyze analyse evaluate assess classify categorize identify
+    determine estimate predict solve prove derive verify read print return send teach remind answer brainstorm
+    recommend reply respond act pretend play draw sketch code program script format sort filter count add remove
+    update delete insert select search look tell talk discuss elaborate clarify expand continue complete finish start
+    begin stop try run install configure setup set deploy test measure walk guide lead turn keep go come see say ask
+    is are was were isn't aren't wasn't weren't don't doesn't didn't can't won't shouldn't wouldn't couldn't
+    also however therefore thus hence meanwhile finally firstly secondly lastly additionally moreover furthermore
+    yes no maybe perhaps actually really honestly please kindly now then still again already soon later
+    in on at by for with without within into onto upon about above below under over between among through during
+    before after since until while although though unless whereas once every each either neither both few several
+    all any some many much more most less least enough
+    """.split()
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Signature:
-    tokens: frozenset[str]  # hashed lower-case words
-    entities: tuple[str, ...]  # hashed lower-case entity tokens, first-appearance order, unique
+    tokens: frozenset[str]  # hashed lower-case words, their apostrophe-free, possessive-free and stemmed forms
+    entities: tuple[str, ...]  # hashed entity tokens, first-appearance order, unique
     numbers: tuple[str, ...]  # hashed normalised numbers, in order
     operators: str  # hash of the math operators between numbers, in order ("" when none)
-    negated: bool
-    polarity: tuple[tuple[str, str], ...]  # (hashed word, hashed antonym) for the antonym-bearing words present
+    negations: tuple[tuple[str, ...], ...]  # per negation cue, the hashed (stemmed) content words after it; sorted
+    antonyms: tuple[tuple[str, str], ...]  # (hashed stem, hashed antonym stem) for each antonym-bearing word
+    extremes: tuple[str, ...]  # hashed extreme/narrowing words present
     directional: bool
     arguments: tuple[tuple[str, str], ...]  # (hashed directional word, hashed entity right after it): "to" → "rome"
 
@@ -102,14 +145,16 @@ class Signature:
             "ent": list(self.entities),
             "num": list(self.numbers),
             "ops": self.operators,
-            "neg": self.negated,
-            "pol": [list(p) for p in self.polarity],
+            "neg": [list(n) for n in self.negations],
+            "ant": [list(p) for p in self.antonyms],
+            "ext": list(self.extremes),
             "dir": self.directional,
             "arg": [list(p) for p in self.arguments],
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Signature | None":
+    def from_json(cls, data: dict[str, Any]) -> Signature | None:
+        """None for a signature of another version: the guard then refuses the candidate."""
         if not isinstance(data, dict) or data.get("v") != SIGNATURE_VERSION:
             return None
         return cls(
@@ -117,8 +162,9 @@ class Signature:
             entities=tuple(data.get("ent", ())),
             numbers=tuple(data.get("num", ())),
             operators=data.get("ops", ""),
-            negated=bool(data.get("neg")),
-            polarity=tuple(tuple(p) for p in data.get("pol", ())),
+            negations=tuple(tuple(n) for n in data.get("neg", ())),
+            antonyms=tuple(tuple(p) for p in data.get("ant", ())),
+            extremes=tuple(data.get("ext", ())),
             directional=bool(data.get("dir")),
             arguments=tuple(tuple(p) for p in data.get("arg", ())),
         )
@@ -130,7 +176,7 @@ def _hash_key() -> bytes:
         from django.conf import settings
 
         secret = settings.SECRET_KEY
-    except Exception:  # outside Django (a notebook, a bench without settings)
+    except Exception:  # outside Django (a notebook, a script without settings)
         secret = "finops-guard"
     return hashlib.sha256(b"finops-cache-guard:" + secret.encode()).digest()
 
@@ -152,29 +198,47 @@ def _fold(word: str) -> str:
     return word.lower().replace("’", "'")
 
 
+def _stem(word: str) -> str:
+    """Crude suffix stripping, enough for "work" / "works" / "working" / "worked" to compare equal."""
+    if word.endswith("'s"):
+        word = word[:-2]
+    word = word.replace("'", "")
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _is_negation(folded: str) -> bool:
+    return folded.replace("'", "") in NEGATIONS or folded.endswith("n't")
+
+
 def guard_signature(text: str) -> Signature:
-    words = [(m.group(0), m.start()) for m in _WORD_RE.finditer(text)]
+    words = [(m.group(0), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
+    folded_words = [_fold(w) for w, _, _ in words]
+    number_spans = [(m.start(), m.end()) for m in _NUMBER_RE.finditer(text)]
     tokens: set[str] = set()
     entities: list[str] = []
-    negated = False
-    polarity: list[tuple[str, str]] = []
+    negations: list[tuple[str, ...]] = []
+    antonyms: set[tuple[str, str]] = set()
+    extremes: set[str] = set()
     directional = False
     arguments: set[tuple[str, str]] = set()
     pending_cue: tuple[str, int] | None = None  # the last directional word and how many words ago
     sentence_starts = {0} | {m.end() for m in _SENTENCE_BREAK_RE.finditer(text)}
-    for word, start in words:
-        folded = _fold(word)
-        bare = folded.replace("'", "")
-        tokens.add(_h(folded))
-        if bare != folded:
-            tokens.add(_h(bare))
-        if bare in NEGATIONS or folded.endswith("n't"):
-            negated = True
-        is_entity = _is_entity(word, folded, at_sentence_start=_starts_sentence(text, start, sentence_starts))
+    for position, (word, start, _) in enumerate(words):
+        folded = folded_words[position]
+        stem = _stem(folded)
+        tokens.update({_h(folded), _h(folded.replace("'", "")), _h(stem)})
+        if _is_negation(folded):
+            negations.append(tuple(sorted({_h(w) for w in _negation_scope(folded_words, position)})))
+        after_number = any(end <= start and not text[end:start].strip() for _, end in number_spans)
+        at_start = _starts_sentence(text, start, sentence_starts)
+        is_entity = _is_entity(word, folded, at_sentence_start=at_start, after_number=after_number)
         if pending_cue is not None:
             cue, distance = pending_cue
             if is_entity:
-                arguments.add((_h(cue), _h(folded)))
+                arguments.add((_h(cue), _h(stem)))
                 pending_cue = None
             elif distance >= 3:
                 pending_cue = None
@@ -184,44 +248,63 @@ def guard_signature(text: str) -> Signature:
             directional = True
             pending_cue = (folded, 1)
         for anti in ANTONYMS.get(folded, ()):
-            polarity.append((_h(folded), _h(anti)))
+            antonyms.add((_h(stem), _h(_stem(anti))))
+        if folded in EXTREMES:
+            extremes.add(_h(folded))
         if is_entity:
-            hashed = _h(folded)
+            hashed = _h(stem)
             if hashed not in entities:
                 entities.append(hashed)
 
     numbers = _numbers_in_order(text, words)
-    operators = "".join(_OPERATOR_RE.findall(text)) if _NUMBER_RE.search(text) else ""
+    operators = "".join(_OPERATOR_RE.findall(text)) if number_spans else ""
     return Signature(
         tokens=frozenset(tokens),
         entities=tuple(entities),
         numbers=tuple(numbers),
         operators=_h(operators) if operators else "",
-        negated=negated,
-        polarity=tuple(sorted(set(polarity))),
+        negations=tuple(sorted(negations)),
+        antonyms=tuple(sorted(antonyms)),
+        extremes=tuple(sorted(extremes)),
         directional=directional,
         arguments=tuple(sorted(arguments)),
     )
 
 
-def _numbers_in_order(text: str, words: list[tuple[str, int]]) -> list[str]:
+def _negation_scope(folded_words: list[str], position: int) -> list[str]:
+    """The content words a negation may apply to: up to two after it, skipping auxiliaries and pronouns.
+
+    "is not really used" → {use}; "doesn't my code work" → {code, work}; "does my code not work" → {work}.
+    """
+    scope: list[str] = []
+    for word in folded_words[position + 1 : position + 6]:
+        if word in _NEGATION_SKIP or _is_negation(word):
+            continue
+        scope.append(_stem(word))
+        if len(scope) == 2:
+            break
+    return scope
+
+
+def _numbers_in_order(text: str, words: list[tuple[str, int, int]]) -> list[str]:
     """Digits and number words, interleaved in order of appearance ("2 or three" → 2, 3)."""
     found: list[tuple[int, str]] = [(m.start(), _h(_normalise_number(m.group(0)))) for m in _NUMBER_RE.finditer(text)]
-    found += [(start, _h(NUMBER_WORDS[_fold(word)])) for word, start in words if _fold(word) in NUMBER_WORDS]
+    found += [(start, _h(NUMBER_WORDS[_fold(word)])) for word, start, _ in words if _fold(word) in NUMBER_WORDS]
     return [value for _, value in sorted(found)]
 
 
 def _starts_sentence(text: str, start: int, sentence_starts: set[int]) -> bool:
     i = start - 1
-    while i >= 0 and text[i] in " \t*-•>#'`":
+    while i >= 0 and text[i] in " \t*-•>#'`\"“”(":
         i -= 1
     return (i + 1) in sentence_starts or i < 0
 
 
-def _is_entity(word: str, folded: str, *, at_sentence_start: bool) -> bool:
-    has_alpha = any(c.isalpha() for c in word)
-    if not has_alpha:
+def _is_entity(word: str, folded: str, *, at_sentence_start: bool, after_number: bool = False) -> bool:
+    if not any(c.isalpha() for c in word):
         return False
+    if folded in CURRENCIES or (after_number and folded in UNITS):
+        return True  # "100 dollars to euros", "5 km"
     if any(c.isdigit() for c in word):
         return True  # gpt4, A100, python3
     if len(word) >= 2 and word.isupper():
@@ -229,11 +312,11 @@ def _is_entity(word: str, folded: str, *, at_sentence_start: bool) -> bool:
     if any(c.isupper() for c in word[1:]):
         return True  # camel case: iPhone, OpenAI, PyTorch
     if word[0].isupper():
-        if folded in COMMON_WORDS:
+        if folded in COMMON_WORDS or _is_negation(folded) or folded in ANTONYMS or folded in EXTREMES:
             return False
         if at_sentence_start:
-            # "Paris is ..." is an entity, "Explain ..." is not: only words unknown to the common list count.
-            return folded not in COMMON_WORDS and not folded.endswith("ing") and not folded.endswith("ly")
+            # "Paris is ..." is an entity, "Compose ..." is not; -ing/-ly openers are verbs and adverbs.
+            return not folded.endswith(("ing", "ly"))
         return True
     return False
 
@@ -245,22 +328,33 @@ def guard_mismatch(a: Signature, b: Signature) -> str | None:
             return "number"
     if a.operators != b.operators:
         return "operator"
-    if a.negated != b.negated:
+    if len(a.negations) != len(b.negations) or _negation_scopes_differ(a, b):
         return "negation"
     for x, y in ((a, b), (b, a)):
         for entity in x.entities:
             if entity not in y.tokens:
                 return "entity"
     for x, y in ((a, b), (b, a)):
-        for word, anti in x.polarity:
+        for word, anti in x.antonyms:
             if anti in y.tokens and word not in y.tokens:
                 return "polarity"
+    if a.extremes != b.extremes:
+        return "polarity"
     if a.arguments != b.arguments:
         # "from Paris to Rome" vs "from Rome to Paris": same entities, the direction word points elsewhere.
         a_cues, b_cues = _by_cue(a.arguments), _by_cue(b.arguments)
         if any(a_cues[cue] != b_cues[cue] for cue in a_cues.keys() & b_cues.keys()):
             return "order"
     return None
+
+
+def _negation_scopes_differ(a: Signature, b: Signature) -> bool:
+    """Same number of negations, but one applies to words the other text never negates."""
+    for x, y in ((a, b), (b, a)):
+        negated_in_y = {word for scope in y.negations for word in scope}
+        if any(scope and not negated_in_y.intersection(scope) for scope in x.negations):
+            return True
+    return False
 
 
 def _by_cue(arguments: tuple[tuple[str, str], ...]) -> dict[str, set[str]]:

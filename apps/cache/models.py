@@ -26,7 +26,9 @@ class CacheSettings(models.Model):
     )
     ttl_s = models.PositiveIntegerField(default=86400, help_text="Lifetime of a cached answer, both tiers, in seconds.")
     max_temperature = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0)], help_text="Requests with a higher explicit temperature bypass the cache."
+        default=0.7,
+        validators=[MinValueValidator(0.0)],
+        help_text="Requests with a higher explicit temperature bypass the cache.",
     )
     allow_high_temperature = models.BooleanField(default=False, help_text="Cache requests above max_temperature anyway.")
     allow_tools = models.BooleanField(default=False, help_text="Cache requests that carry tools or function calls.")
@@ -75,7 +77,7 @@ class SemanticCacheEntry(models.Model):
     params_hash = models.CharField(max_length=64)
     prompt_hash = models.CharField(max_length=64)
     embedding = VectorField(dimensions=EMBEDDING_DIM)
-    prompt_text = models.TextField(null=True, blank=True)
+    prompt_text = models.TextField(null=True, blank=True)  # noqa: DJ001 - NULL: not kept (org did not opt in)
     guard = models.JSONField(default=dict)
     response = models.JSONField()
     answer_model = models.CharField(max_length=128, blank=True)
@@ -91,7 +93,8 @@ class SemanticCacheEntry(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["org", "model_class", "system_prompt_hash", "params_hash", "prompt_hash"], name="semantic_cache_unique_prompt"
+                fields=["org", "model_class", "system_prompt_hash", "params_hash", "prompt_hash"],
+                name="semantic_cache_unique_prompt",
             ),
         ]
         indexes = [

@@ -18,7 +18,6 @@ class such as "auto"), since the route is not decided yet at lookup time.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import logging
@@ -112,11 +111,7 @@ async def _decide(ctx: RequestContext) -> CacheState:
     temperature = ctx.body.get("temperature")
     if not policy.enabled:
         reason = "disabled"
-    elif (
-        isinstance(temperature, (int, float))
-        and temperature > policy.max_temperature
-        and not policy.allow_high_temperature
-    ):
+    elif isinstance(temperature, (int, float)) and temperature > policy.max_temperature and not policy.allow_high_temperature:
         reason = "temperature"  # a sampled answer is one of many; replaying it changes what the client asked for
     elif tools and not policy.allow_tools:
         reason = "tools"
@@ -177,7 +172,8 @@ async def cache_lookup_exact(ctx: RequestContext) -> dict[str, Any] | None:
     response = entry["r"]
     ctx.cache_status = "exact"
     ctx.similarity = 1.0
-    served = await _serve(ctx, response, answer_model=entry.get("m") or "", tier="exact")
+    # A promoted paraphrase ("p") carries the usage of the prompt it paraphrased: price this prompt instead.
+    served = await _serve(ctx, response, answer_model=entry.get("m") or "", tier="exact", own_prompt=bool(entry.get("p")))
     metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="hit").inc()
     metrics.CACHE_LOOKUP_SECONDS.labels(tier="exact").observe(time.perf_counter() - started)
     return served
@@ -223,7 +219,7 @@ async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
         state.signature = guard_signature(text)
         not_before = None
         if state.max_age_s is not None:
-            not_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=state.max_age_s)
+            not_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=state.max_age_s)
         candidates = await semantic_candidates(
             org_id=state.org_id,
             model_class=state.model_class,
@@ -269,7 +265,7 @@ async def _promote_to_exact(
     """A paraphrase that hit once is stored under its own exact key, so its repeats skip the embedding."""
     if not state.store or state.redis_down or state.key is None or time.monotonic() < _redis_down_until:
         return
-    remaining = int((expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    remaining = int((expires_at - dt.datetime.now(dt.UTC)).total_seconds())
     if remaining <= 0:
         return
     try:
@@ -281,6 +277,7 @@ async def _promote_to_exact(
             response=response,
             answer_model=answer_model,
             ttl_s=min(remaining, state.ttl_s),
+            paraphrase=True,
         )
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("cache: could not promote a semantic hit to the exact tier: %s", exc)
@@ -289,9 +286,11 @@ async def _promote_to_exact(
 # --- serving a hit ------------------------------------------------------------------------------
 
 
-async def _serve(ctx: RequestContext, response: dict[str, Any], *, answer_model: str, tier: str) -> dict[str, Any]:
+async def _serve(
+    ctx: RequestContext, response: dict[str, Any], *, answer_model: str, tier: str, own_prompt: bool = False
+) -> dict[str, Any]:
     answer_model = answer_model or response.get("model") or ctx.requested_model
-    saved, price = await _saved_usd(ctx, response, answer_model)
+    saved, price = await _saved_usd(ctx, response, answer_model, own_prompt=own_prompt or tier == "semantic")
     ctx.saved_usd = saved
     ctx.cost_usd = ZERO
     ctx.status = "cached"
@@ -302,24 +301,32 @@ async def _serve(ctx: RequestContext, response: dict[str, Any], *, answer_model:
         if ctx.price_id is None:
             ctx.price_id = price.id
     metrics.CACHE_SAVED_USD.labels(tier=tier).inc(float(saved))
-    served = copy.deepcopy(response)
+    # `response` was parsed from Redis/Postgres for this request alone: no other request shares it, no copy needed.
+    served = response
     served["id"] = f"chatcmpl-{ctx.request_id.hex}"
     served["created"] = int(time.time())
     return served
 
 
-async def _saved_usd(ctx: RequestContext, response: dict[str, Any], answer_model: str):
+async def _saved_usd(ctx: RequestContext, response: dict[str, Any], answer_model: str, *, own_prompt: bool):
+    """The upstream call avoided: the cached answer's completion tokens, and the prompt tokens of the
+    cached call (exact: the same prompt) or of this prompt (a paraphrase has its own length)."""
     usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
-    if not isinstance(prompt, int):
+    if not isinstance(prompt, int) or (own_prompt and ctx.prompt_tokens_estimate > 0):
         prompt = ctx.prompt_tokens_estimate
     if not isinstance(completion, int):
         completion = sum(count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices", []))
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
     cached = min(cached, prompt) if isinstance(cached, int) and cached > 0 else 0
-    price = await price_in_force_async(model=answer_model, on=dt.datetime.now(dt.timezone.utc).date())
+    today = dt.datetime.now(dt.UTC).date()
+    catalog = ctx.extra.get("catalog")  # the gateway's price catalog, when the gateway runs the hooks
+    if catalog is not None and hasattr(catalog, "price_for"):
+        price = catalog.price_for(answer_model, today)
+    else:
+        price = await price_in_force_async(model=answer_model, on=today)
     if price is None:
         logger.warning("cache: no price in force for %s; saved_usd recorded as 0", answer_model)
         return ZERO, None

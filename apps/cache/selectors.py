@@ -170,7 +170,7 @@ async def semantic_candidates(
         context_hash,
         params_hash,
         k,
-        not_before or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc),
+        not_before or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
     )
     return [
         Candidate(

@@ -10,11 +10,10 @@ The index sets let an admin invalidate one org (or one org's model) without SCAN
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +48,24 @@ def exact_models_key(org_id: int) -> str:
 
 
 async def exact_entry_store(
-    *, redis, org_id: int, model_class: str, digest: str, response: dict[str, Any], answer_model: str, ttl_s: int
+    *,
+    redis,
+    org_id: int,
+    model_class: str,
+    digest: str,
+    response: dict[str, Any],
+    answer_model: str,
+    ttl_s: int,
+    paraphrase: bool = False,
 ) -> None:
+    """`paraphrase`: the answer was cached for another wording (a promoted semantic hit)."""
     key = exact_key(org_id, digest)
     index = exact_index_key(org_id, model_class)
     models_key = exact_models_key(org_id)
-    value = json.dumps({"o": org_id, "m": answer_model, "t": time.time(), "r": response}, separators=(",", ":"))
+    entry = {"o": org_id, "m": answer_model, "t": time.time(), "r": response}
+    if paraphrase:
+        entry["p"] = 1
+    value = json.dumps(entry, separators=(",", ":"))
     index_ttl = max(ttl_s, settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400))
     async with redis.pipeline(transaction=False) as pipe:
         pipe.set(key, value, ex=ttl_s)
@@ -118,50 +129,38 @@ async def semantic_entry_hit(*, entry_id: int) -> None:
 
 # --- embedding cost row -----------------------------------------------------------------------
 
-_EMBEDDING_ROW_SQL = """
-INSERT INTO llm_requests
-    (request_id, endpoint, received_at, recorded_at, org_id, team_id, member_id, api_key_id, api_key_prefix,
-     status, http_status, error_code, stream, requested_model, model, provider, tier, price_id,
-     prompt_tokens, completion_tokens, cached_tokens, cost_usd, saved_usd, cache_status, similarity,
-     requested_tier, route_strategy, route_reason, escalated, escalation_cost_usd, fallback_from, attempts,
-     budget_state, reserved_usd, upstream_ms, overhead_ms, prompt_hash, prompt_text, response_text)
-VALUES ($1, 'embeddings', $2, now(), $3, $4, $5, $6, $7,
-        'served', 200, '', false, $8, $8, $9, '', $10,
-        $11, 0, 0, $12, 0, 'none', NULL,
-        '', '', $13, false, 0, '', 1,
-        'none', 0, $14, NULL, $15, NULL, NULL)
-"""
+_background: set[asyncio.Task] = set()
 
 
 async def embedding_request_record(*, ctx: Any, price: Price, prompt_tokens: int, upstream_ms: float) -> None:
     """Bill a remote embedding call as its own `llm_requests` row (endpoint "embeddings").
 
-    Written directly with asyncpg: the gateway has no shared recorder for side calls. The row
-    names the request it served in route_reason; the chat row itself carries no embedding cost,
-    so nothing is counted twice.
+    The row goes through the gateway's ledger writer (group commit, outbox when Postgres is down) in
+    the background, so the lookup does not wait for the commit. It names the request it served in
+    route_reason; the chat row carries no embedding cost, so nothing is counted twice.
     """
-    caller = getattr(ctx, "caller", None)
-    model = price.model
-    cost = cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=0)
-    pool = await get_pool()
-    await pool.execute(
-        _EMBEDDING_ROW_SQL,
-        uuid.uuid4(),
-        dt.datetime.now(dt.timezone.utc),
-        caller.org_id if caller else None,
-        caller.team_id if caller else None,
-        caller.member_id if caller else None,
-        caller.api_key_id if caller else None,
-        caller.api_key_prefix if caller else "",
-        model[:128],
-        price.provider,
-        price.id,
-        prompt_tokens,
-        cost,
-        f"semantic cache embedding for request {ctx.request_id}"[:255],
-        upstream_ms,
-        getattr(ctx, "prompt_hash", "") or "",
-    )
+    from apps.gateway.context import RequestContext
+    from apps.gateway.recorder import ledger_record
+
+    row_ctx = RequestContext(endpoint="embeddings", caller=getattr(ctx, "caller", None), requested_model=price.model)
+    row_ctx.model, row_ctx.provider, row_ctx.price_id = price.model, price.provider, price.id
+    row_ctx.prompt_tokens = prompt_tokens
+    row_ctx.cost_usd = cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=0)
+    row_ctx.upstream_ms = upstream_ms
+    row_ctx.attempts = 1
+    row_ctx.prompt_hash = getattr(ctx, "prompt_hash", "") or ""
+    row = row_ctx.ledger_row()
+    row["route_reason"] = f"semantic cache embedding for request {ctx.request_id}"
+    row["prompt_text"] = row["response_text"] = None
+    task = asyncio.get_running_loop().create_task(ledger_record(row))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def background_flush() -> None:
+    """Wait for this process's pending embedding rows (tests, and shutdown paths that need them durable)."""
+    while _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)
 
 
 # --- invalidation and expiry (sync: admin and beat) --------------------------------------------
@@ -196,9 +195,11 @@ def cache_invalidate(*, org_id: int, model_class: str | None = None) -> Invalida
     try:
         client = _sync_redis()
         models_key = exact_models_key(org_id)
-        index_keys = [exact_index_key(org_id, model_class)] if model_class is not None else [
-            k.decode() for k in client.smembers(models_key)
-        ]
+        index_keys = (
+            [exact_index_key(org_id, model_class)]
+            if model_class is not None
+            else [k.decode() for k in client.smembers(models_key)]
+        )
         for index in index_keys:
             members = list(client.smembers(index))
             for start in range(0, len(members), 500):
@@ -211,7 +212,9 @@ def cache_invalidate(*, org_id: int, model_class: str | None = None) -> Invalida
     cache_policy_forget(org_id)
     CACHE_INVALIDATED.labels(tier="semantic").inc(semantic_deleted)
     CACHE_INVALIDATED.labels(tier="exact").inc(exact_deleted)
-    logger.info("cache invalidated: org=%s model_class=%s semantic=%s exact=%s", org_id, model_class, semantic_deleted, exact_deleted)
+    logger.info(
+        "cache invalidated: org=%s model_class=%s semantic=%s exact=%s", org_id, model_class, semantic_deleted, exact_deleted
+    )
     return InvalidationResult(semantic_deleted=semantic_deleted, exact_deleted=exact_deleted)
 
 
@@ -256,7 +259,7 @@ def cache_purge_expired(*, batch_size: int = 5000, max_batches: int = 200) -> Pu
                         for member in chunk:
                             pipe.exists(member)
                         alive = pipe.execute()
-                    dead = [m for m, ok in zip(chunk, alive) if not ok]
+                    dead = [m for m, ok in zip(chunk, alive, strict=True) if not ok]
                     if dead:
                         pruned += client.srem(index, *dead)
                 if not client.exists(index):

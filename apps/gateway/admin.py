@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 from django.contrib import admin, messages
+from django.db import models
 
 from apps.gateway.models import Provider
 
@@ -13,6 +14,7 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     actions = ["enable", "disable"]
     fieldsets = [
         (None, {"fields": ["name", "base_url", "enabled"]}),

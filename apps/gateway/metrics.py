@@ -7,6 +7,8 @@ per-user figures live in Postgres, not here. Dollars are floats here only — th
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -42,3 +44,9 @@ LEDGER_ROWS = Counter("finops_ledger_rows_written_total", "Ledger rows written b
 LEDGER_OUTBOX = Counter(
     "finops_ledger_outbox_rows_total", "Ledger rows diverted to the outbox because Postgres failed, by sink (redis, spool).", ["sink"]
 )
+
+
+@functools.lru_cache(maxsize=8192)
+def child(metric, *values: str):
+    """`metric.labels(*values)`, memoised: label lookup and validation cost more than the increment on the hot path."""
+    return metric.labels(*values)

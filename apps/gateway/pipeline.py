@@ -13,7 +13,6 @@ cache (4, 5, store), routing (6, 9, circuit breaker), budgets (7, settle).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import openai
+import orjson
 from django.conf import settings
 from openai import AsyncStream
 
@@ -73,7 +73,7 @@ class UpstreamRateLimited(RateLimited):
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(obj)
 
 
 @dataclass(slots=True)
@@ -149,13 +149,15 @@ async def stage2_authenticate(ctx: RequestContext, authorization: str | None) ->
     if scheme.lower() != "bearer" or not secret:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <your finops key>'.", headers={"WWW-Authenticate": "Bearer"})
     try:
-        caller = await caller_for_secret(secret)
+        caller, revoked = await caller_for_secret(secret)
     except Exception as exc:
         logger.warning("API key lookup failed: %s", exc)
         raise ServiceUnavailable("The key store is unavailable; retry shortly.", headers={"Retry-After": "1"}) from exc
     if caller is None:
-        raise AuthenticationFailed("Invalid or revoked API key.", headers={"WWW-Authenticate": "Bearer"})
-    ctx.caller = caller
+        raise AuthenticationFailed("Incorrect API key provided.", headers={"WWW-Authenticate": "Bearer"})
+    ctx.caller = caller  # also when revoked: the refused request lands on the org's ledger
+    if revoked:
+        raise AuthenticationFailed("This API key has been revoked.", code="api_key_revoked", headers={"WWW-Authenticate": "Bearer"})
 
 
 # --- 3. validate ------------------------------------------------------------------------------------
@@ -167,8 +169,8 @@ def stage3_validate(ctx: RequestContext, catalog: Catalog, body: bytes | dict[st
         data = body
     else:
         try:
-            data = json.loads(body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = orjson.loads(body or b"")
+        except orjson.JSONDecodeError as exc:
             if rejection is None:
                 raise BadRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from exc
             data = {}
@@ -213,20 +215,14 @@ def stage3_validate(ctx: RequestContext, catalog: Catalog, body: bytes | dict[st
 
     if not catalog.is_known(model):
         raise ModelNotFound(f"The model '{model[:128]}' does not exist or you do not have access to it.", param="model")
-    if ctx.caller and not ctx.caller.allow_model_pinning and model not in catalog.router_models:
-        raise ModelNotFound(
-            f"Your organization routes requests itself: use one of {sorted(catalog.router_models)} instead of '{model[:128]}'.",
-            param="model",
-            code="model_pinning_disabled",
-        )
     ctx.prompt_tokens_estimate = count_message_tokens(messages)
     limit = settings.FINOPS["GATEWAY_MAX_PROMPT_TOKENS"]
     if ctx.prompt_tokens_estimate > limit:
         raise PayloadTooLarge(
             f"This prompt has about {ctx.prompt_tokens_estimate} tokens; this gateway accepts at most {limit}.", param="messages"
         )
-    canonical = json.dumps([[m.get("role"), message_text(m.get("content"))] for m in messages], separators=(",", ":"))
-    ctx.prompt_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = orjson.dumps([[m.get("role"), message_text(m.get("content"))] for m in messages])
+    ctx.prompt_hash = hashlib.sha256(canonical).hexdigest()
     ctx.extra["mock_headers"] = {k: v for k, v in ctx.headers.items() if k.startswith(MOCK_HEADER_PREFIX)}
 
 
@@ -334,8 +330,8 @@ async def _attempt(ctx: RequestContext, upstream: Upstream, model: str, *, strea
         if not stream:
             raw = await client.post("/chat/completions", body=body, cast_to=bytes, options=options)
             try:
-                data = json.loads(raw)
-            except ValueError:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError:
                 data = None
             if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
                 raise _Retry("malformed", UpstreamError(f"{upstream.name} returned a malformed completion for {model}."))
@@ -393,7 +389,7 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
         if upstream is None or catalog.price_for(model, day) is None:
             continue  # never serve what we cannot bill
         if not circuit_allows(model):
-            metrics.FALLBACKS.labels(model=model, reason="circuit_open").inc()
+            metrics.child(metrics.FALLBACKS, model, "circuit_open").inc()
             last_error = last_error or UpstreamError(f"{model} is temporarily disabled after repeated upstream failures.", code="circuit_open")
             continue
         ctx.attempts += 1
@@ -406,7 +402,7 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
             last_error = retry.error
             if retry.unhealthy:
                 circuit_record(model, False)
-            metrics.FALLBACKS.labels(model=model, reason=retry.reason).inc()
+            metrics.child(metrics.FALLBACKS, model, retry.reason).inc()
             continue
         except FinopsError:
             outcome = "error"
@@ -414,7 +410,7 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
         finally:
             elapsed = time.perf_counter() - started
             ctx.upstream_ms = (ctx.upstream_ms or 0.0) + elapsed * 1000
-            metrics.UPSTREAM_SECONDS.labels(provider=upstream.name, model=model, outcome=outcome).observe(elapsed)
+            metrics.child(metrics.UPSTREAM_SECONDS, upstream.name, model, outcome).observe(elapsed)
         circuit_record(model, True)
         ctx.model, ctx.provider, ctx.tier = model, upstream.name, tier
         if model != first_model:
@@ -452,7 +448,7 @@ async def stage9_confidence(ctx: RequestContext, catalog: Catalog, response: dic
         return response
     ctx.escalated = True
     ctx.escalation_cost_usd = ctx.cost_usd
-    metrics.ESCALATIONS.labels(tier=first_tier or "-").inc()
+    metrics.child(metrics.ESCALATIONS, first_tier or "-").inc()
     return second
 
 
@@ -487,12 +483,12 @@ def _charge(ctx: RequestContext, catalog: Catalog, *, prompt: int, completion: i
     ctx.cached_tokens += cached
     ctx.cost_usd += cost
     ctx.price_id = price.id
-    labels = {"provider": ctx.provider, "model": ctx.model, "tier": ctx.tier or "-"}
-    metrics.TOKENS.labels(**labels, kind="prompt").inc(prompt)
-    metrics.TOKENS.labels(**labels, kind="completion").inc(completion)
+    labels = (ctx.provider, ctx.model, ctx.tier or "-")
+    metrics.child(metrics.TOKENS, *labels, "prompt").inc(prompt)
+    metrics.child(metrics.TOKENS, *labels, "completion").inc(completion)
     if cached:
-        metrics.TOKENS.labels(**labels, kind="cached").inc(cached)
-    metrics.COST.labels(**labels).inc(float(cost))
+        metrics.child(metrics.TOKENS, *labels, "cached").inc(cached)
+    metrics.child(metrics.COST, *labels).inc(float(cost))
 
 
 def stage10_cost(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> None:
@@ -572,7 +568,7 @@ def _snapshot_row(ctx: RequestContext) -> dict[str, Any]:
     row = ctx.ledger_row()
     overhead_ms = max(ctx.elapsed_ms() - (ctx.upstream_ms or 0.0), 0.0)
     row["overhead_ms"] = overhead_ms
-    metrics.OVERHEAD_SECONDS.labels(endpoint=ctx.endpoint, cache_status=ctx.cache_status).observe(overhead_ms / 1000)
+    metrics.child(metrics.OVERHEAD_SECONDS, ctx.endpoint, ctx.cache_status).observe(overhead_ms / 1000)
     return row
 
 
@@ -588,7 +584,7 @@ def stage12_respond(ctx: RequestContext, response: dict[str, Any]) -> Reply:
 
 def stage12_respond_cached(ctx: RequestContext, hit: dict[str, Any]) -> Reply:
     ctx.status = "cached"
-    ctx.model = ctx.requested_model if ctx.requested_model not in ctx.extra["catalog"].router_models else str(hit.get("model", ""))
+    ctx.model = str(hit.get("model", "")) if ctx.extra["catalog"].is_router_name(ctx.requested_model) else ctx.requested_model
     ctx.response_text = _first_content(hit)
     if ctx.stream:
         reply = Reply(ctx=ctx, status=200, headers=finops_headers(ctx, with_cost=False), stream=CachedStream(ctx, hit))
@@ -628,9 +624,9 @@ async def finalize(reply: Reply) -> None:
             await cache_store(ctx, reply.response)
         except Exception:
             logger.exception("cache store failed for %s", ctx.request_id)
-    metrics.REQUESTS.labels(endpoint=ctx.endpoint, outcome=ctx.status, cache_status=ctx.cache_status).inc()
+    metrics.child(metrics.REQUESTS, ctx.endpoint, ctx.status, ctx.cache_status).inc()
     if ctx.saved_usd:
-        metrics.SAVED.labels(cache_status=ctx.cache_status).inc(float(ctx.saved_usd))
+        metrics.child(metrics.SAVED, ctx.cache_status).inc(float(ctx.saved_usd))
     await stage11_record(reply.row if reply.row is not None else _snapshot_row(ctx))
 
 
@@ -820,7 +816,7 @@ class ChatStream:
         row = ctx.ledger_row()
         first_chunk_ms = ((self.first_sent_at or time.perf_counter()) - ctx.started) * 1000
         row["overhead_ms"] = max(first_chunk_ms - (ctx.upstream_ms or 0.0), 0.0)
-        metrics.OVERHEAD_SECONDS.labels(endpoint=ctx.endpoint, cache_status=ctx.cache_status).observe(row["overhead_ms"] / 1000)
+        metrics.child(metrics.OVERHEAD_SECONDS, ctx.endpoint, ctx.cache_status).observe(row["overhead_ms"] / 1000)
         reply.row = row
         await finalize(reply)
 

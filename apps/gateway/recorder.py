@@ -142,7 +142,7 @@ async def outbox_write(rows: list[dict[str, Any]], *, redis=None) -> str:
         logger.warning("ledger outbox: Redis unavailable (%s); spooling %d row(s) to disk", exc, len(lines))
         await asyncio.to_thread(spool_append, lines)
         sink = "spool"
-    metrics.LEDGER_OUTBOX.labels(sink=sink).inc(len(lines))
+    metrics.child(metrics.LEDGER_OUTBOX, sink).inc(len(lines))
     return sink
 
 
@@ -214,7 +214,7 @@ class LedgerWriter:
         if time.monotonic() >= self.db_down_until:
             try:
                 await asyncio.wait_for(self._insert(rows), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
-                metrics.LEDGER_ROWS.labels(sink="postgres").inc(len(rows))
+                metrics.child(metrics.LEDGER_ROWS, "postgres").inc(len(rows))
                 return
             except Exception as exc:
                 self.db_down_until = time.monotonic() + settings.FINOPS["LEDGER_DB_RETRY_AFTER_S"]

@@ -49,22 +49,28 @@ FROM gateway_provider ORDER BY name
 
 # --- API keys ---------------------------------------------------------------------------------
 
-_key_cache: dict[str, tuple[float, Caller | None]] = {}
+_key_cache: dict[str, tuple[float, Caller | None, bool]] = {}
 
 
-async def caller_for_secret(secret: str) -> Caller | None:
-    """The caller of an active key, or None for an unknown or revoked one."""
+async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
+    """(caller, revoked): the key's caller, or (None, False) for an unknown key.
+
+    A revoked key still names its caller, so that the rejected request is attributed to the org it
+    belonged to (a leaked key shows up on the org's ledger), but `revoked` is True and it is refused.
+    """
     digest = hashlib.sha256(secret.encode()).hexdigest()
     ttl = settings.FINOPS["API_KEY_CACHE_SECONDS"]
     now = time.monotonic()
     cached = _key_cache.get(digest)
     if cached is not None and cached[0] > now:
-        return cached[1]
+        return cached[1], cached[2]
     pool = await get_pool()
     row = await pool.fetchrow(_KEY_SQL, digest)
     caller = None
+    revoked = False
     # The lookup is by hash; compare_digest keeps the final check constant-time all the same.
-    if row is not None and row["revoked_at"] is None and hmac.compare_digest(row["key_hash"], digest):
+    if row is not None and hmac.compare_digest(row["key_hash"], digest):
+        revoked = row["revoked_at"] is not None
         caller = Caller(
             api_key_id=row["id"],
             api_key_prefix=row["prefix"],
@@ -78,8 +84,8 @@ async def caller_for_secret(secret: str) -> Caller | None:
     if ttl > 0:
         if len(_key_cache) >= _KEY_CACHE_MAX:
             _key_cache.clear()  # bounded memory: a flood of random keys cannot grow it forever
-        _key_cache[digest] = (now + ttl, caller)
-    return caller
+        _key_cache[digest] = (now + ttl, caller, revoked)
+    return caller, revoked
 
 
 def caller_cache_clear() -> None:
@@ -126,8 +132,12 @@ class Catalog:
     def upstream_for(self, model: str) -> Upstream | None:
         return self.model_upstream.get(model)
 
+    def is_router_name(self, model: str) -> bool:
+        """A name the router resolves ("auto", "finops/<route or tier>"): entries ending in * are prefixes."""
+        return model in self.router_models or any(r.endswith("*") and model.startswith(r[:-1]) for r in self.router_models)
+
     def is_known(self, model: str) -> bool:
-        return model in self.model_upstream or model in self.router_models
+        return model in self.model_upstream or self.is_router_name(model)
 
     def served_models(self) -> list[str]:
         return sorted(self.model_upstream)

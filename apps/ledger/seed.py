@@ -476,6 +476,9 @@ def seed_demo(
 
     cost_rollup(since=start, until=end)
     seed_budgets(tenancy=tenancy)
+    from apps.budgets.services import budget_reconcile
+
+    budget_reconcile()  # counters of the current period catch up with the seeded ledger
     return SeedResult(
         rows=total,
         incidents=len(labels),
@@ -486,15 +489,39 @@ def seed_demo(
 
 
 def seed_budgets(*, tenancy: SeedTenancy) -> int:
-    """Monthly org caps and a few team/user caps, through the budgets app's service when it is installed."""
-    try:
-        from apps.budgets import services as budget_services
-    except ImportError:  # the budgets app is optional for the ledger
-        return 0
-    create = getattr(budget_services, "budget_seed_defaults", None)
-    if create is None:
-        return 0
-    return int(create(org_ids=list(tenancy.org_ids)))
+    """Monthly org caps, a daily cap on each org's first team and user, through the budgets service.
+
+    Caps are set from the seeded spend so that the dashboards show a spread of utilisation.
+    Idempotent: existing budgets of the same scope and period are left alone.
+    """
+    from apps.budgets.models import Budget
+    from apps.budgets.services import budget_create
+    from apps.tenancy.models import Member, Team
+
+    monthly_caps = [Decimal("1500"), Decimal("1200"), Decimal("900"), Decimal("800"), Decimal("700"), Decimal("500"), Decimal("400"), Decimal("300")]
+    created = 0
+    for org_id, cap in zip(tenancy.org_ids, monthly_caps, strict=True):
+        scale = cap / Decimal(1500)
+        wanted = [
+            Budget(scope="org", org_id=org_id, period="monthly", cap_usd=cap, action="alert_only"),
+        ]
+        team = Team.objects.filter(org_id=org_id).order_by("id").first()
+        if team:
+            wanted.append(Budget(scope="team", org_id=org_id, team=team, period="monthly", cap_usd=(cap / 2).quantize(Decimal("1")), action="downgrade"))
+            member = Member.objects.filter(team=team).order_by("id").first()
+            if member:
+                wanted.append(
+                    Budget(scope="user", org_id=org_id, team=team, member=member, period="daily",
+                           cap_usd=max(Decimal("5"), (Decimal("25") * scale).quantize(Decimal("1"))), action="block")
+                )  # fmt: skip
+        for budget in wanted:
+            exists = Budget.objects.filter(
+                scope=budget.scope, org_id=budget.org_id, team=budget.team, member=budget.member, period=budget.period
+            ).exists()
+            if not exists:
+                budget_create(budget=budget)
+                created += 1
+    return created
 
 
 def seeded_already() -> bool:

@@ -63,8 +63,19 @@ class TierModelAdmin(admin.ModelAdmin):
 
 @admin.register(RoutePolicy)
 class RoutePolicyAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "org", "ladder", "enabled", "weight_cost", "weight_latency", "weight_quality",
-                    "use_keywords", "use_complexity", "use_confidence", "confidence_threshold")
+    list_display = (
+        "__str__",
+        "org",
+        "ladder",
+        "enabled",
+        "weight_cost",
+        "weight_latency",
+        "weight_quality",
+        "use_keywords",
+        "use_complexity",
+        "use_confidence",
+        "confidence_threshold",
+    )
     list_filter = ("enabled", "ladder", "use_keywords", "use_complexity", "use_confidence")
     list_select_related = ("org",)
     search_fields = ("name", "org__name")
@@ -72,7 +83,10 @@ class RoutePolicyAdmin(admin.ModelAdmin):
         (None, {"fields": ("org", "name", "ladder", "enabled", "default_tier")}),
         ("Triangle weights (within a tier)", {"fields": ("weight_cost", "weight_latency", "weight_quality")}),
         ("Strategies", {"fields": ("use_keywords", "use_complexity", "complexity_thresholds", "complexity_weights")}),
-        ("Confidence and fallback", {"fields": ("use_confidence", "confidence_threshold", "logprob_floor", "fallback_on_pinned")}),
+        (
+            "Confidence and fallback",
+            {"fields": ("use_confidence", "confidence_threshold", "logprob_floor", "fallback_on_pinned")},
+        ),
     )
 
 

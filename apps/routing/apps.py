@@ -16,4 +16,6 @@ class RoutingConfig(AppConfig):
         # A routing or price edit takes effect in this process at once; other workers within ROUTER_CONFIG_TTL_S.
         for model in (Tier, TierModel, RoutePolicy, KeywordRule, ModelPrice):
             post_save.connect(router_config_invalidate, sender=model, dispatch_uid=f"routing-invalidate-save-{model.__name__}")
-            post_delete.connect(router_config_invalidate, sender=model, dispatch_uid=f"routing-invalidate-delete-{model.__name__}")
+            post_delete.connect(
+                router_config_invalidate, sender=model, dispatch_uid=f"routing-invalidate-delete-{model.__name__}"
+            )

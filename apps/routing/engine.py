@@ -15,9 +15,10 @@ Order of strategies in `route_plan` (the first that decides wins):
 Then, after the answer, `escalation_decide` (strategy **confidence**) may send the request one tier up,
 and the fallback chain (`chain_build`: same tier, then upward, never down) absorbs upstream failures.
 
-Route names: a request selects routing with `model="auto"`, `"finops/auto"`, `"router"` or an empty
-model (the org's default policy), `"finops/<route>"` or a bare `"<route>"` (a named policy), or
-`"finops/<tier>"` (a tier of the default ladder). Any other model name is a pin.
+Route names: a request selects routing with `model="auto"`, `"finops/auto"` or `"router"` (the org's
+default policy), `"finops/<route>"` (a named policy, the org's own before the global one) or
+`"finops/<tier>"` (a tier of the default ladder, when no route has that name). Any other model name
+is a pin. (The gateway accepts these names through FINOPS["GATEWAY_ROUTER_MODELS"].)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from apps.routing.features import (
     complexity_score,
     escalation_risk,
     prompt_text,
+    scan_window,
 )
 
 AUTO_ALIASES = frozenset({"", "auto", "finops/auto", "router", "finops"})
@@ -70,6 +72,22 @@ class TierSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptView:
+    """The request's text as the rules read it: the whole conversation and the last user message, windowed."""
+
+    full: str
+    full_lower: str
+    last_user: str
+    last_user_lower: str
+
+    @classmethod
+    def of(cls, messages: list[Mapping[str, Any]], *, full: str | None = None) -> PromptView:
+        text = scan_window(prompt_text(messages) if full is None else full)
+        last = scan_window(_last_user_text(messages))
+        return cls(full=text, full_lower=text.lower(), last_user=last, last_user_lower=last.lower())
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     id: int
     name: str
@@ -78,9 +96,15 @@ class RuleSpec:
     regex: re.Pattern[str]
     org_id: int | None = None
     last_user_only: bool = False
+    # Terms rules: lower-cased terms looked up as substrings first (C speed), the word-boundary regex
+    # only runs when one is present.
+    terms: tuple[str, ...] = ()
 
-    def matches(self, *, full_text: str, last_user: str) -> bool:
-        return bool(self.regex.search(last_user if self.last_user_only else full_text))
+    def matches(self, view: PromptView) -> bool:
+        text, lower = (view.last_user, view.last_user_lower) if self.last_user_only else (view.full, view.full_lower)
+        if self.terms and not any(term in lower for term in self.terms):
+            return False
+        return bool(self.regex.search(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +141,8 @@ class RouterConfig:
     rules: tuple[RuleSpec, ...] = ()  # sorted by priority, highest first
     models: Mapping[str, ModelSpec] = field(default_factory=dict)  # every priced model, tiered or not
     loaded_at: float = 0.0
+    # Chains and route names depend only on the snapshot: computed once per snapshot, not per request.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tiers(self, ladder: str) -> tuple[TierSpec, ...]:
         return self.ladders.get(ladder) or self.ladders.get(DEFAULT_LADDER) or ()
@@ -133,8 +159,21 @@ class RouterConfig:
                 found_global = policy
         return found_global
 
-    def route_names(self) -> set[str]:
-        return {p.name for p in self.policies if p.name}
+    def route_names(self) -> frozenset[str]:
+        names = self.memo.get("route_names")
+        if names is None:
+            names = self.memo["route_names"] = frozenset(p.name for p in self.policies if p.name)
+        return names
+
+    def chain(
+        self, tiers: tuple[TierSpec, ...], start_rank: int, policy: PolicySpec, *, first: str = ""
+    ) -> list[tuple[str, str]]:
+        """`chain_build`, memoised for this snapshot (a fresh list each call: callers may keep it)."""
+        key = ("chain", id(tiers), policy.id, policy.org_id, policy.name, start_rank, first)
+        chain = self.memo.get(key)
+        if chain is None:
+            chain = self.memo[key] = tuple(chain_build(tiers, start_rank, policy, first=first))
+        return list(chain)
 
 
 class UnknownRoute(LookupError):
@@ -191,8 +230,6 @@ def target_parse(config: RouterConfig, requested_model: str) -> RouteTarget:
         if any(t.name == rest for t in config.tiers(DEFAULT_LADDER)):
             return RouteTarget(kind="tier", tier=rest)
         return RouteTarget(kind="route", policy_name=rest)  # unknown route: the caller reports it
-    if name in routes:
-        return RouteTarget(kind="route", policy_name=name)
     return RouteTarget(kind="pin", model=name)
 
 
@@ -273,8 +310,9 @@ def tier_of_model(tiers: tuple[TierSpec, ...], model: str) -> TierSpec | None:
 # --------------------------------------------------------------------------- strategies
 
 
-def keyword_match(rules: tuple[RuleSpec, ...], *, org_id: int | None, tiers: tuple[TierSpec, ...],
-                  full_text: str, last_user: str) -> RuleSpec | None:
+def keyword_match(
+    rules: tuple[RuleSpec, ...], *, org_id: int | None, tiers: tuple[TierSpec, ...], view: PromptView
+) -> RuleSpec | None:
     """The first matching rule in priority order (highest first; ties: the higher tier, then the lower id).
 
     Org rules and global rules compete on priority alike; a rule whose tier is not in the policy's
@@ -286,7 +324,7 @@ def keyword_match(rules: tuple[RuleSpec, ...], *, org_id: int | None, tiers: tup
             continue
         if rule.tier not in names:
             continue
-        if rule.matches(full_text=full_text, last_user=last_user):
+        if rule.matches(view):
             return rule
     return None
 
@@ -316,6 +354,7 @@ def route_plan(
     requested_model: str,
     org_id: int | None,
     allow_pinning: bool = True,
+    prompt_tokens: int | None = None,
 ) -> RoutePlan:
     """Apply the strategies in order (module docstring) and return the tier, the reason and the chain."""
     target = target_parse(config, requested_model)
@@ -333,11 +372,18 @@ def route_plan(
             home = tier_of_model(tiers, pinned) or tier_of_model(config.tiers(DEFAULT_LADDER), pinned)
             home_ladder = tiers if tier_of_model(tiers, pinned) else config.tiers(DEFAULT_LADDER)
             if home is not None and policy.fallback_on_pinned:
-                chain = chain_build(home_ladder, home.rank, policy, first=pinned)
+                chain = config.chain(home_ladder, home.rank, policy, first=pinned)
             else:
                 chain = [(home.name if home else "", pinned)]
-            return RoutePlan(tier=home.name if home else "", strategy="pinned", reason=f"client pinned {pinned}",
-                             chain=chain, policy=policy, requested_tier=home.name if home else "", pinned_model=pinned)
+            return RoutePlan(
+                tier=home.name if home else "",
+                strategy="pinned",
+                reason=f"client pinned {pinned}",
+                chain=chain,
+                policy=policy,
+                requested_tier=home.name if home else "",
+                pinned_model=pinned,
+            )
         refused = f"pin {pinned[:60]} refused (org disallows pinning); "
     else:
         refused = ""
@@ -347,22 +393,35 @@ def route_plan(
 
     if target.kind == "tier":
         tier = tier_by_name(tiers, target.tier) or usable[0]
-        return RoutePlan(tier=tier.name, strategy="tier", reason=f"client asked for tier {tier.name}",
-                         chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name)
+        return RoutePlan(
+            tier=tier.name,
+            strategy="tier",
+            reason=f"client asked for tier {tier.name}",
+            chain=config.chain(tiers, tier.rank, policy),
+            policy=policy,
+            requested_tier=tier.name,
+        )
 
     full_text = prompt_text(messages)
-    features = complexity_features(list(messages))
+    features = complexity_features(list(messages), prompt_tokens=prompt_tokens, text=full_text)
     score = complexity_score(features, policy.complexity_weights or COMPLEXITY_WEIGHTS)
 
     if policy.use_keywords:
-        rule = keyword_match(config.rules, org_id=org_id, tiers=tiers, full_text=full_text[:20_000],
-                             last_user=_last_user_text(list(messages))[:20_000])
+        rule = keyword_match(config.rules, org_id=org_id, tiers=tiers, view=PromptView.of(list(messages), full=full_text))
         if rule is not None:
             tier = tier_by_name(tiers, rule.tier)
             assert tier is not None
-            return RoutePlan(tier=tier.name, strategy="keyword", reason=f"{refused}rule {rule.id} '{rule.name}' → {tier.name}",
-                             chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
-                             complexity=score, features=features, rule_id=rule.id)
+            return RoutePlan(
+                tier=tier.name,
+                strategy="keyword",
+                reason=f"{refused}rule {rule.id} '{rule.name}' → {tier.name}",
+                chain=config.chain(tiers, tier.rank, policy),
+                policy=policy,
+                requested_tier=tier.name,
+                complexity=score,
+                features=features,
+                rule_id=rule.id,
+            )
 
     if policy.use_complexity:
         tier, threshold = complexity_tier(score, tiers, policy)
@@ -372,15 +431,29 @@ def route_plan(
             reason = f"complexity={score:.2f}<{cut:.2f} → {tier.name}"
         else:
             reason = f"complexity={score:.2f}≥{threshold:.2f} → {tier.name}"
-        return RoutePlan(tier=tier.name, strategy="complexity", reason=refused + reason,
-                         chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
-                         complexity=score, features=features)
+        return RoutePlan(
+            tier=tier.name,
+            strategy="complexity",
+            reason=refused + reason,
+            chain=config.chain(tiers, tier.rank, policy),
+            policy=policy,
+            requested_tier=tier.name,
+            complexity=score,
+            features=features,
+        )
 
     tier = tier_by_name(tiers, policy.default_tier) if policy.default_tier else None
     tier = tier if tier is not None and tier.models else usable[0]
-    return RoutePlan(tier=tier.name, strategy="default", reason=f"{refused}policy '{policy.label}' default tier {tier.name}",
-                     chain=chain_build(tiers, tier.rank, policy), policy=policy, requested_tier=tier.name,
-                     complexity=score, features=features)
+    return RoutePlan(
+        tier=tier.name,
+        strategy="default",
+        reason=f"{refused}policy '{policy.label}' default tier {tier.name}",
+        chain=config.chain(tiers, tier.rank, policy),
+        policy=policy,
+        requested_tier=tier.name,
+        complexity=score,
+        features=features,
+    )
 
 
 def escalation_decide(*, policy: PolicySpec, strategy: str, complexity: float | None, uncertainty: float) -> tuple[bool, float]:

@@ -22,7 +22,7 @@ uncertainty is the largest one (one strong sign of a bad answer is enough):
 |---|---|---|
 | empty | 1.0 | no text and no tool call |
 | truncated | 1.0 | finish_reason "length", or the text stops mid-expression |
-| format_mismatch | 1.0 | JSON was asked for and the answer is not valid JSON; an expected final-answer pattern is missing |
+| format_mismatch | 1.0 | JSON was asked for and the answer is not valid JSON; the final-answer marker the prompt asks for or shows in few-shot examples ("#### 42", "Answer: B") is missing |
 | refusal | 0.9 | "I can't help with that", "as an AI language model" |
 | arithmetic | 0.8 | a worked calculation in the answer is wrong ("3 * 4 = 13", "<<20*2=60>>") |
 | no_final_answer | 0.6 | a numeric question whose answer ends without any number |
@@ -46,6 +46,9 @@ from apps.gateway.tokens import count_tokens, message_text
 __all__ = [
     "COMPLEXITY_WEIGHTS",
     "Confidence",
+    "answer_confidence",
+    "expected_answer_format",
+    "json_requested",
     "SIGNAL_UNCERTAINTY",
     "complexity_features",
     "complexity_score",
@@ -54,9 +57,11 @@ __all__ = [
     "prompt_text",
 ]
 
-# Only the head of a very long prompt is scanned: the features saturate long before, and the hot
-# path must stay in microseconds whatever the client sends.
-SCAN_CHARS = 20_000
+# Long prompts are read through a window (head + tail): the features saturate long before, and the hot
+# path must stay in microseconds whatever the client sends. The tail keeps the question, which chat
+# clients put last.
+SCAN_HEAD_CHARS = 3000
+SCAN_TAIL_CHARS = 1000
 
 COMPLEXITY_WEIGHTS: dict[str, float] = {
     "length": 0.20,
@@ -70,38 +75,60 @@ COMPLEXITY_WEIGHTS: dict[str, float] = {
 LENGTH_SATURATION_TOKENS = 2000
 LENGTH_SCALE_TOKENS = 40
 
-_CODE_FENCE = re.compile(r"```|~~~")
-_STACK_TRACE = re.compile(
-    r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(.*\)\s*$|Exception in thread|\bpanic: |"
-    r"\b\w+(?:Error|Exception): |segmentation fault|core dumped|^\s*File \".*\", line \d+",
-    re.M | re.I,
+# Cues are matched word by word against these sets (one dict lookup per word) and phrase by phrase
+# with substring counts: an order of magnitude faster than case-insensitive regex alternations.
+_WORD_CUES: dict[str, str] = {}
+for _feature, _words in {
+    "code": "python javascript typescript java rust golang sql regex bash kotlin cpp algorithm compile compiler debug "
+    "refactor function functions code script stacktrace api json yaml dockerfile kubernetes",
+    "math": "calculate compute solve equation equations integral derivative probability percent percentage average ratio "
+    "matrix polynomial theorem remainder factorial logarithm geometry triangle radius velocity variance",
+    "multi_step": "first firstly second secondly third then next afterwards finally lastly also",
+    "reasoning": "why explain prove proof analyze analyse analysis compare contrast derive justify reason reasoning evaluate "
+    "critique assess implication implications tradeoff tradeoffs architecture strategy optimize optimise",
+}.items():
+    for _word in _words.split():
+        _WORD_CUES[_word] = _feature
+
+_PHRASE_CUES: dict[str, tuple[str, ...]] = {
+    "math": ("how many", "how much", "sum of", "product of", "prove that", "value of", "expected value"),
+    "multi_step": ("after that", "and then", "followed by", "in addition", "step 1", "step 2"),
+    "reasoning": ("trade-off", "pros and cons", "step by step", "step-by-step", "think carefully", "in depth", "design a"),
+}
+_CODE_MARKERS = (
+    "def ",
+    "class ",
+    "return ",
+    "import ",
+    "#include",
+    "=>",
+    "const ",
+    "SELECT ",
+    ";\n",
+    "{\n",
+    "();",
+    "</",
+    "==",
+    "!=",
+    "->",
+    "self.",
+    "print(",
+    "console.",
 )
-_CODE_TOKENS = re.compile(
-    r"\bdef \w+\(|\bclass \w+[:(]|\bfunction\s*\w*\(|\breturn\b|\bimport \w+|#include|\bpublic static\b|=>|\bconst \w+ =|"
-    r"\bSELECT\b.+\bFROM\b|\bfor \(|\bwhile \(|;\s*$|\{\s*$|\b(?:python|javascript|typescript|java|rust|golang|sql|regex|"
-    r"bash|c\+\+|kotlin|function|algorithm|compile|debug|refactor|unit test)\b",
-    re.M | re.I,
+_TRACE_MARKERS = (
+    "Traceback (most recent call last)",
+    "Exception in thread",
+    "panic: ",
+    "Segmentation fault",
+    "segmentation fault",
+    "core dumped",
+    "\n\tat ",
+    "\n    at ",
 )
-_MATH_WORDS = re.compile(
-    r"\b(?:calculate|compute|solve|equation|integral|derivative|probability|percent(?:age)?|sum of|product of|how many|"
-    r"how much|average|ratio|matrix|polynomial|theorem|prove that|value of|expected value|variance|remainder|"
-    r"factorial|logarithm|geometry|triangle|radius|velocity)\b",
-    re.I,
-)
-_MATH_SYMBOLS = re.compile(r"\\frac|\\sqrt|\\sum|\\int|[=^√∑∫≤≥≠±×÷]|\d\s*[-+*/]\s*\d")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_MATH_CHARS = "=^√∑∫≤≥≠±×÷"
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)?")
 _ENUMERATED = re.compile(r"^\s*(?:\d+[.)]|[-*•]|[a-z][.)])\s+\S", re.M)
-_SEQUENCING = re.compile(
-    r"\b(?:first(?:ly)?|second(?:ly)?|then|next|after that|afterwards|finally|lastly|step \d+|and then|followed by|"
-    r"in addition|also)\b",
-    re.I,
-)
-_REASONING = re.compile(
-    r"\b(?:why|explain|prove|proof|analy[sz]e|analysis|compare|contrast|derive|justify|reason(?:ing)?|evaluate|"
-    r"critique|assess|implications?|trade-?offs?|pros and cons|step[- ]by[- ]step|think carefully|in depth|"
-    r"architecture|design a|strategy|optimi[sz]e)\b",
-    re.I,
-)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 def prompt_text(messages: Iterable[Mapping[str, Any]]) -> str:
@@ -109,31 +136,61 @@ def prompt_text(messages: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join(message_text(m.get("content")) for m in messages)
 
 
+def scan_window(text: str) -> str:
+    if len(text) <= SCAN_HEAD_CHARS + SCAN_TAIL_CHARS:
+        return text
+    return text[:SCAN_HEAD_CHARS] + "\n" + text[-SCAN_TAIL_CHARS:]
+
+
 def _saturate(hits: float, at: float) -> float:
     return min(1.0, hits / at) if at > 0 else 0.0
 
 
-def complexity_features(messages: list[Mapping[str, Any]]) -> dict[str, float]:
-    """The six complexity features of a chat request, each in 0..1 (see the module docstring)."""
-    text = prompt_text(messages)[:SCAN_CHARS]
-    tokens = count_tokens(text)
-    length = min(1.0, math.log1p(tokens / LENGTH_SCALE_TOKENS) / math.log1p(LENGTH_SATURATION_TOKENS / LENGTH_SCALE_TOKENS))
+def complexity_features(
+    messages: list[Mapping[str, Any]], *, prompt_tokens: int | None = None, text: str | None = None
+) -> dict[str, float]:
+    """The six complexity features of a chat request, each in 0..1 (see the module docstring).
 
-    if _CODE_FENCE.search(text) or _STACK_TRACE.search(text):
+    `prompt_tokens`: the gateway's own count, when it has one (saves recounting a long prompt).
+    """
+    full = prompt_text(messages) if text is None else text
+    window = scan_window(full)
+    if prompt_tokens is None:
+        counted = count_tokens(window)
+        prompt_tokens = counted if window is full else round(counted * len(full) / max(len(window), 1))
+    length = min(
+        1.0, math.log1p(prompt_tokens / LENGTH_SCALE_TOKENS) / math.log1p(LENGTH_SATURATION_TOKENS / LENGTH_SCALE_TOKENS)
+    )
+
+    lower = window.lower()
+    hits = {"code": 0.0, "math": 0.0, "multi_step": 0.0, "reasoning": 0.0}
+    numbers = 0
+    for word in _WORD.findall(lower):
+        feature = _WORD_CUES.get(word)
+        if feature is not None:
+            hits[feature] += 1
+        elif word[0].isdigit():
+            numbers += 1
+    for feature, phrases in _PHRASE_CUES.items():
+        for phrase in phrases:
+            if phrase in lower:
+                hits[feature] += lower.count(phrase)
+
+    if "```" in window or "~~~" in window or any(marker in window for marker in _TRACE_MARKERS):
         code = 1.0
     else:
-        code = _saturate(len(_CODE_TOKENS.findall(text)), 3)
+        code = _saturate(hits["code"] + sum(window.count(marker) for marker in _CODE_MARKERS), 3)
 
-    numbers = len(_NUMBER.findall(text))
-    math_hits = len(_MATH_WORDS.findall(text)) + len(_MATH_SYMBOLS.findall(text)) / 2 + min(numbers, 6) / 3
-    math_f = _saturate(math_hits, 4)
+    symbols = sum(window.count(ch) for ch in _MATH_CHARS) + lower.count("\\frac") + lower.count("\\sqrt")
+    math_f = _saturate(hits["math"] + symbols / 2 + min(numbers, 6) / 3, 4)
 
-    questions = max(text.count("?") - 1, 0)
-    multi = _saturate(len(_ENUMERATED.findall(text)) + len(_SEQUENCING.findall(text)) + questions, 4)
+    questions = max(window.count("?") - 1, 0)
+    enumerated = len(_ENUMERATED.findall(window)) if "\n" in window else 0
+    multi = _saturate(enumerated + hits["multi_step"] + questions, 4)
 
-    reasoning = _saturate(len(_REASONING.findall(text)), 2)
+    reasoning = _saturate(hits["reasoning"], 2)
 
-    # Earlier turns: every message before the last user message that is not the system prompt.
+    # Earlier turns: every message before the last one that is not the system prompt.
     turns = sum(1 for m in messages[:-1] if m.get("role") in ("user", "assistant", "tool", "function"))
     depth = _saturate(turns, 6)
 
@@ -184,14 +241,20 @@ _HEDGING = re.compile(
     r"not enough information|I(?:'m| am) unable to determine|ambiguous)\b",
     re.I,
 )
-_JSON_ASKED = re.compile(r"\b(?:JSON|json object|valid json)\b")
-_NUMERIC_QUESTION = re.compile(r"\b(?:how many|how much|how long|how far|how old|what is the (?:total|number|sum|value|cost|"
-                               r"price|area|percentage)|calculate|compute)\b", re.I)
+_NUMERIC_QUESTION = re.compile(
+    r"\b(?:how many|how much|how long|how far|how old|what is the (?:total|number|sum|value|cost|"
+    r"price|area|percentage)|calculate|compute)\b",
+    re.I,
+)
 _FENCED_JSON = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+# "a op b = c" where c is a lone number: not followed by another operator ("= 22 + 48" is a next step,
+# not a result), and (checked in code) not preceded by one ("x * 3/4 = 12" is not "3/4 = 12").
 _INLINE_CALC = re.compile(
-    r"(?<![\w.])(\(?\$?\d[\d,]*(?:\.\d+)?\)?(?:\s*[-+*/x×÷]\s*\(?\$?\d[\d,]*(?:\.\d+)?\)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)(?![\d.]\d)"
+    r"(?<![\w.])(\(?\$?\d[\d,]*(?:\.\d+)?\)?(?:\s*[-+*/x×÷]\s*\(?\$?\d[\d,]*(?:\.\d+)?\)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)"
+    r"(?!\d|[.,]\d)(?!\s*[-+*/x×÷(^]|\s*%)"
 )
+_OPERAND_BEFORE = re.compile(r"(?:[)*/+\-×÷^]|(?<![A-Za-z])[A-Za-z])\s*\$?$")  # an operator, or a one-letter variable
 _DANGLING = re.compile(r"(?:<<[^>]*|[-+*/=(,×÷]\s*)$")
 
 
@@ -257,18 +320,24 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _miscalculated(value: float | None, claimed: float | None, rel_tol: float) -> bool:
+    if value is None or claimed is None:
+        return False
+    if math.isclose(value, claimed, rel_tol=rel_tol, abs_tol=0.011):
+        return False
+    # Rounding to a whole number ("73 / 8 = 9 cars") is a modelling choice, not an arithmetic slip.
+    return not (abs(value - claimed) < 1 and claimed == round(claimed))
+
+
 def _arithmetic_errors(answer: str) -> int:
     """Worked calculations in the answer whose stated result is wrong (calculator annotations and inline "a op b = c")."""
-    errors = 0
-    for expr, stated in _ANNOTATION.findall(answer):
-        value, claimed = _arith(expr), _number(stated)
-        if value is not None and claimed is not None and not math.isclose(value, claimed, rel_tol=1e-4, abs_tol=1e-2):
-            errors += 1
-    for expr, stated in _INLINE_CALC.findall(_ANNOTATION.sub("", answer)):
-        value, claimed = _arith(expr), _number(stated)
+    errors = sum(1 for expr, stated in _ANNOTATION.findall(answer) if _miscalculated(_arith(expr), _number(stated), 1e-4))
+    prose = _ANNOTATION.sub("", answer)
+    for match in _INLINE_CALC.finditer(prose):
+        if _OPERAND_BEFORE.search(prose[max(match.start() - 5, 0) : match.start()]):
+            continue  # the visible part is the tail of a longer expression
         # Rounded money and percentages are fine; only a clear miss counts.
-        if value is not None and claimed is not None and not math.isclose(value, claimed, rel_tol=1e-2, abs_tol=0.011):
-            errors += 1
+        errors += _miscalculated(_arith(match.group(1)), _number(match.group(2)), 1e-2)
     return errors
 
 
@@ -298,6 +367,30 @@ def _last_line(answer: str) -> str:
     return lines[-1] if lines else ""
 
 
+_ANSWER_MARKERS = ("####", "Final answer:", "Answer:", "\\boxed{")
+_FORMAT_INSTRUCTION = re.compile(r"\b(?:end|finish|conclude|final line|last line|format|in the form)\b", re.I)
+
+
+def expected_answer_format(prompt: str) -> re.Pattern[str] | None:
+    """The final-answer marker the prompt asks for, as a pattern the answer must contain; None if it asks for none.
+
+    Asked for = named in an instruction ("End with a line '#### <number>'") or shown by at least two
+    few-shot examples (lines that start with the marker), the way benchmark prompts and many
+    production templates fix an answer's format.
+    """
+    window = scan_window(prompt)
+    for marker in _ANSWER_MARKERS:
+        if marker not in window:
+            continue
+        shown = sum(1 for line in window.splitlines() if line.lstrip().startswith(marker))
+        asked = any(
+            _FORMAT_INSTRUCTION.search(sentence) for sentence in re.split(r"(?<=[.!?])\s+|\n", window) if marker in sentence
+        )
+        if shown >= 2 or asked:
+            return re.compile(re.escape(marker) + r"\s*\S")
+    return None
+
+
 def confidence_assess(
     *,
     answer: str | None,
@@ -314,7 +407,7 @@ def confidence_assess(
     `wants_json`: the request asked for JSON (response_format, or the prompt says JSON).
     `expected_pattern`: a final-answer format the caller asked for (e.g. GSM8K's few-shot "#### <n>").
     """
-    text = (answer or "")[:SCAN_CHARS * 2]
+    text = scan_window(answer or "")
     signals: dict[str, float] = {}
     mean_lp: float | None = None
 
@@ -361,3 +454,42 @@ def escalation_risk(complexity: float, uncertainty: float) -> float:
     c = min(max(complexity, 0.0), 1.0)
     u = min(max(uncertainty, 0.0), 1.0)
     return round(1.0 - (1.0 - c) * (1.0 - u), 4)
+
+
+_JSON_REQUEST = re.compile(r"\b(?:respond|reply|answer|output|return|format(?:ted)?|give|produce)\b[^.\n]{0,40}\bJSON\b", re.I)
+
+
+def json_requested(messages: list[Mapping[str, Any]], response_format: Any = None) -> bool:
+    """The request wants JSON back: response_format json_object / json_schema, or the last user message says so."""
+    if isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema"):
+        return True
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return bool(last_user and _JSON_REQUEST.search(scan_window(message_text(last_user.get("content")))))
+
+
+def answer_confidence(
+    messages: list[Mapping[str, Any]],
+    *,
+    answer: str | None,
+    finish_reason: str | None = None,
+    token_logprobs: list[float] | None = None,
+    response_format: Any = None,
+    has_tool_calls: bool = False,
+    logprob_floor: float = DEFAULT_LOGPROB_FLOOR,
+) -> Confidence:
+    """`confidence_assess` with what the request itself implies: the asked-for answer format and JSON.
+
+    The one entry point of the hot path (`apps.routing.pipeline.confidence_escalate`) and of the
+    offline harness, so both read an answer the same way.
+    """
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return confidence_assess(
+        answer=answer,
+        prompt=message_text(last_user.get("content")) if last_user else "",
+        finish_reason=finish_reason,
+        token_logprobs=token_logprobs,
+        wants_json=json_requested(messages, response_format),
+        expected_pattern=expected_answer_format(prompt_text(messages)),
+        has_tool_calls=has_tool_calls,
+        logprob_floor=logprob_floor,
+    )

@@ -10,9 +10,12 @@ ROUTE_DECISIONS = Counter(
     ["strategy", "tier"],
 )
 CONFIDENCE_CHECKS = Counter(
-    "finops_route_confidence_checks_total", "Confidence checks of an answer, by the tier that answered and the outcome (keep, escalate).",
+    "finops_route_confidence_checks_total",
+    "Confidence checks of an answer, by the tier that answered and the outcome (keep, escalate).",
     ["tier", "outcome"],
 )
 CIRCUIT_TRANSITIONS = Counter(
-    "finops_route_circuit_transitions_total", "Circuit breaker state changes per model (opened, closed), per worker.", ["model", "state"]
+    "finops_route_circuit_transitions_total",
+    "Circuit breaker state changes per model (opened, closed), per worker.",
+    ["model", "state"],
 )

@@ -67,7 +67,9 @@ class RoutePolicy(models.Model):
     """How one org (or everyone, when org is empty) routes; `name` empty = the default route, else `finops/<name>`."""
 
     org = models.ForeignKey("tenancy.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    name = models.CharField(max_length=64, blank=True, help_text="Empty: the default route (model 'auto'). Else model 'finops/<name>'.")
+    name = models.CharField(
+        max_length=64, blank=True, help_text="Empty: the default route (model 'auto'). Else model 'finops/<name>'."
+    )
     ladder = models.CharField(max_length=32, default="default")
     enabled = models.BooleanField(default=True)
 
@@ -88,7 +90,9 @@ class RoutePolicy(models.Model):
     confidence_threshold = models.FloatField(
         default=0.6, validators=UNIT_INTERVAL, help_text="Escalate one tier up when the escalation risk (0..1) reaches this."
     )
-    logprob_floor = models.FloatField(default=-1.0, help_text="Mean token logprob at which the logprob signal is fully uncertain.")
+    logprob_floor = models.FloatField(
+        default=-1.0, help_text="Mean token logprob at which the logprob signal is fully uncertain."
+    )
     fallback_on_pinned = models.BooleanField(default=True, help_text="A pinned model may fall back to its tier's peers and up.")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -153,10 +157,14 @@ class KeywordRule(models.Model):
             raise ValidationError({"pattern": f"Invalid pattern: {exc}"}) from exc
 
 
+def keyword_terms(pattern: str) -> tuple[str, ...]:
+    return tuple(t.strip().lower() for t in pattern.split(",") if t.strip())
+
+
 def keyword_regex(*, match: str, pattern: str) -> re.Pattern[str]:
     if match == KeywordRule.Match.REGEX:
         return re.compile(pattern, re.I | re.M)
-    terms = [t.strip() for t in pattern.split(",") if t.strip()]
+    terms = keyword_terms(pattern)
     if not terms:
         raise ValueError("no terms")
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in terms) + r")(?!\w)", re.I)

@@ -17,7 +17,6 @@ check; when it escalates, `ctx.extra["escalate_to"]` holds the (tier, model) to 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.conf import settings
@@ -37,11 +36,9 @@ from apps.routing.engine import (
     tier_above,
     tier_by_name,
 )
-from apps.routing.features import confidence_assess
+from apps.routing.features import answer_confidence
 from apps.routing.selectors import router_config
 from finops.errors import ModelNotFound
-
-_JSON_REQUEST = re.compile(r"\b(?:respond|reply|answer|output|return|format(?:ted)?|give|produce)\b[^.\n]{0,40}\bJSON\b", re.I)
 
 _breaker: CircuitBreaker | None = None
 
@@ -81,6 +78,7 @@ async def route_select(ctx: RequestContext) -> RouteDecision:
             requested_model=ctx.requested_model,
             org_id=caller.org_id if caller else None,
             allow_pinning=caller.allow_model_pinning if caller else True,
+            prompt_tokens=ctx.prompt_tokens_estimate or None,
         )
     except (UnknownRoute, NoRoutableModel) as exc:
         raise ModelNotFound(str(exc), param="model") from exc
@@ -116,14 +114,6 @@ async def route_cheapest(ctx: RequestContext) -> RouteDecision:
     return _decision(downgraded, {name: spec.provider for name, spec in config.models.items()})
 
 
-def _wants_json(ctx: RequestContext) -> bool:
-    fmt = ctx.body.get("response_format") if isinstance(ctx.body, dict) else None
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
-        return True
-    last_user = next((m for m in reversed(ctx.messages) if m.get("role") == "user"), None)
-    return bool(last_user and _JSON_REQUEST.search(message_text(last_user.get("content"))[:5000]))
-
-
 def _answer(response: dict[str, Any]) -> tuple[str, str | None, list[float] | None, bool]:
     choices = response.get("choices") or [{}]
     choice = choices[0] or {}
@@ -151,13 +141,12 @@ async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> 
     if above is None:
         return False
     content, finish_reason, logprobs, tool_calls = _answer(response)
-    last_user = next((m for m in reversed(ctx.messages) if m.get("role") == "user"), {})
-    confidence = confidence_assess(
+    confidence = answer_confidence(
+        ctx.messages,
         answer=content,
-        prompt=message_text(last_user.get("content"))[:5000],
         finish_reason=finish_reason,
         token_logprobs=logprobs,
-        wants_json=_wants_json(ctx),
+        response_format=ctx.body.get("response_format") if isinstance(ctx.body, dict) else None,
         has_tool_calls=tool_calls,
         logprob_floor=plan.policy.logprob_floor,
     )

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from apps.ledger.models import ModelPrice
 from apps.routing.engine import ModelSpec, PolicySpec, RouterConfig, RuleSpec, TierSpec
-from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex
+from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex, keyword_terms
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,12 @@ def router_config_load() -> RouterConfig:
     models: dict[str, ModelSpec] = {}
     for name, price in prices.items():
         models[name] = tiered.get(name) or ModelSpec(
-            model=name, provider=price.provider, tier="", rank=-1,
-            input_per_1m=Decimal(price.input_per_1m), output_per_1m=Decimal(price.output_per_1m),
+            model=name,
+            provider=price.provider,
+            tier="",
+            rank=-1,
+            input_per_1m=Decimal(price.input_per_1m),
+            output_per_1m=Decimal(price.output_per_1m),
         )
 
     policies = tuple(
@@ -117,9 +121,18 @@ def router_config_load() -> RouterConfig:
         except (re.error, ValueError):
             logger.warning("routing: keyword rule %s has an invalid pattern; skipped", rule.id)
             continue
+        terms = keyword_terms(rule.pattern) if rule.match == KeywordRule.Match.TERMS else ()
         rules.append(
-            RuleSpec(id=rule.id, name=rule.name, tier=rule.tier, priority=rule.priority, regex=regex,
-                     org_id=rule.org_id, last_user_only=rule.scope == KeywordRule.Scope.LAST_USER)
+            RuleSpec(
+                id=rule.id,
+                name=rule.name,
+                tier=rule.tier,
+                priority=rule.priority,
+                regex=regex,
+                org_id=rule.org_id,
+                last_user_only=rule.scope == KeywordRule.Scope.LAST_USER,
+                terms=terms,
+            )
         )
     # Ties on priority: the higher tier wins (a rule that buys quality beats one that saves), then the older rule.
     rank_of = {t.name: t.rank for t in tier_rows}
@@ -144,9 +157,23 @@ def router_config_cached() -> RouterConfig:
 
 
 async def router_config() -> RouterConfig:
-    """The snapshot for the async hot path: served from memory, rebuilt in a thread when stale."""
+    """The snapshot for the async hot path, served from memory.
+
+    When it is stale, the request keeps the old snapshot and one background task rebuilds it
+    (stale-while-revalidate), so no request waits on — or fails with — a slow or unreachable
+    database. Only the first request of a process, and every request with a TTL of 0 (tests),
+    loads synchronously.
+    """
     config = _state["config"]
-    if config is not None and time.monotonic() < float(_state["expires"]):  # type: ignore[arg-type]
+    now = time.monotonic()
+    if config is not None and now < float(_state["expires"]):  # type: ignore[arg-type]
+        return config  # type: ignore[return-value]
+    if config is not None and _ttl() > 0:
+        if not _state.get("refreshing"):
+            _state["refreshing"] = True
+            task = asyncio.get_running_loop().create_task(_refresh())
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
         return config  # type: ignore[return-value]
     lock = _locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
     async with lock:
@@ -157,9 +184,24 @@ async def router_config() -> RouterConfig:
     return config  # type: ignore[return-value]
 
 
+_tasks: set[asyncio.Task] = set()
+RETRY_AFTER_FAILURE_S = 5.0
+
+
+async def _refresh() -> None:
+    try:
+        config = await sync_to_async(router_config_load)()
+        _state["config"], _state["expires"] = config, time.monotonic() + _ttl()
+    except Exception:  # keep routing on the last good snapshot; try again shortly
+        logger.exception("routing: config reload failed; serving the previous snapshot")
+        _state["expires"] = time.monotonic() + min(_ttl(), RETRY_AFTER_FAILURE_S)
+    finally:
+        _state["refreshing"] = False
+
+
 def router_config_invalidate(**_: object) -> None:
     """Drop this process's snapshot (connected to the routing models' and prices' save/delete signals)."""
-    _state["config"], _state["expires"] = None, 0.0
+    _state["config"], _state["expires"], _state["refreshing"] = None, 0.0, False
 
 
 def latency_p50_by_model(*, since: dt.datetime, models: list[str]) -> dict[str, tuple[float, int]]:

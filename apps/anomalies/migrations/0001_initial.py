@@ -5,105 +5,243 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenancy', '0001_initial'),
+        ("tenancy", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertRoute',
+            name="AlertRoute",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], max_length=16)),
-                ('scope_type', models.CharField(blank=True, choices=[('org', 'Org'), ('team', 'Team'), ('model', 'Model'), ('member', 'Member')], help_text='blank: any scope', max_length=16)),
-                ('receiver', models.CharField(choices=[('webhook', 'webhook (Slack-compatible JSON)'), ('email', 'email'), ('prometheus', 'Prometheus (gauge / Alertmanager)')], max_length=16)),
-                ('target', models.CharField(blank=True, help_text='webhook URL, or comma-separated email addresses', max_length=1000)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('org', models.ForeignKey(blank=True, help_text='empty: any org', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenancy.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "severity",
+                    models.CharField(choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], max_length=16),
+                ),
+                (
+                    "scope_type",
+                    models.CharField(
+                        blank=True,
+                        choices=[("org", "Org"), ("team", "Team"), ("model", "Model"), ("member", "Member")],
+                        help_text="blank: any scope",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "receiver",
+                    models.CharField(
+                        choices=[
+                            ("webhook", "webhook (Slack-compatible JSON)"),
+                            ("email", "email"),
+                            ("prometheus", "Prometheus (gauge / Alertmanager)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "target",
+                    models.CharField(blank=True, help_text="webhook URL, or comma-separated email addresses", max_length=1000),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="empty: any org",
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tenancy.organization",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'alert_routes',
-                'ordering': ['severity', 'name'],
+                "db_table": "alert_routes",
+                "ordering": ["severity", "name"],
             },
         ),
         migrations.CreateModel(
-            name='Anomaly',
+            name="Anomaly",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('detector', models.CharField(db_index=True, max_length=32)),
-                ('metric', models.CharField(max_length=32)),
-                ('scope_type', models.CharField(choices=[('org', 'Org'), ('team', 'Team'), ('model', 'Model'), ('member', 'Member')], max_length=16)),
-                ('model', models.CharField(blank=True, max_length=128)),
-                ('scope_label', models.CharField(max_length=300)),
-                ('series_key', models.CharField(db_index=True, max_length=300)),
-                ('dedupe_key', models.CharField(max_length=64, unique=True)),
-                ('window_start', models.DateTimeField()),
-                ('window_end', models.DateTimeField()),
-                ('expected', models.FloatField()),
-                ('actual', models.FloatField()),
-                ('impact_usd', models.DecimalField(decimal_places=10, default=0, max_digits=20)),
-                ('impact_pct', models.FloatField(default=0)),
-                ('score', models.FloatField(default=0)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], db_index=True, max_length=16)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('acknowledged', 'Acknowledged'), ('resolved', 'Resolved')], db_index=True, default='open', max_length=16)),
-                ('feedback', models.CharField(blank=True, choices=[('', '—'), ('true_positive', 'true positive'), ('false_positive', 'false positive'), ('planned', 'planned (expected spend)')], default='', max_length=16)),
-                ('notified_severity', models.CharField(blank=True, choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], default='', max_length=16)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('acknowledged_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenancy.organization')),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenancy.team')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("detector", models.CharField(db_index=True, max_length=32)),
+                ("metric", models.CharField(max_length=32)),
+                (
+                    "scope_type",
+                    models.CharField(
+                        choices=[("org", "Org"), ("team", "Team"), ("model", "Model"), ("member", "Member")], max_length=16
+                    ),
+                ),
+                ("model", models.CharField(blank=True, max_length=128)),
+                ("scope_label", models.CharField(max_length=300)),
+                ("series_key", models.CharField(db_index=True, max_length=300)),
+                ("dedupe_key", models.CharField(max_length=64, unique=True)),
+                ("window_start", models.DateTimeField()),
+                ("window_end", models.DateTimeField()),
+                ("expected", models.FloatField()),
+                ("actual", models.FloatField()),
+                ("impact_usd", models.DecimalField(decimal_places=10, default=0, max_digits=20)),
+                ("impact_pct", models.FloatField(default=0)),
+                ("score", models.FloatField(default=0)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], db_index=True, max_length=16
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("open", "Open"), ("acknowledged", "Acknowledged"), ("resolved", "Resolved")],
+                        db_index=True,
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "feedback",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "—"),
+                            ("true_positive", "true positive"),
+                            ("false_positive", "false positive"),
+                            ("planned", "planned (expected spend)"),
+                        ],
+                        default="",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "notified_severity",
+                    models.CharField(
+                        blank=True,
+                        choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")],
+                        default="",
+                        max_length=16,
+                    ),
+                ),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("acknowledged_at", models.DateTimeField(blank=True, null=True)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tenancy.organization",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="tenancy.team"
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'anomalies',
-                'db_table': 'anomalies',
-                'ordering': ['-window_start'],
+                "verbose_name_plural": "anomalies",
+                "db_table": "anomalies",
+                "ordering": ["-window_start"],
             },
         ),
         migrations.CreateModel(
-            name='AlertDelivery',
+            name="AlertDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('receiver', models.CharField(choices=[('webhook', 'webhook (Slack-compatible JSON)'), ('email', 'email'), ('prometheus', 'Prometheus (gauge / Alertmanager)')], max_length=16)),
-                ('target', models.CharField(blank=True, max_length=1000)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('critical', 'Critical')], max_length=16)),
-                ('scope_type', models.CharField(blank=True, max_length=16)),
-                ('title', models.CharField(max_length=300)),
-                ('text', models.TextField(blank=True)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('sending', 'Sending'), ('sent', 'Sent'), ('failed', 'Failed')], db_index=True, default='pending', max_length=16)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('last_error', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenancy.organization')),
-                ('route', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deliveries', to='anomalies.alertroute')),
-                ('anomaly', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='anomalies.anomaly')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "receiver",
+                    models.CharField(
+                        choices=[
+                            ("webhook", "webhook (Slack-compatible JSON)"),
+                            ("email", "email"),
+                            ("prometheus", "Prometheus (gauge / Alertmanager)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("target", models.CharField(blank=True, max_length=1000)),
+                (
+                    "severity",
+                    models.CharField(choices=[("info", "Info"), ("warning", "Warning"), ("critical", "Critical")], max_length=16),
+                ),
+                ("scope_type", models.CharField(blank=True, max_length=16)),
+                ("title", models.CharField(max_length=300)),
+                ("text", models.TextField(blank=True)),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("sending", "Sending"), ("sent", "Sent"), ("failed", "Failed")],
+                        db_index=True,
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("last_error", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tenancy.organization",
+                    ),
+                ),
+                (
+                    "route",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="deliveries",
+                        to="anomalies.alertroute",
+                    ),
+                ),
+                (
+                    "anomaly",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="anomalies.anomaly",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'alert deliveries',
-                'db_table': 'alert_deliveries',
-                'ordering': ['-created_at'],
+                "verbose_name_plural": "alert deliveries",
+                "db_table": "alert_deliveries",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddConstraint(
-            model_name='alertroute',
-            constraint=models.CheckConstraint(condition=models.Q(('receiver', 'prometheus'), models.Q(('target', ''), _negated=True), _connector='OR'), name='alert_route_target_required'),
+            model_name="alertroute",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("receiver", "prometheus"), models.Q(("target", ""), _negated=True), _connector="OR"),
+                name="alert_route_target_required",
+            ),
         ),
         migrations.AddIndex(
-            model_name='anomaly',
-            index=models.Index(fields=['series_key', 'window_end'], name='anomaly_series_end'),
+            model_name="anomaly",
+            index=models.Index(fields=["series_key", "window_end"], name="anomaly_series_end"),
         ),
         migrations.AddConstraint(
-            model_name='anomaly',
-            constraint=models.CheckConstraint(condition=models.Q(('window_end__gt', models.F('window_start'))), name='anomaly_window_ordered'),
+            model_name="anomaly",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("window_end__gt", models.F("window_start"))), name="anomaly_window_ordered"
+            ),
         ),
     ]

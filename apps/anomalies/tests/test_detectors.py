@@ -47,15 +47,18 @@ def test_a_slow_ramp_is_not_a_spike_but_the_weekly_pattern_sees_it_late():
 
     The trailing-window detectors follow the ramp, so they stay quiet; the hour-of-week detector
     compares with the same hours of past weeks and flags once the drift is about four residual spreads
-    (here after about two days, at +20 %). The combined detector needs a trailing detector to agree, so a ramp
-    alone never pages: slow growth is a budget matter (80 %/100 % budget alerts), not an incident.
+    (here after about two days, at +20 %). The combined detector also needs the value to sit above
+    last week's upper quartile, which a ramp reaches only after growing for some days: it flags
+    late (here about three days in, at +40 %) or never. Slow growth is a
+    budget matter (the 80 %/100 % budget alerts) more than an incident.
     """
     x = with_ramp(seasonal(), start=3 * WEEK, per_hour=0.5)
     assert flagged(d.spike(x)) == []
     assert flagged(d.iqr(x)) == []
     pattern_hits = flagged(d.pattern(x))
     assert pattern_hits and pattern_hits[0] > 3 * WEEK + 24
-    assert flagged(d.combined(x)[0]) == []
+    combined_hits = flagged(d.combined(x)[0])
+    assert combined_hits == [] or combined_hits[0] > 3 * WEEK + 48
 
 
 def test_detectors_are_causal():

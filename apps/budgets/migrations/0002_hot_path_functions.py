@@ -1,7 +1,8 @@
 """The budget hot path, in SQL: one round trip reserves against user, team and org atomically.
 
-Every function that locks counter rows locks them in budget/counter id order, so two requests
-that share a team or an org can never deadlock. `lock_timeout` is set per call, so a request
+Every function that locks counter rows locks them in one global order, user → team → org, then
+budget id and period start (`budget_lock_rank`), so two requests that share a team or an org can
+never deadlock, and the most contended row (the org's) is held for the shortest time. `lock_timeout` is set per call, so a request
 waiting behind a held lock gives up on the server side too (no phantom reservation after the
 client has already failed open).
 """
@@ -10,6 +11,12 @@ from django.db import migrations
 
 FUNCTIONS = r"""
 ALTER TABLE budget_counters SET (fillfactor = 70);  -- room for HOT updates of the hot rows
+
+-- The global lock order over counter rows: narrowest scope first, the shared org row last.
+CREATE OR REPLACE FUNCTION budget_lock_rank(p_scope text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT CASE p_scope WHEN 'user' THEN 0 WHEN 'team' THEN 1 ELSE 2 END
+$fn$;
 
 CREATE OR REPLACE FUNCTION budget_period_start(p_period text, p_at timestamptz) RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
@@ -77,6 +84,9 @@ DECLARE
     v_alerts bigint[] := ARRAY[]::bigint[];
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout_ms::text || 'ms', true);
+    -- Row locks are held until commit; not waiting for the WAL flush shortens them. A crash may lose the
+    -- last fraction of a second of reservations and settles: budget_reconcile rebuilds both from the ledger.
+    PERFORM set_config('synchronous_commit', 'off', true);
     FOR b IN
         SELECT x.id, x.scope, x.period, x.cap_usd, x.action,
                (SELECT max(t) FROM unnest(x.soft_pct) AS t WHERE t < 100) AS warn_pct
@@ -85,7 +95,7 @@ BEGIN
             UNION ALL SELECT * FROM budgets WHERE active AND scope = 'team' AND team_id = p_team
             UNION ALL SELECT * FROM budgets WHERE active AND scope = 'org' AND org_id = p_org
         ) AS x
-        ORDER BY x.id
+        ORDER BY budget_lock_rank(x.scope), x.id
     LOOP
         v_start := budget_period_start(b.period, now());
         SELECT k.id, k.spent_usd, k.reserved_usd INTO c
@@ -161,30 +171,67 @@ BEGIN
 END
 $fn$;
 
--- Release the reservation and book the actual cost. Idempotent: a second settle is a no-op.
--- A reservation the sweep already expired still books its cost (the request did run), releasing nothing.
-CREATE OR REPLACE FUNCTION budget_settle(p_reservation bigint, p_actual numeric, p_lock_timeout_ms integer) RETURNS bigint[]
+-- Release reservations and book their actual costs, many at once (the gateway batches settles, which
+-- run after the response). Idempotent: an already settled reservation is skipped. A reservation the
+-- sweep already expired still books its cost (the request did run), releasing nothing.
+-- Locks: the reservations in id order, then their counters in the global order.
+CREATE OR REPLACE FUNCTION budget_settle_many(p_ids bigint[], p_actuals numeric[], p_lock_timeout_ms integer) RETURNS bigint[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    r record;
-    v_release numeric;
+    v_ids bigint[];
+    v_counters bigint[];
+    v_spend boolean;
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout_ms::text || 'ms', true);
-    SELECT id, state, amount_usd, counter_ids INTO r FROM budget_reservations WHERE id = p_reservation FOR UPDATE;
-    IF NOT FOUND OR r.state = 'settled' THEN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT array_agg(id) INTO v_ids FROM (
+        SELECT r.id FROM budget_reservations r
+        WHERE r.id = ANY(p_ids) AND r.state <> 'settled'
+        ORDER BY r.id FOR UPDATE
+    ) AS s;
+    IF v_ids IS NULL THEN
         RETURN ARRAY[]::bigint[];
     END IF;
-    v_release := CASE WHEN r.state = 'reserved' THEN r.amount_usd ELSE 0 END;
-    PERFORM 1 FROM budget_counters WHERE id = ANY(r.counter_ids) ORDER BY id FOR UPDATE;
-    UPDATE budget_counters
-    SET reserved_usd = reserved_usd - v_release, spent_usd = spent_usd + p_actual, updated_at = now()
-    WHERE id = ANY(r.counter_ids);
-    UPDATE budget_reservations SET state = 'settled', actual_usd = p_actual, settled_at = now() WHERE id = p_reservation;
-    IF p_actual > 0 THEN
-        RETURN budget_alerts_raise(r.counter_ids);
+    SELECT array_agg(DISTINCT cid) INTO v_counters
+    FROM budget_reservations r CROSS JOIN LATERAL unnest(r.counter_ids) AS cid WHERE r.id = ANY(v_ids);
+    PERFORM 1 FROM budget_counters k JOIN budgets b ON b.id = k.budget_id
+    WHERE k.id = ANY(v_counters)
+    ORDER BY budget_lock_rank(b.scope), k.budget_id, k.period_start
+    FOR UPDATE OF k;
+
+    WITH req AS (
+        SELECT DISTINCT ON (u.id) u.id, u.actual FROM unnest(p_ids, p_actuals) AS u(id, actual) ORDER BY u.id
+    ), per AS (
+        SELECT cid,
+               sum(CASE WHEN r.state = 'reserved' THEN r.amount_usd ELSE 0 END) AS released,
+               sum(req.actual) AS spent
+        FROM budget_reservations r
+        JOIN req ON req.id = r.id
+        CROSS JOIN LATERAL unnest(r.counter_ids) AS cid
+        WHERE r.id = ANY(v_ids)
+        GROUP BY cid
+    )
+    UPDATE budget_counters k
+    SET reserved_usd = k.reserved_usd - per.released, spent_usd = k.spent_usd + per.spent, updated_at = now()
+    FROM per WHERE k.id = per.cid;
+
+    WITH req AS (
+        SELECT DISTINCT ON (u.id) u.id, u.actual FROM unnest(p_ids, p_actuals) AS u(id, actual) ORDER BY u.id
+    )
+    UPDATE budget_reservations r SET state = 'settled', actual_usd = req.actual, settled_at = now()
+    FROM req WHERE r.id = req.id AND r.id = ANY(v_ids);
+
+    SELECT bool_or(a > 0) INTO v_spend FROM unnest(p_actuals) AS a;
+    IF v_spend THEN
+        RETURN budget_alerts_raise(v_counters);
     END IF;
     RETURN ARRAY[]::bigint[];
 END
+$fn$;
+
+CREATE OR REPLACE FUNCTION budget_settle(p_reservation bigint, p_actual numeric, p_lock_timeout_ms integer) RETURNS bigint[]
+LANGUAGE sql AS $fn$
+    SELECT budget_settle_many(ARRAY[p_reservation], ARRAY[p_actual], p_lock_timeout_ms)
 $fn$;
 
 -- Expire reservations past their TTL (the request crashed or disconnected) and release their amounts.
@@ -204,10 +251,14 @@ BEGIN
     END IF;
     UPDATE budget_reservations SET state = 'expired', settled_at = now() WHERE id = ANY(v_ids);
     FOR rec IN
-        SELECT cid, sum(r.amount_usd) AS amount
-        FROM budget_reservations r CROSS JOIN LATERAL unnest(r.counter_ids) AS cid
+        SELECT k.id AS cid, sum(r.amount_usd) AS amount
+        FROM budget_reservations r
+        CROSS JOIN LATERAL unnest(r.counter_ids) AS u(cid)
+        JOIN budget_counters k ON k.id = u.cid
+        JOIN budgets b ON b.id = k.budget_id
         WHERE r.id = ANY(v_ids)
-        GROUP BY cid ORDER BY cid
+        GROUP BY k.id, k.budget_id, k.period_start, b.scope
+        ORDER BY budget_lock_rank(b.scope), k.budget_id, k.period_start  -- the global lock order
     LOOP
         UPDATE budget_counters SET reserved_usd = reserved_usd - rec.amount, updated_at = now() WHERE id = rec.cid;
     END LOOP;
@@ -300,10 +351,12 @@ DROP FUNCTION IF EXISTS budget_reconcile(bigint, double precision);
 DROP FUNCTION IF EXISTS budget_ledger_spent(text, bigint, bigint, bigint, timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS budget_sweep(integer);
 DROP FUNCTION IF EXISTS budget_settle(bigint, numeric, integer);
+DROP FUNCTION IF EXISTS budget_settle_many(bigint[], numeric[], integer);
 DROP FUNCTION IF EXISTS budget_reserve(bigint, bigint, bigint, uuid, numeric, double precision, boolean, integer);
 DROP FUNCTION IF EXISTS budget_alerts_raise(bigint[]);
 DROP FUNCTION IF EXISTS budget_period_end(text, timestamptz);
 DROP FUNCTION IF EXISTS budget_period_start(text, timestamptz);
+DROP FUNCTION IF EXISTS budget_lock_rank(text);
 ALTER TABLE budget_counters RESET (fillfactor);
 """
 

@@ -95,8 +95,8 @@ def test_the_warning_zone_is_soft_exceeded(make_tenant, make_budget, budget_sett
 def test_downgrade_reroutes_to_the_cheapest_and_reserves(make_tenant, make_budget, budget_settings, prices):
     from apps.routing.services import tier_model_set
 
-    tier_model_set(ladder="default", tier="cheap", rank=1, model="gpt-4o-mini")
-    tier_model_set(ladder="default", tier="premium", rank=3, model="gpt-4o")
+    tier_model_set(ladder="default", tier="cheap", rank=0, model="gpt-4o-mini")
+    tier_model_set(ladder="default", tier="premium", rank=2, model="gpt-4o")
     tenant = make_tenant()
     budget = make_budget(scope="team", tenant=tenant, cap="0.10", action="downgrade")
     ctx = ctx_for(tenant, "0.50", max_tokens=1000)
@@ -126,7 +126,9 @@ def test_a_new_period_starts_from_a_fresh_counter(make_tenant, make_budget, budg
     tenant = make_tenant()
     budget = make_budget(scope="user", tenant=tenant, cap="1.00", period="daily")
     yesterday = timezone.now().astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
-    BudgetCounter.objects.create(budget=budget, period_start=yesterday, spent_usd=Decimal("5"), reserved_usd=0, updated_at=timezone.now())
+    BudgetCounter.objects.create(
+        budget=budget, period_start=yesterday, spent_usd=Decimal("5"), reserved_usd=0, updated_at=timezone.now()
+    )
 
     ctx = ctx_for(tenant, "0.50")
     run(lambda: budget_reserve(ctx))
@@ -158,3 +160,48 @@ def test_settle_never_raises(make_tenant, budget_settings):
     ctx.reservation_id = 999_999_999  # unknown: nothing to settle
     ctx.cost_usd = Decimal("0.1")
     run(lambda: budget_settle(ctx))
+
+
+def test_a_downgrade_with_nothing_cheaper_blocks(make_tenant, make_budget, budget_settings):
+    from apps.routing.models import Tier
+    from apps.routing.selectors import router_config_invalidate
+
+    Tier.objects.all().delete()  # no ladder to step down
+    router_config_invalidate()
+    tenant = make_tenant()
+    make_budget(scope="team", tenant=tenant, cap="0.10", action="downgrade")
+    ctx = ctx_for(tenant, "0.50")
+    ctx.route = RouteDecision(model="gpt-4o", tier="premium", strategy="pinned")
+    with pytest.raises(BudgetExceeded, match="No cheaper model to downgrade to"):
+        run(lambda: budget_reserve(ctx))
+    assert ctx.budget_state == "blocked"
+    assert not Reservation.objects.exists()
+
+
+def test_settles_are_batched_and_idempotent(make_tenant, make_budget, budget_settings):
+    tenant = make_tenant()
+    budget = make_budget(scope="org", tenant=tenant, cap="5.00")
+    contexts = [ctx_for(tenant, "0.02") for _ in range(50)]
+
+    async def serve_all():
+        for ctx in contexts:
+            await budget_reserve(ctx)
+        for ctx in contexts:
+            ctx.cost_usd = Decimal("0.01")
+            await budget_settle(ctx)
+        await budget_settle(contexts[0])  # settled twice, in the same batch
+
+    run(serve_all)
+    counter = counter_of(budget)
+    assert (counter.spent_usd, counter.reserved_usd) == (Decimal("0.50"), Decimal(0))
+    settled = Reservation.objects.filter(state="settled")
+    assert settled.count() == 50
+    assert len(set(settled.values_list("settled_at", flat=True))) == 1  # one transaction
+
+
+def test_the_pool_warmup_writes_nothing(make_tenant, make_budget, budget_settings):
+    from apps.budgets.services import budget_pool_warmup
+
+    make_budget(scope="org", tenant=make_tenant(), cap="1.00")
+    assert run(budget_pool_warmup) >= 1
+    assert not Reservation.objects.exists() and not BudgetCounter.objects.exists()

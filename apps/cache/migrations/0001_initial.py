@@ -8,77 +8,143 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenancy', '0001_initial'),
-        ('finops', '0002_vector_extension'),  # CREATE EXTENSION vector
+        ("tenancy", "0001_initial"),
+        ("finops", "0002_vector_extension"),  # CREATE EXTENSION vector
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CacheSettings',
+            name="CacheSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('enabled', models.BooleanField(default=True, help_text='Both tiers on/off for the org.')),
-                ('semantic_enabled', models.BooleanField(default=True, help_text='Off: only identical requests are served from cache.')),
-                ('threshold', models.FloatField(default=0.92, help_text='Cosine similarity (1 = identical, NOT distance) a paraphrase needs to be served the cached answer.', validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(1.0)])),
-                ('ttl_s', models.PositiveIntegerField(default=86400, help_text='Lifetime of a cached answer, both tiers, in seconds.')),
-                ('max_temperature', models.FloatField(default=0.7, help_text='Requests with a higher explicit temperature bypass the cache.', validators=[django.core.validators.MinValueValidator(0.0)])),
-                ('allow_high_temperature', models.BooleanField(default=False, help_text='Cache requests above max_temperature anyway.')),
-                ('allow_tools', models.BooleanField(default=False, help_text='Cache requests that carry tools or function calls.')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('org', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='cache_settings', to='tenancy.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("enabled", models.BooleanField(default=True, help_text="Both tiers on/off for the org.")),
+                (
+                    "semantic_enabled",
+                    models.BooleanField(default=True, help_text="Off: only identical requests are served from cache."),
+                ),
+                (
+                    "threshold",
+                    models.FloatField(
+                        default=0.92,
+                        help_text="Cosine similarity (1 = identical, NOT distance) a paraphrase needs to be served the cached answer.",
+                        validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(1.0)],
+                    ),
+                ),
+                (
+                    "ttl_s",
+                    models.PositiveIntegerField(default=86400, help_text="Lifetime of a cached answer, both tiers, in seconds."),
+                ),
+                (
+                    "max_temperature",
+                    models.FloatField(
+                        default=0.7,
+                        help_text="Requests with a higher explicit temperature bypass the cache.",
+                        validators=[django.core.validators.MinValueValidator(0.0)],
+                    ),
+                ),
+                (
+                    "allow_high_temperature",
+                    models.BooleanField(default=False, help_text="Cache requests above max_temperature anyway."),
+                ),
+                (
+                    "allow_tools",
+                    models.BooleanField(default=False, help_text="Cache requests that carry tools or function calls."),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "org",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="cache_settings", to="tenancy.organization"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'cache settings',
-                'verbose_name_plural': 'cache settings',
-                'db_table': 'cache_settings',
-                'ordering': ['org__name'],
+                "verbose_name": "cache settings",
+                "verbose_name_plural": "cache settings",
+                "db_table": "cache_settings",
+                "ordering": ["org__name"],
             },
         ),
         migrations.CreateModel(
-            name='CacheRouteOverride',
+            name="CacheRouteOverride",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_class', models.CharField(help_text="The requested model or route alias, e.g. 'auto' or 'gpt-4o'.", max_length=128)),
-                ('enabled', models.BooleanField(default=True)),
-                ('threshold', models.FloatField(blank=True, help_text='Cosine similarity.', null=True, validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(1.0)])),
-                ('ttl_s', models.PositiveIntegerField(blank=True, null=True)),
-                ('settings', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='route_overrides', to='cache.cachesettings')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "model_class",
+                    models.CharField(help_text="The requested model or route alias, e.g. 'auto' or 'gpt-4o'.", max_length=128),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "threshold",
+                    models.FloatField(
+                        blank=True,
+                        help_text="Cosine similarity.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(1.0)],
+                    ),
+                ),
+                ("ttl_s", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "settings",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="route_overrides", to="cache.cachesettings"
+                    ),
+                ),
             ],
             options={
-                'db_table': 'cache_route_overrides',
-                'constraints': [models.UniqueConstraint(fields=('settings', 'model_class'), name='cache_route_override_unique')],
+                "db_table": "cache_route_overrides",
+                "constraints": [models.UniqueConstraint(fields=("settings", "model_class"), name="cache_route_override_unique")],
             },
         ),
         migrations.CreateModel(
-            name='SemanticCacheEntry',
+            name="SemanticCacheEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_class', models.CharField(max_length=128)),
-                ('system_prompt_hash', models.CharField(max_length=64)),
-                ('params_hash', models.CharField(max_length=64)),
-                ('prompt_hash', models.CharField(max_length=64)),
-                ('embedding', pgvector.django.vector.VectorField(dimensions=384)),
-                ('prompt_text', models.TextField(blank=True, null=True)),
-                ('guard', models.JSONField(default=dict)),
-                ('response', models.JSONField()),
-                ('answer_model', models.CharField(blank=True, max_length=128)),
-                ('created_at', models.DateTimeField()),
-                ('expires_at', models.DateTimeField()),
-                ('hits', models.PositiveIntegerField(default=0)),
-                ('last_hit_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenancy.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("model_class", models.CharField(max_length=128)),
+                ("system_prompt_hash", models.CharField(max_length=64)),
+                ("params_hash", models.CharField(max_length=64)),
+                ("prompt_hash", models.CharField(max_length=64)),
+                ("embedding", pgvector.django.vector.VectorField(dimensions=384)),
+                ("prompt_text", models.TextField(blank=True, null=True)),
+                ("guard", models.JSONField(default=dict)),
+                ("response", models.JSONField()),
+                ("answer_model", models.CharField(blank=True, max_length=128)),
+                ("created_at", models.DateTimeField()),
+                ("expires_at", models.DateTimeField()),
+                ("hits", models.PositiveIntegerField(default=0)),
+                ("last_hit_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="tenancy.organization"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'semantic cache entry',
-                'verbose_name_plural': 'semantic cache entries',
-                'db_table': 'semantic_cache_entries',
-                'ordering': ['-created_at'],
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='semantic_cache_embedding_hnsw', opclasses=['vector_cosine_ops']), models.Index(fields=['org', 'model_class', 'system_prompt_hash', 'params_hash'], name='semantic_cache_scope'), models.Index(fields=['expires_at'], name='semantic_cache_expires')],
-                'constraints': [models.UniqueConstraint(fields=('org', 'model_class', 'system_prompt_hash', 'params_hash', 'prompt_hash'), name='semantic_cache_unique_prompt')],
+                "verbose_name": "semantic cache entry",
+                "verbose_name_plural": "semantic cache entries",
+                "db_table": "semantic_cache_entries",
+                "ordering": ["-created_at"],
+                "indexes": [
+                    pgvector.django.indexes.HnswIndex(
+                        ef_construction=64,
+                        fields=["embedding"],
+                        m=16,
+                        name="semantic_cache_embedding_hnsw",
+                        opclasses=["vector_cosine_ops"],
+                    ),
+                    models.Index(fields=["org", "model_class", "system_prompt_hash", "params_hash"], name="semantic_cache_scope"),
+                    models.Index(fields=["expires_at"], name="semantic_cache_expires"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "model_class", "system_prompt_hash", "params_hash", "prompt_hash"),
+                        name="semantic_cache_unique_prompt",
+                    )
+                ],
             },
         ),
     ]

@@ -26,7 +26,7 @@ def seeded_once(django_db_setup, django_db_blocker, tmp_path_factory):
         yield key_file
         with connection.cursor() as cursor:
             cursor.execute(
-                "TRUNCATE llm_requests, cost_daily_summary, seed_incidents, tenancy_apikey, tenancy_member, "
+                "TRUNCATE llm_requests, cost_daily_summary, seed_incidents, budgets, tenancy_apikey, tenancy_member, "
                 "tenancy_team, tenancy_organization, model_prices CASCADE"
             )
 
@@ -45,6 +45,14 @@ def test_it_seeds_the_reference_tenancy_and_at_least_11000_rows(seeded):
     assert seeded.read_text().startswith("fo-")
     # Every API key is stored hashed; the demo secret itself is nowhere in the database.
     assert not ApiKey.objects.filter(key_hash=seeded.read_text().strip()).exists()
+
+
+def test_it_seeds_budgets_at_every_level(seeded):
+    from apps.budgets.models import Budget
+
+    assert set(Budget.objects.values_list("scope", flat=True)) == {"org", "team", "user"}
+    assert Budget.objects.filter(scope="org").count() == 8
+    assert all(b.changes.exists() for b in Budget.objects.all())  # created through the history-keeping service
 
 
 def test_summary_totals_equal_the_detail_to_the_last_decimal(seeded):

@@ -12,7 +12,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", dest="model_class", help="only this requested model / route class, e.g. 'auto'")
 
     def handle(self, *args, org: str, model_class: str | None, **options):
-        found = Organization.objects.filter(slug=org).first() or (Organization.objects.filter(pk=org).first() if org.isdigit() else None)
+        found = Organization.objects.filter(slug=org).first() or (
+            Organization.objects.filter(pk=org).first() if org.isdigit() else None
+        )
         if found is None:
             raise CommandError(f"no organization {org!r}")
         result = cache_invalidate(org_id=found.pk, model_class=model_class)

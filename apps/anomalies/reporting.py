@@ -1,0 +1,75 @@
+"""Markdown and the plot for docs/anomaly-eval.md, from the evaluation results."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from apps.anomalies import detectors as d
+from apps.anomalies.evaluation import NabReport, SeedReport
+
+
+def nab_markdown(report: NabReport) -> str:
+    corpora = sorted({c for by in report.scores.values() for c in by if c != "all"})
+    head = "| detector | " + " | ".join(f"{c} F1" for c in corpora) + " | all: P | R | F1 | windows caught | false alerts |"
+    lines = [head, "|" + "---|" * (len(corpora) + 6)]
+    for detector, by in report.scores.items():
+        a = by["all"]
+        cells = " | ".join(f"{by[c].f1:.3f}" if c in by else "—" for c in corpora)
+        lines.append(
+            f"| {detector} | {cells} | {a.precision:.2f} | {a.recall:.2f} | **{a.f1:.3f}** | {a.caught}/{a.windows} | {a.false_positives} |"
+        )
+    return "\n".join(lines)
+
+
+def seed_markdown(report: SeedReport) -> str:
+    lines = [
+        "| incident | scope (org / team / model) | caught | scans after its first hour | severity | matched incidents |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o in report.outcomes:
+        lines.append(
+            f"| {o.kind} | {o.scope} | {'yes' if o.caught else '**no**'} | {o.scan_hours if o.scan_hours is not None else '—'} | "
+            f"{o.severity or '—'} | {'<br>'.join(o.matched) or '—'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_incident(
+    *, series, index: int, incident, seeded_start: dt.datetime, seeded_end: dt.datetime, path: Path, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo = max(0, incident.start - 24 * 3)
+    hi = min(series.hours, incident.end + 24)
+    x = series.cost[index]
+    active = np.maximum.accumulate(series.requests[index] > 0)
+    det, _ = d.combined(np.where(active, x, np.nan), start=max(0, lo - 1))
+    hours = [series.hour_at(i) for i in range(lo, hi)]
+    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
+    ax.plot(hours, x[lo:hi], color="#1f77b4", lw=1.4, label="actual $/hour")
+    ax.plot(hours, det.expected[0, lo:hi], color="#7f7f7f", lw=1.0, ls="--", label="expected (hour-of-week baseline)")
+    ax.axvspan(seeded_start, seeded_end, color="#E01E5A", alpha=0.12, label="seeded incident")
+    flagged = [i for i in range(lo, hi) if det.flags[0, i]]
+    ax.scatter(
+        [series.hour_at(i) for i in flagged],
+        x[flagged],
+        color="#E01E5A",
+        s=18,
+        zorder=3,
+        label="flagged hour (cost metric, before the minimum-impact filter)",
+    )
+    ax.set_ylabel("USD per hour")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,439 @@
+"""Cache benchmark: semantic lookup (embed + ANN) at 100k entries, exact-hit lookup, and an exact hit end to end.
+
+    .venv/bin/python bench/bench_cache.py [--entries 100000] [--queries 300] [--no-gateway] [--no-write]
+
+Uses its own database (`finops_bench_cache`, migrated here) so the demo data is untouched, and Redis
+database FINOPS_BENCH_CACHE_REDIS_DB (default 12). 100k unit vectors are bulk-loaded with COPY (binary)
+into one org's scope: the embeddings of real GPTCache prompts (with answers and guard signatures, so
+paraphrase queries can hit) plus perturbations of them; the HNSW index is rebuilt after the load.
+
+Measured, in this process, through the real hooks of apps.cache.pipeline:
+1. semantic lookup = embedding (MiniLM, one thread) + HNSW search + guard, with its parts separately;
+2. exact-hit lookup (Redis GET + savings);
+and, with the gateway (uvicorn, 1 worker) and the mock LLM started here: an exact hit end to end versus
+a direct call to the mock, one client on a keep-alive connection, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from finops.envfile import load_env_file  # noqa: E402
+
+load_env_file()
+BENCH_DB = os.environ.get("FINOPS_BENCH_CACHE_DB", "finops_bench_cache")
+REDIS_DB = os.environ.get("FINOPS_BENCH_CACHE_REDIS_DB", "12")
+SYSTEM = "You are a helpful assistant for the Hugging Face documentation."
+MODEL = "gpt-4o-mini"
+
+
+def bench_database_url() -> str:
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/finops")
+    return urlparse(base)._replace(path=f"/{BENCH_DB}").geturl()
+
+
+def bench_redis_url() -> str:
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return urlparse(base)._replace(path=f"/{REDIS_DB}").geturl()
+
+
+def setup_django():
+    import psycopg
+
+    url = bench_database_url()
+    admin = urlparse(url)._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
+            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    os.environ["DATABASE_URL"] = url
+    os.environ["REDIS_URL"] = bench_redis_url()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    from apps.ledger.services import prices_load_fixture
+    from apps.tenancy.models import ApiKey
+    from apps.tenancy.services import api_key_create, member_get_or_create, org_get_or_create, team_get_or_create
+
+    prices_load_fixture(path=ROOT / "fixtures" / "prices.json")
+    org = org_get_or_create(name="cache-bench")
+    team = team_get_or_create(org=org, name="bench")
+    member = member_get_or_create(team=team, username="bench")
+    # Only the hash of a key is stored: each run makes a fresh key (earlier ones carry ledger rows).
+    ApiKey.objects.filter(member=member, revoked_at=None).update(revoked_at=dt.datetime.now(dt.UTC))
+    created = api_key_create(member=member, name="bench")
+    return org, team, member, created
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    from bench.report import percentile
+
+    ms = [s * 1000 for s in samples_s]
+    return {"p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99), "n": len(ms)}
+
+
+# --- bulk load ------------------------------------------------------------------------------
+
+
+def bulk_load(org, *, entries: int, texts: list[str], scope: tuple[str, str], reload: bool = False) -> tuple[int, float, float]:
+    """COPY `entries` rows into the org's scope; returns (rows, load seconds, index seconds)."""
+    from django.db import connection
+    from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
+    from tqdm import tqdm
+
+    from apps.cache.evaluation import local_embed
+    from apps.cache.guard import guard_signature
+    from apps.cache.keys import sha256_hex
+
+    context_hash, params_hash = scope
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM semantic_cache_entries WHERE org_id = %s", [org.id])
+        have = cur.fetchone()[0]
+    if have >= entries and not reload:
+        return have, 0.0, 0.0
+    with connection.cursor() as cur:
+        cur.execute("DELETE FROM semantic_cache_entries WHERE org_id = %s", [org.id])
+
+    real = local_embed(texts)
+    rng = np.random.default_rng(42)
+    started = time.monotonic()
+    connection.ensure_connection()
+    pg = connection.connection
+    register_vector(pg)
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(days=30)
+    with pg.cursor() as cur:
+        cur.execute("DROP INDEX IF EXISTS semantic_cache_embedding_hnsw")
+        columns = (
+            "org_id, model_class, system_prompt_hash, params_hash, prompt_hash, embedding, guard, response, answer_model, "
+            "created_at, expires_at, hits"
+        )
+        with cur.copy(f"COPY semantic_cache_entries ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "varchar", "varchar", "varchar", "varchar", "vector", "jsonb", "jsonb", "varchar", "timestamptz", "timestamptz", "int4"])  # fmt: skip
+            empty_guard = Jsonb(guard_signature("").as_json())
+            for i in tqdm(range(entries), desc="COPY", unit="row", unit_scale=True):
+                if i < len(texts):
+                    vector, guard, text = real[i], Jsonb(guard_signature(texts[i]).as_json()), texts[i]
+                else:
+                    # Perturbed copies of real prompts: the same neighbourhoods, at cosine ~0.6-0.8 to them.
+                    base = real[rng.integers(len(real))]
+                    noise = rng.standard_normal(base.shape[0]).astype(np.float32)
+                    vector = base + 0.9 * noise / np.linalg.norm(noise)
+                    vector /= np.linalg.norm(vector)
+                    guard, text = empty_guard, f"synthetic {i}"
+                response = {"object": "chat.completion", "model": MODEL, "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer {i}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 30, "completion_tokens": 120, "total_tokens": 150}}  # fmt: skip
+                copy.write_row([org.id, MODEL, context_hash, params_hash, sha256_hex(text), vector, guard, Jsonb(response), MODEL, now, expires, 0])  # fmt: skip
+    pg.commit()
+    loaded = time.monotonic() - started
+    started = time.monotonic()
+    with pg.cursor() as cur:
+        cur.execute("SET maintenance_work_mem = '1GB'")
+        cur.execute(
+            "CREATE INDEX semantic_cache_embedding_hnsw ON semantic_cache_entries "
+            "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+        )
+        cur.execute("ANALYZE semantic_cache_entries")
+    pg.commit()
+    return entries, loaded, time.monotonic() - started
+
+
+# --- in-process measurements -----------------------------------------------------------------
+
+
+def make_ctx(caller, prompt: str):
+    from apps.gateway.context import RequestContext
+    from apps.gateway.tokens import count_message_tokens
+
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    return RequestContext(
+        endpoint="chat_completions",
+        caller=caller,
+        body={"model": MODEL, "messages": messages, "temperature": 0},
+        messages=messages,
+        requested_model=MODEL,
+        prompt_tokens_estimate=count_message_tokens(messages),
+    )
+
+
+async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> dict[str, dict[str, float] | int]:
+    from tqdm import tqdm
+
+    from apps.cache.embeddings import embed_prompt
+    from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_state, cache_store
+    from apps.cache.selectors import semantic_candidates
+    from finops.asyncdb import close_pools
+
+    # Warm the pool, the policy memo, the embedding thread and the index pages (a cold HNSW search reads
+    # hundreds of 8 kB pages; in steady state they sit in shared_buffers / the OS cache).
+    for prompt in tqdm(warmup, desc="warm-up", unit="lookup"):
+        await cache_lookup_semantic(make_ctx(caller, prompt))
+
+    # CPU time of one embedding on the embedding thread: what the wall time approaches on an idle core.
+    from apps.cache.embeddings import _executor, local_embedder
+
+    def cpu_timed(text: str) -> float:
+        started = time.thread_time()
+        local_embedder.encode([text])
+        return time.thread_time() - started
+
+    loop = asyncio.get_running_loop()
+    cpu_s = [await loop.run_in_executor(_executor, cpu_timed, prompt) for prompt in queries]
+
+    embed_s, ann_s, hook_s = [], [], []
+    hits = errors = 0
+    for prompt in tqdm(queries, desc="semantic lookups", unit="lookup"):
+        ctx = make_ctx(caller, prompt)
+        state = await cache_state(ctx)
+        t0 = time.perf_counter()
+        vector = await embed_prompt(state.key.prompt_text)
+        t1 = time.perf_counter()
+        try:
+            await semantic_candidates(
+                org_id=caller.org_id,
+                model_class=MODEL,
+                context_hash=state.key.context_hash,
+                params_hash=state.key.params_hash,
+                vector=vector,
+                k=5,
+            )
+        except Exception as exc:  # a query over the 5 s command timeout on a busy machine: count it, go on
+            print(f"ANN query failed: {type(exc).__name__}")
+            errors += 1
+            continue
+        t2 = time.perf_counter()
+        embed_s.append(t1 - t0)
+        ann_s.append(t2 - t1)
+        fresh = make_ctx(caller, prompt)  # the hook end to end, on a context of its own
+        t3 = time.perf_counter()
+        hit = await cache_lookup_semantic(fresh)
+        hook_s.append(time.perf_counter() - t3)
+        hits += hit is not None
+
+    exact_ctx = make_ctx(caller, "What is the exact-tier benchmark prompt?")
+    await cache_store(exact_ctx, {"object": "chat.completion", "model": MODEL, "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 30, "completion_tokens": 120, "total_tokens": 150}})  # fmt: skip
+    exact_s = []
+    for _ in range(2000):
+        ctx = make_ctx(caller, "What is the exact-tier benchmark prompt?")
+        t0 = time.perf_counter()
+        hit = await cache_lookup_exact(ctx)
+        exact_s.append(time.perf_counter() - t0)
+        assert hit is not None
+    await close_pools()
+    return {
+        "embed": percentiles(embed_s),
+        "embed_cpu": percentiles(cpu_s),
+        "ann": percentiles(ann_s),
+        "semantic": percentiles(hook_s),
+        "exact": percentiles(exact_s),
+        "semantic_hits": hits,
+        "errors": errors,
+    }
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 120.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def timed_posts(port: int, path: str, body: bytes, headers: dict[str, str], n: int) -> tuple[list[float], dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    samples, last = [], {}
+    for i in range(n + 50):
+        t0 = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - t0
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+        last = {k.lower(): v for k, v in response.getheaders()}
+        if i >= 50:  # the first 50 warm connections, pools and caches
+            samples.append(elapsed)
+    conn.close()
+    return samples, last
+
+
+def measure_end_to_end(secret: str, n: int) -> dict[str, dict[str, float]]:
+    mock_port, gw_port = free_port(), free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}
+    mock = subprocess.Popen([sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT, env=env)
+    gateway = None
+    try:
+        wait_port(mock_port)
+        gw_env = {**env, "FINOPS_MOCK_LLM_URL": f"http://127.0.0.1:{mock_port}/v1"}
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "finops.asgi:application", "--host", "127.0.0.1", "--port", str(gw_port),
+             "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=gw_env,
+        )  # fmt: skip
+        wait_port(gw_port)
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "What is an exact cache hit, in one line?"}],
+            }
+        ).encode()
+        json_headers = {"Content-Type": "application/json"}
+        direct, _ = timed_posts(mock_port, "/v1/chat/completions", body, {**json_headers, "Authorization": "Bearer x"}, n)
+        hit, headers = timed_posts(
+            gw_port, "/v1/chat/completions", body, {**json_headers, "Authorization": f"Bearer {secret}"}, n
+        )
+        if headers.get("x-cache") != "exact":
+            raise RuntimeError(f"expected exact hits through the gateway, got X-Cache: {headers.get('x-cache')}")
+        return {"direct": percentiles(direct), "hit": percentiles(hit)}
+    finally:
+        for proc in (gateway, mock):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured lookups first, to warm caches and index pages")
+    parser.add_argument("--requests", type=int, default=1000, help="end-to-end requests per side")
+    parser.add_argument("--reload", action="store_true", help="reload the entries even if an earlier run left them")
+    parser.add_argument("--no-gateway", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--embed-threads", type=int, help="torch threads of the embedding (default FINOPS_CACHE_EMBED_THREADS)")
+    args = parser.parse_args()
+
+    if args.embed_threads:
+        os.environ["FINOPS_CACHE_EMBED_THREADS"] = str(args.embed_threads)
+    org, team, member, created = setup_django()
+    from apps.cache.embeddings import local_embedder
+    from apps.cache.evaluation import load_pairs
+    from apps.cache.keys import request_key
+    from apps.cache.services import cache_invalidate
+    from apps.gateway.context import Caller
+
+    pairs, label = load_pairs(duplicate_jaccard=1.0)
+    texts = [p.origin for p in pairs]
+    probe = make_ctx(None, "probe")
+    key = request_key(org_id=org.id, model_class=MODEL, messages=probe.messages, body=probe.body)
+    # The semantic rows of an earlier run are kept (reloading costs minutes); exact keys are not.
+    cache_invalidate(org_id=org.id, model_class="__none__")
+    rows, load_s, index_s = bulk_load(
+        org, entries=args.entries, texts=texts, scope=(key.context_hash, key.params_hash), reload=args.reload
+    )
+    local_embedder.load()
+    caller = Caller(
+        api_key_id=created.api_key.id, api_key_prefix=created.api_key.prefix, org_id=org.id, team_id=team.id, member_id=member.id
+    )
+    # Prompt-sized queries (the embedding model takes ≤ 256 word pieces): paraphrases of cached prompts
+    # (some hit) and cached prompts with an extra sentence (near misses), half each.
+    short = [p for p in pairs if len(p.origin) < 400 and len(p.similar) < 400]
+    half = args.queries // 2
+    queries = [p.similar for p in short[:half]] + [p.origin + " Please answer briefly." for p in short[-(args.queries - half) :]]
+    warmup = [p.similar + " (warm-up)" for p in short[half : half + args.warmup]]
+    inproc = asyncio.run(measure_in_process(caller, queries, warmup))
+    e2e = None if args.no_gateway else measure_end_to_end(created.secret, args.requests)
+
+    load = os.getloadavg()
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_relation_size('semantic_cache_embedding_hnsw') / 1e6, current_setting('shared_buffers')")
+        index_mb, shared_buffers = cur.fetchone()
+    sem, emb, ann, exact, cpu = inproc["semantic"], inproc["embed"], inproc["ann"], inproc["exact"], inproc["embed_cpu"]
+    from django.conf import settings
+
+    threads = settings.FINOPS["CACHE_EMBED_THREADS"]
+    lines = [
+        "### Cache lookups (`bench/bench_cache.py`)",
+        "",
+        f"{rows:,} semantic entries in one org's scope (HNSW m=16, ef_construction=64, cosine; "
+        + (f"COPY {load_s:.0f} s + index build {index_s:.0f} s" if load_s else "loaded by an earlier run")
+        + f"; index {index_mb:.0f} MB, shared_buffers {shared_buffers}); {sem['n']} lookups with real prompts after "
+        f"{args.warmup} unmeasured ones ({inproc['semantic_hits']} semantic hits, {inproc['errors']} timeouts). Load average: "
+        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} cores (other work shares this machine).",
+        "",
+        "| lookup | p50 ms | p95 ms | p99 ms | target |",
+        "|---|---:|---:|---:|---|",
+        f"| semantic: embed + ANN + guard (the hook) | {sem['p50']:.2f} | {sem['p95']:.2f} | {sem['p99']:.2f} | p95 ≤ 15 ms: {'met' if sem['p95'] <= 15 else 'NOT met'} |",
+        f"| … of which: embedding (MiniLM, {threads} thread(s)) | {emb['p50']:.2f} | {emb['p95']:.2f} | {emb['p99']:.2f} | |",
+        f"| … embedding CPU time (thread time, same prompts) | {cpu['p50']:.2f} | {cpu['p95']:.2f} | {cpu['p99']:.2f} | |",
+        f"| … of which: HNSW search in Postgres | {ann['p50']:.2f} | {ann['p95']:.2f} | {ann['p99']:.2f} | |",
+        f"| exact hit: Redis GET + savings (the hook) | {exact['p50']:.3f} | {exact['p95']:.3f} | {exact['p99']:.3f} | |",
+    ]
+    if sem["p95"] > 15:
+        lines += [
+            "",
+            f"The semantic target is missed on the embedding, not the search: MiniLM needs {cpu['p50']:.1f} ms of CPU "
+            f"(p50) per prompt of these lengths on this CPU with one thread (wall {emb['p50']:.1f} ms), while the HNSW search "
+            f"at {rows:,} entries takes {ann['p50']:.1f} ms. FINOPS_CACHE_EMBED_THREADS=2 trades the second core for about "
+            "a quarter off the embedding time (fine with one worker, oversubscribed with two on two cores); a faster CPU or "
+            "an embeddings endpoint (FINOPS_CACHE_EMBEDDING_BACKEND=openai) are the other levers.",
+        ]
+    if e2e is not None:
+        over = e2e["hit"]["p50"] - e2e["direct"]["p50"]
+        lines += [
+            "",
+            f"Exact hit end to end through the gateway (uvicorn, 1 worker, uvloop + httptools) versus a direct call to the mock "
+            f"LLM, one client on a keep-alive connection, {e2e['hit']['n']} requests each, same run:",
+            "",
+            "| path | p50 ms | p95 ms | p99 ms |",
+            "|---|---:|---:|---:|",
+            f"| direct call to the mock | {e2e['direct']['p50']:.2f} | {e2e['direct']['p95']:.2f} | {e2e['direct']['p99']:.2f} |",
+            f"| finops, exact-cache hit | {e2e['hit']['p50']:.2f} | {e2e['hit']['p95']:.2f} | {e2e['hit']['p99']:.2f} |",
+            "",
+            f"Exact hit p50 over a direct call: **{over:+.2f} ms** (target ≤ 1 ms: {'met' if over <= 1 else 'NOT met'}).",
+        ]
+    markdown = "\n".join(lines)
+    print(markdown)
+    if not args.no_write:
+        from bench.report import write_section
+
+        write_section("cache", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

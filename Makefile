@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test lint bench eval drill tools clean
+.PHONY: help install services stop migrate seed run test lint bench eval drill chaos soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,7 @@ bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_budgets.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_reports.py
+	$(PY) bench/bench_gateway.py
 
 eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
 	$(MANAGE) eval_anomalies
@@ -78,6 +79,12 @@ eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendore
 
 drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)
 	$(MANAGE) drill
+
+chaos: services tools ## chaos under load (Redis stopped, upstream failures, Postgres unreachable); results to docs/reliability.md
+	$(PY) bench/chaos.py
+
+soak: services tools ## 10 minutes at 50 req/s: zero errors, zero lost rows, worker RSS growth <= 10 % (not part of make test)
+	$(PY) bench/chaos.py --soak 10 --rate 50
 
 clean: stop ## stop services and delete .finops (databases included)
 	rm -rf .finops

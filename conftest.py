@@ -124,8 +124,8 @@ def mock_llm_url():
 def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, workers: int = 1):
     """Run the project's ASGI app (finops.asgi) under uvicorn against the current test database.
 
-    A context manager yielding the base URL. The gateway's caches of keys, prices and providers are
-    off (TTL 0) because every transactional test flushes and re-creates them.
+    A context manager yielding the base URL. The gateway's caches of keys, prices, providers and the
+    router's config are off (TTL 0) because every transactional test flushes and re-creates them.
     """
     import contextlib
 

@@ -258,7 +258,8 @@ FINOPS = {
     or [{"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY", "models": ["*"]}],
     # Set (by `make run` when no upstream key is configured, or FINOPS_MOCK_LLM=1): the mock serves every priced model.
     "MOCK_LLM_URL": env_str("FINOPS_MOCK_LLM_URL", ""),
-    "UPSTREAM_TRANSPORT": env_str("FINOPS_UPSTREAM_TRANSPORT", "aiohttp"),  # aiohttp | httpx
+    # sdk: AsyncOpenAI over aiohttp; sdk-httpx: AsyncOpenAI's httpx transport; raw: aiohttp without the SDK (apps/gateway/providers.py)
+    "UPSTREAM_TRANSPORT": env_str("FINOPS_UPSTREAM_TRANSPORT", "sdk"),
     "UPSTREAM_TIMEOUT_S": env_float("FINOPS_UPSTREAM_TIMEOUT_S", 60.0),
     "UPSTREAM_CONNECT_TIMEOUT_S": env_float("FINOPS_UPSTREAM_CONNECT_TIMEOUT_S", 5.0),
     "UPSTREAM_MAX_CONNECTIONS": env_int("FINOPS_UPSTREAM_MAX_CONNECTIONS", 1000),
@@ -330,3 +331,6 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+    # Opt-in, like HSTS itself: both are hard to undo once browsers have seen them (docs/reliability.md).
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)

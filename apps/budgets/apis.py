@@ -6,7 +6,7 @@ sees every org (optionally `?org=<slug>`). Never another org's budgets.
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,6 +29,8 @@ def caller_org_scope(user) -> tuple[int | None, bool]:
 
 
 class BudgetListApi(APIView):
+    # A component name of its own: "Output" collides with ChatApi.OutputSerializer and /chat got this schema.
+    @extend_schema_serializer(component_name="BudgetStatus")
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField(source="budget.id")
         scope = serializers.CharField(source="budget.scope")

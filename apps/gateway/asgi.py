@@ -28,7 +28,11 @@ from finops.errors import FinopsError, PayloadTooLarge
 logger = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class ClientGone(Exception):
@@ -131,7 +135,9 @@ class GatewayASGI:
         method = scope["method"]
         if path == "/v1/chat/completions":
             if method != "POST":
-                await _send_json(send, 405, _error(405, "Use POST for /v1/chat/completions.", "method_not_allowed"), {"allow": "POST"})
+                await _send_json(
+                    send, 405, _error(405, "Use POST for /v1/chat/completions.", "method_not_allowed"), {"allow": "POST"}
+                )
                 return
             await self.chat_completions(scope, receive, send)
         elif path == "/v1/models" or path.startswith("/v1/models/"):

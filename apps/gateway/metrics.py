@@ -24,7 +24,9 @@ TOKENS = Counter(
     "Tokens billed by upstreams, by kind (prompt, completion, cached).",
     ["provider", "model", "tier", "kind"],
 )
-COST = Counter("finops_gateway_cost_usd_total", "Upstream cost in USD (float; the ledger has the Decimal).", ["provider", "model", "tier"])
+COST = Counter(
+    "finops_gateway_cost_usd_total", "Upstream cost in USD (float; the ledger has the Decimal).", ["provider", "model", "tier"]
+)
 SAVED = Counter("finops_gateway_saved_usd_total", "Cost avoided by cache hits, in USD.", ["cache_status"])
 UPSTREAM_SECONDS = Histogram(
     "finops_gateway_upstream_seconds",
@@ -38,11 +40,19 @@ OVERHEAD_SECONDS = Histogram(
     ["endpoint", "cache_status"],
     buckets=_OVERHEAD_BUCKETS,
 )
-FALLBACKS = Counter("finops_gateway_fallbacks_total", "Moves to the next model of the fallback chain, by the model that failed.", ["model", "reason"])
-ESCALATIONS = Counter("finops_gateway_escalations_total", "Low-confidence answers re-asked one tier up, by the first tier.", ["tier"])
+FALLBACKS = Counter(
+    "finops_gateway_fallbacks_total",
+    "Moves to the next model of the fallback chain, by the model that failed.",
+    ["model", "reason"],
+)
+ESCALATIONS = Counter(
+    "finops_gateway_escalations_total", "Low-confidence answers re-asked one tier up, by the first tier.", ["tier"]
+)
 LEDGER_ROWS = Counter("finops_ledger_rows_written_total", "Ledger rows written by the gateway, by sink.", ["sink"])
 LEDGER_OUTBOX = Counter(
-    "finops_ledger_outbox_rows_total", "Ledger rows diverted to the outbox because Postgres failed, by sink (redis, spool).", ["sink"]
+    "finops_ledger_outbox_rows_total",
+    "Ledger rows diverted to the outbox because Postgres failed, by sink (redis, spool).",
+    ["sink"],
 )
 
 

@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import openai
 import orjson
 from django.conf import settings
-from openai import AsyncStream
 
 from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.gateway import metrics
 from apps.gateway.context import RequestContext, RouteDecision
-from apps.gateway.providers import client_for
+from apps.gateway.providers import EventStream, UpstreamFailure, upstream_complete, upstream_stream
 from apps.gateway.recorder import ledger_record
 from apps.gateway.selectors import Catalog, Upstream, caller_for_secret, catalog_get
 from apps.gateway.tokens import count_message_tokens, count_tokens, message_text
@@ -147,7 +145,9 @@ async def stage2_authenticate(ctx: RequestContext, authorization: str | None) ->
     scheme, _, secret = (authorization or "").partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
-        raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <your finops key>'.", headers={"WWW-Authenticate": "Bearer"})
+        raise AuthenticationFailed(
+            "Missing API key: send 'Authorization: Bearer <your finops key>'.", headers={"WWW-Authenticate": "Bearer"}
+        )
     try:
         caller, revoked = await caller_for_secret(secret)
     except Exception as exc:
@@ -157,13 +157,17 @@ async def stage2_authenticate(ctx: RequestContext, authorization: str | None) ->
         raise AuthenticationFailed("Incorrect API key provided.", headers={"WWW-Authenticate": "Bearer"})
     ctx.caller = caller  # also when revoked: the refused request lands on the org's ledger
     if revoked:
-        raise AuthenticationFailed("This API key has been revoked.", code="api_key_revoked", headers={"WWW-Authenticate": "Bearer"})
+        raise AuthenticationFailed(
+            "This API key has been revoked.", code="api_key_revoked", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 # --- 3. validate ------------------------------------------------------------------------------------
 
 
-def stage3_validate(ctx: RequestContext, catalog: Catalog, body: bytes | dict[str, Any] | None, rejection: FinopsError | None) -> None:
+def stage3_validate(
+    ctx: RequestContext, catalog: Catalog, body: bytes | dict[str, Any] | None, rejection: FinopsError | None
+) -> None:
     ctx.extra["catalog"] = catalog
     if isinstance(body, dict):
         data = body
@@ -193,7 +197,9 @@ def stage3_validate(ctx: RequestContext, catalog: Catalog, body: bytes | dict[st
             raise BadRequest(f"messages[{i}] must be an object with a role in {sorted(ROLES)}.", param=f"messages[{i}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or an array of content parts.", param=f"messages[{i}].content")
+            raise BadRequest(
+                f"messages[{i}].content must be a string or an array of content parts.", param=f"messages[{i}].content"
+            )
     stream = data.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean.", param="stream")
@@ -322,67 +328,47 @@ def _upstream_body(ctx: RequestContext, model: str, *, stream: bool) -> dict[str
 
 
 async def _attempt(ctx: RequestContext, upstream: Upstream, model: str, *, stream: bool):
-    """One upstream call. Returns the completion dict, or (stream, first event). Raises _Retry or FinopsError."""
-    client = client_for(upstream)
-    options = {"headers": ctx.extra["mock_headers"]} if upstream.name == "mock" and ctx.extra.get("mock_headers") else {}
-    body = _upstream_body(ctx, model, stream=stream)
+    """One upstream call: the completion dict, or (stream, first event). Raises _Retry or FinopsError."""
+    headers = ctx.extra["mock_headers"] if upstream.name == "mock" else {}  # fault injection reaches the mock only
+    body = orjson.dumps(_upstream_body(ctx, model, stream=stream))
     try:
-        if not stream:
-            raw = await client.post("/chat/completions", body=body, cast_to=bytes, options=options)
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                data = None
-            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                raise _Retry("malformed", UpstreamError(f"{upstream.name} returned a malformed completion for {model}."))
-            return data
-        events = await client.post(
-            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=AsyncStream[object], options=options
-        )
-        iterator = events.__aiter__()
-        try:
-            first = await iterator.__anext__()
-        except StopAsyncIteration:
-            await events.close()
-            raise _Retry("malformed", UpstreamError(f"{upstream.name} closed the stream for {model} before any data.")) from None
-        except BaseException:
-            await events.close()
-            raise
-        return events, iterator, first
-    except openai.APITimeoutError as exc:
-        raise _Retry("timeout", UpstreamTimeout(f"{upstream.name} did not answer for {model} in time.")) from exc
-    except openai.APIConnectionError as exc:
-        raise _Retry("connection", UpstreamError(f"Could not reach {upstream.name} for {model}: {exc}.")) from exc
-    except openai.APIStatusError as exc:
-        raise _status_error(exc, upstream, model) from exc
-    except openai.APIError as exc:  # an error event inside an SSE stream
-        raise _Retry("stream_error", UpstreamError(f"{upstream.name} reported an error for {model}: {exc.message}")) from exc
+        if stream:
+            return await upstream_stream(upstream, body, headers=headers)
+        return await upstream_complete(upstream, body, headers=headers)
+    except UpstreamFailure as failure:
+        raise _classify(failure, upstream, model) from failure
 
 
-def _status_error(exc: openai.APIStatusError, upstream: Upstream, model: str) -> Exception:
-    status = exc.status_code
-    code = getattr(exc, "code", None) or ""
-    message = getattr(exc, "message", "") or str(exc)
+def _classify(failure: UpstreamFailure, upstream: Upstream, model: str) -> Exception:
+    """Which failures move on to the next model of the chain (_Retry), and which are the client's (FinopsError)."""
+    name = upstream.name
+    if failure.kind == "timeout":
+        return _Retry("timeout", UpstreamTimeout(f"{name} did not answer for {model} in time."))
+    if failure.kind == "connection":
+        return _Retry("connection", UpstreamError(f"Could not reach {name} for {model}: {failure.message}."))
+    if failure.kind in ("malformed", "stream"):
+        return _Retry(failure.kind, UpstreamError(f"{name} failed for {model}: {failure.message}."))
+    status, code, message = failure.status, failure.code, failure.message
     if status == 429:
-        return _Retry("rate_limited", UpstreamRateLimited(f"{upstream.name} is rate limiting {model}; retry later."))
+        return _Retry("rate_limited", UpstreamRateLimited(f"{name} is rate limiting {model}; retry later."))
     if status >= 500 or status == 408:
-        return _Retry("server_error", UpstreamError(f"{upstream.name} failed for {model} (HTTP {status})."))
+        return _Retry("server_error", UpstreamError(f"{name} failed for {model} (HTTP {status})."))
     if code == "context_length_exceeded" or "context length" in message.lower() or "maximum context" in message.lower():
         # A bigger model further up the chain may take it; not a sign that this model is unhealthy.
         return _Retry("context_length", PayloadTooLarge(f"The prompt is too long for {model}: {message}"), unhealthy=False)
     if status in (401, 403, 404):
-        return _Retry("upstream_config", UpstreamError(f"{upstream.name} refused the call for {model} (HTTP {status}); check its key."))
+        return _Retry("upstream_config", UpstreamError(f"{name} refused the call for {model} (HTTP {status}); check its key."))
     # Other 4xx: the request itself is wrong, and every model would say so.
-    return BadRequest(f"Upstream rejected the request: {message}", code=str(code or "upstream_bad_request")[:64])
+    return BadRequest(f"Upstream rejected the request: {message}", code=(code or "upstream_bad_request")[:64])
 
 
 async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tuple[str, str]], *, stream: bool = False):
     """Walk the chain (same tier, then upward): skip open circuits, move on after 429/5xx/timeout/context length.
 
-    Returns (completion, position) — or ((stream, iterator, first_event), position) with stream=True.
+    Returns (completion, position) — or ((stream, first_event), position) with stream=True.
     """
     day = ctx.received_at.date()
-    first_model = ctx.route.chain[0][1] if ctx.route and ctx.route.chain else chain[0][1]
+    first_model = chain[0][1]  # an escalation passes its own chain: re-asking higher up is not a fallback
     last_error: FinopsError | None = None
     for position, (tier, model) in enumerate(chain):
         upstream = catalog.upstream_for(model)
@@ -390,7 +376,9 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
             continue  # never serve what we cannot bill
         if not circuit_allows(model):
             metrics.child(metrics.FALLBACKS, model, "circuit_open").inc()
-            last_error = last_error or UpstreamError(f"{model} is temporarily disabled after repeated upstream failures.", code="circuit_open")
+            last_error = last_error or UpstreamError(
+                f"{model} is temporarily disabled after repeated upstream failures.", code="circuit_open"
+            )
             continue
         ctx.attempts += 1
         started = time.perf_counter()
@@ -417,7 +405,9 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
             ctx.fallback_from = first_model
         return result, position
     if last_error is None:
-        last_error = UpstreamError(f"No configured upstream serves '{ctx.route.model if ctx.route else ctx.requested_model}'.", code="no_upstream")
+        last_error = UpstreamError(
+            f"No configured upstream serves '{ctx.route.model if ctx.route else ctx.requested_model}'.", code="no_upstream"
+        )
     raise last_error
 
 
@@ -436,6 +426,10 @@ async def stage9_confidence(ctx: RequestContext, catalog: Catalog, response: dic
     chain = ctx.route.chain
     tier = chain[position][0]
     higher = [entry for entry in chain[position + 1 :] if entry[0] != tier or not tier]
+    target = ctx.extra.get("escalate_to")  # the router may name the (tier, model) to re-ask
+    if target:
+        target = tuple(target)
+        higher = [target] + [entry for entry in higher if entry != target]
     if not higher:
         return response
     first_tier = ctx.tier
@@ -467,7 +461,9 @@ def _bill(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> No
         prompt = ctx.prompt_tokens_estimate
     completion = _int(usage.get("completion_tokens"))
     if completion is None:
-        completion = sum(count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or [])
+        completion = sum(
+            count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or []
+        )
     details = usage.get("prompt_tokens_details")
     cached = (_int(details.get("cached_tokens")) if isinstance(details, dict) else None) or 0
     _charge(ctx, catalog, prompt=prompt, completion=completion, cached=min(cached, prompt))
@@ -603,8 +599,8 @@ def reply_error(ctx: RequestContext, exc: FinopsError) -> Reply:
 
 
 async def stage8_upstream_stream(ctx: RequestContext, catalog: Catalog) -> Reply:
-    (events, iterator, first), _ = await stage8_upstream(ctx, catalog, ctx.route.chain, stream=True)
-    stream = ChatStream(ctx, catalog, events, iterator, first)
+    (events, first), _ = await stage8_upstream(ctx, catalog, ctx.route.chain, stream=True)
+    stream = ChatStream(ctx, catalog, events, first)
     return Reply(ctx=ctx, status=200, headers=finops_headers(ctx, with_cost=False), stream=stream)
 
 
@@ -668,11 +664,10 @@ class ChatStream:
     closes the upstream and bills what was streamed: the prompt estimate plus the tokens of the text sent so far.
     """
 
-    def __init__(self, ctx: RequestContext, catalog: Catalog, events: AsyncStream, iterator, first: Any):
+    def __init__(self, ctx: RequestContext, catalog: Catalog, events: EventStream, first: Any):
         self.ctx = ctx
         self.catalog = catalog
         self.events = events
-        self.iterator = iterator
         self.first = first
         self.parts: dict[int, list[str]] = {}
         self.roles: dict[int, str] = {}
@@ -695,10 +690,10 @@ class ChatStream:
                         if self.first_sent_at is None:
                             self.first_sent_at = time.perf_counter()
                 try:
-                    event = await self.iterator.__anext__()
+                    event = await self.events.__anext__()
                 except StopAsyncIteration:
                     break
-        except (TimeoutError, openai.APIError, OSError) as exc:
+        except UpstreamFailure as exc:
             self.failed = "upstream_stream_error"
             logger.warning("upstream stream for %s broke: %s", self.ctx.request_id, exc)
             yield sse({"error": {"message": "The upstream stream broke before the answer was complete.", "type": "upstream_error",
@@ -739,7 +734,13 @@ class ChatStream:
             self.billed = True
             out = []
             if self.pending_finish is not None:
-                out.append(sse(self._with_summary(self.pending_finish) if not self.ctx.include_usage else self._client_view(self.pending_finish)))
+                out.append(
+                    sse(
+                        self._with_summary(self.pending_finish)
+                        if not self.ctx.include_usage
+                        else self._client_view(self.pending_finish)
+                    )
+                )
                 self.pending_finish = None
             if choices:
                 out.append(sse(self._with_summary(event)))
@@ -835,11 +836,16 @@ class CachedStream:
         for choice in choices:
             message = choice.get("message") or {}
             delta = {"role": message.get("role", "assistant"), "content": message_text(message.get("content"))}
-            yield sse({**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "logprobs": None, "finish_reason": None}]})
+            yield sse(
+                {**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "logprobs": None, "finish_reason": None}]}
+            )
         summary = finops_summary(self.ctx)
         finish = {
             **base,
-            "choices": [{"index": c.get("index", 0), "delta": {}, "logprobs": None, "finish_reason": c.get("finish_reason", "stop")} for c in choices],
+            "choices": [
+                {"index": c.get("index", 0), "delta": {}, "logprobs": None, "finish_reason": c.get("finish_reason", "stop")}
+                for c in choices
+            ],
         }
         if self.ctx.include_usage:
             yield sse(finish)
@@ -852,4 +858,3 @@ class CachedStream:
     async def finish(self, *, disconnected: bool) -> None:
         reply = Reply(ctx=self.ctx, status=200, headers={})
         await finalize(reply)
-

@@ -78,3 +78,17 @@ def test_the_admin_login_page_is_served(client, db):
     response = client.get("/admin/login/")
     assert response.status_code == 200
     assert b"Django administration" in response.content or b"finops" in response.content
+
+
+def test_the_asgi_server_serves_the_admin_with_its_static_files(gateway_url):
+    """Under uvicorn (as `make run` and compose run it), the admin login page and its CSS are served."""
+    import urllib.request
+
+    base = gateway_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{base}/admin/login/", timeout=10) as page:
+        assert page.status == 200
+        html = page.read().decode()
+    assert "/static/admin/css/base.css" in html
+    with urllib.request.urlopen(f"{base}/static/admin/css/base.css", timeout=10) as css:
+        assert css.status == 200
+        assert css.headers["Content-Type"].startswith("text/css")

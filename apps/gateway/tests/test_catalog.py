@@ -31,7 +31,9 @@ def no_mock(settings, monkeypatch):
     settings.FINOPS = {
         **settings.FINOPS,
         "MOCK_LLM_URL": "",
-        "UPSTREAMS": [{"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "TEST_OPENAI_KEY", "models": ["*"]}],
+        "UPSTREAMS": [
+            {"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "TEST_OPENAI_KEY", "models": ["*"]}
+        ],
     }
 
 
@@ -60,7 +62,9 @@ def test_a_disabled_row_removes_the_settings_provider_and_a_missing_key_skips_it
 
 def test_the_mock_toggle_serves_every_priced_model(settings):
     settings.FINOPS = {**settings.FINOPS, "MOCK_LLM_URL": "http://127.0.0.1:9/v1"}
-    catalog = catalog_build(price_rows=[price("gpt-4o"), price("claude-x", provider="anthropic")], provider_rows=[provider_row("vllm", ["x"])])
+    catalog = catalog_build(
+        price_rows=[price("gpt-4o"), price("claude-x", provider="anthropic")], provider_rows=[provider_row("vllm", ["x"])]
+    )
     assert {catalog.upstream_for(m).name for m in ("gpt-4o", "claude-x")} == {"mock"}
     assert catalog.upstream_for("x") is None
 
@@ -84,7 +88,9 @@ def test_router_names_are_known_without_a_price(no_mock):
 
 @pytest.mark.django_db
 def test_a_provider_stores_the_name_of_the_key_variable_never_the_key():
-    provider = Provider(name="openai-eu", base_url="https://eu.example/v1", api_key_env="sk-live-abc123", served_models=["gpt-4o"])
+    provider = Provider(
+        name="openai-eu", base_url="https://eu.example/v1", api_key_env="sk-live-abc123", served_models=["gpt-4o"]
+    )
     with pytest.raises(ValidationError) as caught:
         provider.full_clean()
     assert "api_key_env" in caught.value.message_dict

@@ -30,7 +30,9 @@ def test_it_answers_with_the_cost_in_the_body_and_headers(gateway_url, tenant):
 def test_serializer_errors_are_openai_style_400s_with_a_row(gateway_url, tenant):
     with httpx2.Client() as http:
         response = http.post(
-            f"{gateway_url}/chat", json={"model": "gpt-4o-mini", "max_tokens": 0, "prompt": "hi"}, headers={"Authorization": f"Bearer {tenant.secret}"}
+            f"{gateway_url}/chat",
+            json={"model": "gpt-4o-mini", "max_tokens": 0, "prompt": "hi"},
+            headers={"Authorization": f"Bearer {tenant.secret}"},
         )
     assert response.status_code == 400
     error = response.json()["error"]

@@ -87,7 +87,9 @@ def test_it_bills_cached_prompt_tokens_once_at_the_cached_rate(gateway_url, tena
 def test_it_streams_without_usage_and_puts_the_cost_in_the_final_chunk(gateway_url, tenant):
     client = sync_client(gateway_url, tenant.secret)
     prompt = unique_prompt("Tell me a story")
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], stream=True)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], stream=True
+    )
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("Mock answer from gpt-4o-mini")
@@ -203,7 +205,9 @@ def test_bad_parameters_are_4xx_with_one_row_each(gateway_url, tenant):
     request_ids = []
     with httpx2.Client() as http:
         for body, param in BAD_BODIES:
-            response = http.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tenant.secret}"})
+            response = http.post(
+                f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tenant.secret}"}
+            )
             assert response.status_code in (400, 404), response.text
             assert response.json()["error"]["param"] == param
             request_ids.append((response.headers["x-request-id"], response.status_code))
@@ -246,3 +250,27 @@ def test_wrong_method_and_unknown_v1_paths_answer_in_openai_json(gateway_url):
         missing = http.post(f"{gateway_url}/v1/nothing-here", json={})
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "unknown_url"
+
+
+def test_a_low_confidence_answer_is_re_asked_one_tier_up_and_both_are_billed(gateway_url, tenant):
+    from apps.routing.services import routing_defaults_ensure
+
+    routing_defaults_ensure()  # the tiers of "auto" (the transactional flush removed the migration's rows)
+    client = sync_client(gateway_url, tenant.secret)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        logprobs=True,
+        messages=[{"role": "user", "content": unique_prompt("Summarize this: the meeting moved to Tuesday.")}],
+        extra_headers={"X-Mock-Logprob": "-4"},  # the mock's answer is very unsure of itself
+    )
+    finops = raw.parse().model_extra["finops"]
+    row = only_row(raw.headers["x-request-id"])
+    assert row.escalated and finops["route"]["escalated"]
+    assert row.attempts == 2 and row.fallback_from == ""
+    assert 0 < row.escalation_cost_usd < row.cost_usd
+    final_price = price_in_force(model=row.model, on=row.received_at.date())
+    usage = raw.parse().usage
+    second = cost_compute(price=final_price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    assert row.cost_usd == row.escalation_cost_usd + second
+    assert row.prompt_tokens == 2 * usage.prompt_tokens  # both answers' tokens are on the bill
+    assert raw.headers["x-cost-usd"] == format(row.cost_usd, "f")

@@ -29,7 +29,9 @@ def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url,
     env = {"FINOPS_LEDGER_DATABASE_URL": dead, "FINOPS_CACHE_ENABLED": "0"}
     with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=tenant.secret, max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": unique_prompt()}])
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": unique_prompt()}]
+        )
         usage = raw.parse().usage
         request_id = raw.headers["x-request-id"]
         deadline = time.monotonic() + 10
@@ -40,7 +42,7 @@ def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url,
     assert not LLMRequest.objects.exists()
 
     # A duplicate in the outbox (e.g. an insert that committed just as it timed out) must not double-bill.
-    (_, fields), = redis_client.xrange(STREAM)
+    ((_, fields),) = redis_client.xrange(STREAM)
     redis_client.xadd(STREAM, {"row": fields[b"row"]})
 
     result = ledger_outbox_replay_task()

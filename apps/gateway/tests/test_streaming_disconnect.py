@@ -40,3 +40,22 @@ def test_a_client_disconnect_mid_stream_leaves_a_row_with_partial_usage(gateway_
     assert row.prompt_tokens == count_message_tokens(messages)
     assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens) > 0
     assert row.response_text is None  # the org does not store prompts
+
+
+def test_an_upstream_stream_cut_short_is_billed_for_what_was_streamed_and_reported(gateway_url, tenant):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=tenant.secret, max_retries=0)
+    messages = [{"role": "user", "content": unique_prompt("Describe the ledger")}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=messages, stream=True, extra_headers={"X-Mock-Truncate": "1"}
+    )
+    text = ""
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in raw.parse():
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert "before the answer was complete" in str(caught.value)
+    row = only_row(raw.headers["x-request-id"])
+    assert (row.status, row.error_code, row.http_status) == ("failed", "upstream_truncated", 200)
+    assert row.completion_tokens == count_tokens(text) > 0
+    assert row.cost_usd == mini_cost(count_message_tokens(messages), row.completion_tokens)

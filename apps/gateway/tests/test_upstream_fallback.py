@@ -11,7 +11,7 @@ from apps.gateway import pipeline
 from apps.gateway.context import RequestContext, RouteDecision
 from apps.gateway.selectors import catalog_build
 from apps.ledger.models import ModelPrice
-from finops.errors import BadRequest, UpstreamError
+from finops.errors import BadRequest, UnpricedModel, UpstreamError
 
 CHAIN = [("cheap", "gpt-4o-mini"), ("cheap", "gpt-4.1-nano"), ("premium", "gpt-4o")]
 
@@ -119,3 +119,20 @@ def test_unpriced_models_in_the_chain_are_skipped(catalog):
     ctx = context([("cheap", "not-priced-anywhere"), ("cheap", "gpt-4o-mini")])
     _, position = walk(ctx, catalog)
     assert (position, ctx.model, ctx.attempts) == (1, "gpt-4o-mini", 1)
+
+
+def test_a_served_model_without_a_price_is_a_400_never_free(settings, prices, monkeypatch):
+    monkeypatch.setenv("TEST_LOCAL_KEY", "k")
+    settings.FINOPS = {
+        **settings.FINOPS,
+        "MOCK_LLM_URL": "",
+        "UPSTREAMS": [
+            {"name": "local", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "TEST_LOCAL_KEY", "models": ["home-brew-7b"]}
+        ],
+    }
+    catalog = catalog_build(price_rows=list(ModelPrice.objects.values()), provider_rows=[])
+    assert catalog.is_known("home-brew-7b")
+    ctx = context([("", "home-brew-7b")])
+    with pytest.raises(UnpricedModel) as caught:
+        asyncio.run(pipeline.stage7_budget(ctx, catalog))
+    assert (caught.value.status, caught.value.code) == (400, "model_not_priced")

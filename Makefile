@@ -46,7 +46,7 @@ run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ m
 
 tools: ## best-effort: Debian packages some tests and benchmarks use (chromium, wrk, promtool, amtool)
 	@missing=""; \
-	for pair in chromium:chromium wrk:wrk promtool:prometheus amtool:prometheus-alertmanager; do \
+	for pair in chromium:chromium wrk:wrk promtool:prometheus amtool:prometheus-alertmanager redis-server:redis-server; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime as dt
 import json
 import os
 import shutil
@@ -142,6 +143,44 @@ def prepare_database() -> str:
         print(f"note: could not turn the semantic cache off for the bench org ({exc})")
     LLMRequest.objects.filter(org=org).delete()  # each run counts its own rows
     return api_key_create(member=member, name="bench").secret
+
+
+def ledger_timings(*, since: dt.datetime) -> dict[str, float]:
+    """What the gateway itself measured (llm_requests.overhead_ms / upstream_ms) for the served rows since `since`."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY overhead_ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY overhead_ms),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY upstream_ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY upstream_ms),
+                   count(*) FILTER (WHERE budget_state = 'fail_open')
+            FROM llm_requests WHERE received_at >= %s AND status = 'served'
+            """,
+            [since],
+        )
+        ovh50, ovh99, up50, up99, fail_open = cursor.fetchone()
+    return {
+        "overhead_p50": ovh50 or 0,
+        "overhead_p99": ovh99 or 0,
+        "upstream_p50": up50 or 0,
+        "upstream_p99": up99 or 0,
+        "fail_open": fail_open,
+    }
+
+
+def ledger_errors() -> str:
+    from django.db.models import Count
+
+    from apps.ledger.models import LLMRequest
+
+    rows = (
+        LLMRequest.objects.filter(org__name="finops-bench", http_status__gte=400)
+        .values("http_status", "error_code")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+    )
+    return ", ".join(f"{r['n']} × {r['http_status']} `{r['error_code']}`" for r in rows)
 
 
 def ledger_rows() -> int:
@@ -315,7 +354,10 @@ def measure_finops(gw: Gateway, *, mock_pid: int, lua: Path, key: dict[str, str]
     if profiler is not None:
         profiler.wait(timeout=60)
     wrk(finops, threads=2, connections=200, duration=2, lua=lua, env={**key, "BENCH_LATENCY_MS": "500"})  # open the connections
+    started = dt.datetime.now(dt.UTC)
     out["slow"] = wrk(finops, threads=2, connections=200, duration=d, lua=lua, env={**key, "BENCH_LATENCY_MS": "500"})
+    time.sleep(1)
+    out["slow_rows"] = ledger_timings(since=started)
     return out
 
 
@@ -388,6 +430,7 @@ def main() -> int:
         mock.wait(timeout=30)
         logs.close()
 
+    results["errors_by_code"] = ledger_errors()
     md = report(results, workers=args.workers, load=load[0], tmp=tmp if args.profile else None)
     if args.no_write:
         print(md)
@@ -454,9 +497,20 @@ server, so other work on it shows up there too). **sdk**:
 
 What bounds it: on 2 cores the whole request path — finops, the mock, Postgres, Redis and wrk — shares the
 CPU, so saturated throughput ≈ 2 cores ÷ the sum of the CPU-per-request column. Within finops, the `AsyncOpenAI`
-client's request building is the largest single cost (compare the two finops rows); next come the cache and
+client's request building is the largest single cost (compare the two finops columns); next come the cache and
 budget hooks (a Redis round trip each way, two Postgres round trips with a commit each) and HTTP parsing and
-writing in uvicorn. See the profile below (`--profile`).
+writing in uvicorn. See the profile below (`--profile`). With one client, the p50 overhead is the sum of the
+round trips on the critical path (Redis lookup, budget reservation with its commit) plus the gateway's own
+work; the ledger insert, budget settlement and cache store happen after the response.
+
+200 clients against a constant 500 ms upstream arrive in waves: the clients synchronise on the upstream's
+latency, so ~100 requests reach each worker within a few milliseconds and queue for its CPU; the last of a
+wave waits ~100 × the worker's CPU per request. The gateway's own timings for the served rows of these runs
+(from `llm_requests`): overhead p50 / p99 {cells(lambda r: f"{r['slow_rows']['overhead_p50']:.0f} / {r['slow_rows']['overhead_p99']:.0f} ms")}
+(sdk | raw), upstream p50 / p99 {cells(lambda r: f"{r['slow_rows']['upstream_p50']:.0f} / {r['slow_rows']['upstream_p99']:.0f} ms")}. Under this
+load some budget reservations miss their 50 ms deadline in the queue and fail open (served rows with
+`budget_state = fail_open`: {cells(lambda r: str(r["slow_rows"]["fail_open"]))}). Refused or failed requests of the whole run,
+by error code (from `llm_requests`): {results["errors_by_code"] or "none"}.
 
 For reference, LiteLLM's proxy on this machine (ARCHITECTURE.md §3): +6.9 ms one client, ~166 req/s saturated,
 120 req/s at p50 1.40 s with 200 clients against the 500 ms upstream.

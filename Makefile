@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test lint bench eval drill chaos soak tools clean
+.PHONY: help install services stop migrate seed run test lint bench eval docs-check drill chaos soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,10 +77,13 @@ eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendore
 	$(MANAGE) eval_router --full-if-available --learned --bench
 	$(MANAGE) cost_model --refresh --reconcile
 
+docs-check: install ## every figure quoted in the ADRs and README has a source in the bench/eval outputs
+	$(PY) bench/doc_numbers.py
+
 drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)
 	$(MANAGE) drill
 
-chaos: services tools ## chaos under load (Redis stopped, upstream failures, Postgres unreachable); results to docs/reliability.md
+chaos: services tools ## chaos under load (Redis, upstream faults, Postgres down/hung, Celery and gateway workers killed); results to docs/reliability.md
 	$(PY) bench/chaos.py
 
 soak: services tools ## 10 minutes at 50 req/s: zero errors, zero lost rows, worker RSS growth <= 10 % (not part of make test)

@@ -42,16 +42,27 @@ def test_database_url() -> str:
     return dsn_from_settings()
 
 
-@pytest.fixture
-def subprocess_env(django_db_setup, settings) -> dict[str, str]:
-    """Environment for a child process (Celery worker, uvicorn) that must see the test database and Redis."""
+def child_process_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process (Celery worker, uvicorn) that must see the test database and Redis.
+
+    PROMETHEUS_MULTIPROC_DIR is removed, not emptied: prometheus_client switches to multi-process mode when the
+    variable is merely present, and with an empty value it writes its *.db files into the working directory.
+    """
+    from django.conf import settings
+
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     return {
         **env,
         "DATABASE_URL": test_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SETTINGS_MODULE": "finops.settings",
+        **extra,
     }
+
+
+@pytest.fixture
+def subprocess_env(django_db_setup) -> dict[str, str]:
+    return child_process_env()
 
 
 @pytest.fixture
@@ -129,23 +140,18 @@ def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, work
     """
     import contextlib
 
-    from django.conf import settings
-
     @contextlib.contextmanager
     def run():
         port = free_port()
-        child_env = {
-            **os.environ,
-            "DATABASE_URL": test_database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "DJANGO_SETTINGS_MODULE": "finops.settings",
-            "PROMETHEUS_MULTIPROC_DIR": "",
-            "FINOPS_MOCK_LLM_URL": mock_llm_url,
-            "FINOPS_API_KEY_CACHE_SECONDS": "0",
-            "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "0",
-            "FINOPS_ROUTER_CONFIG_TTL_S": "0",
-            **(env or {}),
-        }
+        child_env = child_process_env(
+            **{
+                "FINOPS_MOCK_LLM_URL": mock_llm_url,
+                "FINOPS_API_KEY_CACHE_SECONDS": "0",
+                "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "0",
+                "FINOPS_ROUTER_CONFIG_TTL_S": "0",
+                **(env or {}),
+            }
+        )
         args = [sys.executable, "-m", "uvicorn", "finops.asgi:application", "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]  # fmt: skip
         proc = subprocess.Popen(args, cwd=ROOT, env=child_env)

@@ -8,6 +8,7 @@ The DSN comes from Django's connection settings, so under pytest it points at th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import asyncpg
@@ -16,6 +17,19 @@ from django.db import connections
 
 _pools: dict[int, asyncpg.Pool] = {}
 _locks: dict[int, asyncio.Lock] = {}
+_connection_inits: list[Callable[[asyncpg.Connection], Awaitable[None]]] = []
+
+
+def register_connection_init(init: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+    """Run `init(conn)` on every new connection of the hot-path pool before it is handed out (apps register
+    warm-ups here from AppConfig.ready, e.g. compiling their plpgsql functions, so no request pays for it)."""
+    if init not in _connection_inits:
+        _connection_inits.append(init)
+
+
+async def _connection_init(connection: asyncpg.Connection) -> None:
+    for init in _connection_inits:
+        await init(connection)
 
 
 def dsn_from_settings() -> str:
@@ -56,6 +70,7 @@ async def get_pool() -> asyncpg.Pool:
                 # asyncpg's default reset costs a round trip per release (RESET ALL, UNLISTEN, advisory unlock);
                 # the hot path keeps no session state, and an open transaction is still rolled back.
                 reset=_no_session_reset,
+                init=_connection_init,
             )
             _pools[loop_id] = pool
     return pool

@@ -11,12 +11,15 @@ _redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ["REDIS_URL"] = urlparse(_redis)._replace(path="/" + os.environ.get("FINOPS_TEST_REDIS_DB", "9")).geturl()
 
 from finops.settings import *  # noqa: E402,F403
-from finops.settings import CACHES, DATABASES  # noqa: E402
+from finops.settings import CACHES, DATABASES, FINOPS  # noqa: E402
 
 REDIS_URL = os.environ["REDIS_URL"]
 CACHES["default"]["LOCATION"] = REDIS_URL
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
+# In-process tests call pipeline stages without recording: their intents would be left open in the shared
+# spool folder. Gateways that tests start as subprocesses use finops.settings, with the journal on.
+FINOPS["LEDGER_INTENTS"] = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Parallel runs on one Postgres (several checkouts, helpers, xdist) need distinct test databases.

@@ -6,10 +6,11 @@ from django.http import HttpRequest
 
 from apps.anomalies import services
 from apps.anomalies.models import AlertDelivery, AlertRoute, Anomaly
+from apps.reports.scoping import OrgScopedAdminMixin
 
 
 @admin.register(Anomaly)
-class AnomalyAdmin(admin.ModelAdmin):
+class AnomalyAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = (
         "window_start",
         "severity",
@@ -133,7 +134,7 @@ def _metric_str(metric: str, value: float) -> str:
 
 
 @admin.register(AlertRoute)
-class AlertRouteAdmin(admin.ModelAdmin):
+class AlertRouteAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "severity", "scope_type", "org", "receiver", "target", "enabled", "updated_at")
     list_filter = ("severity", "receiver", "enabled", "scope_type")
     list_select_related = ("org",)
@@ -147,7 +148,7 @@ class AlertRouteAdmin(admin.ModelAdmin):
 
 
 @admin.register(AlertDelivery)
-class AlertDeliveryAdmin(admin.ModelAdmin):
+class AlertDeliveryAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "severity", "receiver", "title", "status", "attempts", "sent_at", "last_error")
     list_filter = ("status", "receiver", "severity")
     list_select_related = ("route", "anomaly", "org")

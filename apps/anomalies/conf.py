@@ -15,6 +15,10 @@ DEFAULTS: dict[str, Any] = {
     "ANOMALY_CRITICAL_PCT": 200.0,
     # Below this dollar impact an anomalous run is not recorded at all: tiny series stay quiet.
     "ANOMALY_MIN_IMPACT_USD": Decimal("0.25"),
+    # Re-alert cooldown: anomalous hours within this many hours after the end of a scope's open
+    # incident extend that incident instead of opening (and paging for) a new one. Escalations still
+    # notify. Chosen with the pattern threshold on NAB (docs/anomaly-eval.md, cross-validated).
+    "ANOMALY_REALERT_COOLDOWN_HOURS": 12,
     # Hours of history a scan reads: the trailing baselines need up to 4 weeks.
     "ANOMALY_LOOKBACK_HOURS": 24 * 29,
     # Only runs that touch the last N complete hours are written by a scan; older ones are history.

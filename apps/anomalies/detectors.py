@@ -11,13 +11,21 @@ not anomalous with NaN expectations.
 |---|---|---|---|
 | spike | median of the trailing `window` points | robust z = (x − median) / (1.4826·MAD) > `threshold` | window 168, threshold 5.0, min_history 24 |
 | iqr | quartiles of the trailing `window` points | x > Q3 + `k`·IQR (or < Q1 − k·IQR) | window 168, k 3.0, min_history 24 |
-| pattern | median of the same hour of week in the previous `weeks` weeks (±`slot_halfwidth` hours) | z of the residual against the robust spread of past residuals > `threshold` | season 168, weeks 4, slot_halfwidth 1, threshold 4.0, residual_window 336 |
+| pattern | median of the same hour of week in the previous `weeks` weeks (±`slot_halfwidth` hours) | z of the residual on the square-root scale (√x − √expected) against the robust spread of past residuals > `threshold` | season 168, weeks 4, slot_halfwidth 1, threshold 7.0, residual_window 336, power 0.5 |
 | mix | median share over the trailing `window` | share − baseline > `min_shift` and robust z > `threshold` | window 168, min_shift 0.2, threshold 3.0 |
 | combined | the pattern's expectation (else the spike median) | pattern AND (spike z > `confirm_spike` OR iqr score > `confirm_iqr`); before one season of history exists: spike AND iqr | confirm_spike 2.5, confirm_iqr 0.0 (above Q3), and the parameters above |
 
 Scales have floors (`rel_floor`·|baseline| and `abs_floor`) so a flat or all-zero history does not
 turn every small wiggle into an infinite z-score. `direction` is "up" (cost: only increases are
 incidents) or "both" (the NAB evaluation, whose labelled windows include drops).
+
+Flagged points become incidents in two steps, shared by the scan and the evaluation: runs of flagged
+points closer than a small gap merge (`merge_runs`), and a run that starts within a re-alert cooldown
+after the end of the series' previous incident joins that incident instead of opening (and paging)
+a new one (`group_runs`). The pattern threshold and power and the cooldown were chosen by a grid
+search on NAB; `manage.py eval_anomalies` repeats that search inside cross-validation (leave one file
+out, and one NAB family out) and reports the out-of-sample figures next to the in-sample ones
+(docs/anomaly-eval.md).
 """
 
 from __future__ import annotations
@@ -62,11 +70,12 @@ class PatternParams:
     season: int = 168
     weeks: int = 4
     slot_halfwidth: int = 1
-    threshold: float = 4.0
+    threshold: float = 7.0
     residual_window: int = 336
     min_residuals: int = 24
-    rel_floor: float = 0.1
+    rel_floor: float = 0.1  # the spread is at least the residual of a 10 % departure from the expected value
     abs_floor: float = 1e-6
+    power: float = 0.5  # residuals on the square-root scale; 1.0 for plain differences
     direction: str = "up"
 
 
@@ -177,10 +186,19 @@ def iqr(x: np.ndarray, params: IQRParams = IQRParams(), *, start: int = 0) -> De
 
 
 def pattern(x: np.ndarray, params: PatternParams = PatternParams(), *, start: int = 0) -> Detection:
-    """Departure from the same hour-of-week: the median of that slot (± slot_halfwidth) over past weeks.
+    """Departure from the same hour of week: the median of that slot (± slot_halfwidth) over past weeks.
 
-    The residual x − expected is scored against the robust spread (MAD) of the residuals of the
-    previous `residual_window` points, so a noisy series needs a larger departure than a smooth one.
+    Spend is a sum over requests, so its hourly noise grows with its level, roughly like the square
+    root of it (a count's): a busy afternoon wobbles by more dollars than a quiet night. The departure
+    is therefore measured on a power scale, r = x**power − expected**power (power 0.5: the square
+    root, the variance-stabilising transform for counts; 1.0 measures plain differences), and scored
+    against the robust spread (MAD) of the same residuals over the previous `residual_window` points.
+    A noisy series needs a larger departure than a smooth one, and quiet hours are held to the same
+    standard as busy ones. The square root is scale-free (dollars or cents give the same scores) and
+    handles hours at zero. The spread has a floor: the residual of a departure of `rel_floor` × the
+    expected value, so a very smooth series still needs a departure of several times that to alert.
+    Values are expected to be non-negative (spend, counts); negative values count as 0. The returned
+    expectation is in the series' own units.
     """
     x = _as2d(x)
     n_series, n = x.shape
@@ -195,7 +213,10 @@ def pattern(x: np.ndarray, params: PatternParams = PatternParams(), *, start: in
     # Lags beyond the last sample (d < 0 near t) are still in the past: t - (w*season - 1) < t for w >= 1.
     slots = padded[:, (base + idx)[:, None] - offsets[None, :]]  # (series, time, lags)
     expected[:, first:] = _nanmedian(slots)
-    residual = x - expected
+    with np.errstate(invalid="ignore"):
+        scaled = np.maximum(expected, 0.0) ** params.power
+        residual = np.maximum(x, 0.0) ** params.power - scaled
+    floor_factor = (1.0 + params.rel_floor) ** params.power - 1.0
     score = np.full(x.shape, np.nan)
     for lo in range(max(start, 0), n, _CHUNK):
         hi = min(n, lo + _CHUNK)
@@ -203,10 +224,9 @@ def pattern(x: np.ndarray, params: PatternParams = PatternParams(), *, start: in
         count = np.sum(~np.isnan(win), axis=-1)
         center = _nanmedian(win)
         mad = _nanmedian(np.abs(win - center[..., None]))
-        exp = expected[:, lo:hi]
-        sigma = np.maximum(MAD_TO_SIGMA * mad, np.maximum(params.rel_floor * np.abs(exp), params.abs_floor))
-        ok = (count >= params.min_residuals) & ~np.isnan(exp)
-        score[:, lo:hi] = np.where(ok, (x[:, lo:hi] - exp) / sigma, np.nan)
+        sigma = np.maximum(MAD_TO_SIGMA * mad, np.maximum(floor_factor * scaled[:, lo:hi], params.abs_floor**params.power))
+        ok = (count >= params.min_residuals) & ~np.isnan(expected[:, lo:hi])
+        score[:, lo:hi] = np.where(ok, residual[:, lo:hi] / sigma, np.nan)
     expected[:, :start] = np.nan
     return Detection(flags=_flag(score, params.threshold, params.direction), expected=expected, score=score)
 
@@ -254,15 +274,24 @@ def combined(
         "iqr": iqr(x, params.iqr, start=start),
         "pattern": pattern(x, params.pattern, start=start),
     }
+    return combine(parts, params), parts
+
+
+def combine(parts: dict[str, Detection], params: CombinedParams = CombinedParams()) -> Detection:
+    """The combined verdict from the parts' scores, applying the thresholds in `params` (only those:
+    the baselines are the parts'), so the evaluation can try thresholds without recomputing them."""
     s, q, p = parts["spike"], parts["iqr"], parts["pattern"]
     has_season = ~np.isnan(p.score)
     confirmed = _flag(s.score, params.confirm_spike, params.spike.direction) | _flag(
         q.score, params.confirm_iqr, params.iqr.direction
     )
-    flags = np.where(has_season, p.flags & confirmed, s.flags & q.flags)
+    before_season = _flag(s.score, params.spike.threshold, params.spike.direction) & _flag(
+        q.score, params.iqr.k, params.iqr.direction
+    )
+    flags = np.where(has_season, _flag(p.score, params.pattern.threshold, params.pattern.direction) & confirmed, before_season)
     expected = np.where(np.isnan(p.expected), s.expected, p.expected)
     score = np.where(has_season, p.score, s.score)
-    return Detection(flags=flags, expected=expected, score=score), parts
+    return Detection(flags=flags, expected=expected, score=score)
 
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -285,3 +314,20 @@ def merge_runs(spans: list[tuple[int, int]], *, gap: int = 0) -> list[tuple[int,
         else:
             merged.append((lo, hi))
     return merged
+
+
+def group_runs(spans: list[tuple[int, int]], *, cooldown: int) -> list[list[tuple[int, int]]]:
+    """Group spans into incidents: a span that starts at most `cooldown` points after the end of the
+    previous group joins it (the open incident absorbs it: no new incident, no new page).
+
+    The re-alert cooldown of real alerting: while a scope has an incident that was anomalous in the
+    last `cooldown` hours, more anomalous hours extend that incident rather than page again (an
+    extension that raises its severity still notifies, see `anomaly_notify`).
+    """
+    groups: list[list[tuple[int, int]]] = []
+    for lo, hi in sorted(spans):
+        if groups and lo - groups[-1][-1][1] <= cooldown:
+            groups[-1].append((lo, hi))
+        else:
+            groups.append([(lo, hi)])
+    return groups

@@ -108,7 +108,16 @@ def score_alerts(series: NabSeries, alert_idx: list[int]) -> Score:
 
 
 def alerts_from_flags(flags: np.ndarray, *, gap: int = 0) -> list[int]:
+    """The first point of each run of flagged points (runs closer than `gap` merged): one alert each."""
     return [lo for lo, _ in d.merge_runs(d.runs(flags), gap=gap)]
+
+
+def scan_alerts(flags: np.ndarray, *, cooldown: int) -> list[int]:
+    """Alerts as the scan raises them: the first hour of each incident. Runs closer than the scan's merge
+    gap are one run; a run within `cooldown` hours after the end of the previous incident joins it."""
+    from apps.anomalies.services import MERGE_GAP_HOURS
+
+    return [group[0][0] for group in d.group_runs(d.merge_runs(d.runs(flags), gap=MERGE_GAP_HOURS), cooldown=cooldown)]
 
 
 # --- detectors as used on NAB --------------------------------------------------------------------------
@@ -118,14 +127,22 @@ def _hours(step_seconds: float, hours: float) -> int:
     return max(2, int(round(hours * 3600 / step_seconds)))
 
 
-def nab_params(step_seconds: float) -> d.CombinedParams:
-    """The scan's defaults (in hours) converted to this file's sampling step, two-sided."""
+def nab_params(step_seconds: float, *, power: float | None = None, threshold: float | None = None) -> d.CombinedParams:
+    """The scan's defaults (in hours) converted to this file's sampling step, two-sided; `power` and
+    `threshold` replace the pattern detector's defaults (the cross-validation tries several)."""
     h = lambda hours: _hours(step_seconds, hours)  # noqa: E731
+    defaults = d.PatternParams()
     return d.CombinedParams(
         spike=d.SpikeParams(window=h(168), min_history=h(24), direction="both"),
         iqr=d.IQRParams(window=h(168), min_history=h(24), direction="both"),
         pattern=d.PatternParams(
-            season=h(168), slot_halfwidth=max(1, h(1) // 2), residual_window=h(336), min_residuals=h(24), direction="both"
+            season=h(168),
+            slot_halfwidth=max(1, h(1) // 2),
+            residual_window=h(336),
+            min_residuals=h(24),
+            direction="both",
+            power=defaults.power if power is None else power,
+            threshold=defaults.threshold if threshold is None else threshold,
         ),
     )
 
@@ -142,66 +159,172 @@ def nab_hourly(series: NabSeries) -> NabSeries:
     return NabSeries(name=series.name, timestamps=axis.astype("datetime64[s]"), values=values, windows=series.windows)
 
 
-# A profile tuned ON NAB itself (in-sample, so optimistic): a stricter hour-of-week bar and one page a day per series.
-NAB_TUNED_PATTERN_THRESHOLD = 8.0
-NAB_TUNED_COOLDOWN_HOURS = 24
+@dataclass(frozen=True)
+class Setting:
+    """The knobs chosen on NAB: the pattern detector's scale (power) and threshold, and the re-alert cooldown."""
+
+    power: float
+    threshold: float
+    cooldown: int  # hours
+
+    def __str__(self) -> str:
+        scale = {1.0: "plain residuals", 0.5: "square-root residuals"}.get(self.power, f"power {self.power:g}")
+        return f"{scale}, pattern z > {self.threshold:g}, {self.cooldown} h cooldown"
 
 
-def alerts_with_cooldown(flags: np.ndarray, *, cooldown: int) -> list[int]:
-    """Run starts, dropping any that come less than `cooldown` points after the previous alert."""
-    alerts: list[int] = []
-    for lo, _ in d.runs(flags):
-        if not alerts or lo >= alerts[-1] + cooldown:
-            alerts.append(lo)
-    return alerts
+# The grid the cross-validation searches. Cooldown 0 is the scan's 2 h merge gap alone.
+CV_POWERS = (1.0, 0.5)
+CV_THRESHOLDS = (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+CV_COOLDOWNS = (0, 6, 12, 24, 48)
+CV_GRID = tuple(Setting(p, t, c) for p in CV_POWERS for t in CV_THRESHOLDS for c in CV_COOLDOWNS)
 
 
-def nab_detector_alerts(series: NabSeries) -> dict[str, list[int]]:
-    params = nab_params(series.step_seconds)
-    x = series.values
-    result, parts = d.combined(x, params)
+def scan_setting() -> Setting:
+    """What the scan runs with: the detector defaults and the ANOMALY_REALERT_COOLDOWN_HOURS knob."""
+    from apps.anomalies.conf import knob
+
+    defaults = d.PatternParams()
+    return Setting(defaults.power, defaults.threshold, int(knob("ANOMALY_REALERT_COOLDOWN_HOURS")))
+
+
+NAIVE = "naive: abs(x − mean) > 3σ of probation"
+COMBINED = "combined (scan defaults)"
+
+
+def _naive_flags(x: np.ndarray) -> np.ndarray:
     probation = x[: max(2, int(len(x) * PROBATION))]
     probation = probation[~np.isnan(probation)]
     with np.errstate(invalid="ignore"):
-        naive = np.abs(x - probation.mean()) > 3 * probation.std()
-    s, q, p = (np.abs(np.nan_to_num(parts[k].score[0])) for k in ("spike", "iqr", "pattern"))
-    tuned = (p > NAB_TUNED_PATTERN_THRESHOLD) & ((s > params.confirm_spike) | (q > params.confirm_iqr))
-    cooldown = NAB_TUNED_COOLDOWN_HOURS
+        return np.abs(x - probation.mean()) > 3 * probation.std()
+
+
+def nab_file_parts(series: NabSeries, powers: tuple[float, ...]) -> dict[float, dict[str, d.Detection]]:
+    """The detectors' baselines and scores for one file, once per pattern power (thresholds are applied later)."""
+    return {power: d.combined(series.values, nab_params(series.step_seconds, power=power))[1] for power in powers}
+
+
+def setting_alerts(series: NabSeries, parts: dict[float, dict[str, d.Detection]], setting: Setting) -> list[int]:
+    params = nab_params(series.step_seconds, power=setting.power, threshold=setting.threshold)
+    return scan_alerts(d.combine(parts[setting.power], params).flags[0], cooldown=setting.cooldown)
+
+
+def nab_detector_alerts(series: NabSeries, parts: dict[float, dict[str, d.Detection]], scan: Setting) -> dict[str, list[int]]:
+    naive = _naive_flags(series.values)
+    default_parts = parts[scan.power]
+    no_cooldown = Setting(scan.power, scan.threshold, 0)
+    plain = Setting(1.0, scan.threshold, scan.cooldown)
+    previous = Setting(1.0, 4.0, 0)
     return {
-        "naive: abs(x − mean) > 3σ of probation": alerts_with_cooldown(naive, cooldown=0),
-        "spike": alerts_with_cooldown(parts["spike"].flags[0], cooldown=0),
-        "iqr": alerts_with_cooldown(parts["iqr"].flags[0], cooldown=0),
-        "pattern": alerts_with_cooldown(parts["pattern"].flags[0], cooldown=0),
-        "combined (scan defaults)": alerts_with_cooldown(result.flags[0], cooldown=0),
-        f"naive, {cooldown} h cooldown": alerts_with_cooldown(naive, cooldown=cooldown),
-        f"combined, NAB-tuned (pattern z > {NAB_TUNED_PATTERN_THRESHOLD:g}, {cooldown} h cooldown)": alerts_with_cooldown(
-            tuned, cooldown=cooldown
-        ),
+        NAIVE: alerts_from_flags(naive),
+        f"naive, grouped like the scan ({scan.cooldown} h cooldown)": scan_alerts(naive, cooldown=scan.cooldown),
+        "spike": alerts_from_flags(default_parts["spike"].flags[0]),
+        "iqr": alerts_from_flags(default_parts["iqr"].flags[0]),
+        "pattern": alerts_from_flags(default_parts["pattern"].flags[0]),
+        "combined, previous defaults (plain residuals, z > 4, no cooldown)": setting_alerts(series, parts, previous),
+        "combined, scan defaults without the cooldown": setting_alerts(series, parts, no_cooldown),
+        "combined, scan defaults with plain residuals": setting_alerts(series, parts, plain),
+        COMBINED: setting_alerts(series, parts, scan),
     }
+
+
+@dataclass
+class CrossValidation:
+    """Out-of-sample figures for the procedure "pick the grid setting with the best pooled F1"."""
+
+    grid: int
+    in_sample: Setting  # the pick on every file
+    in_sample_scores: dict[str, Score]
+    lofo: dict[str, Score]  # each file scored with the pick on all the other files; corpus (and "all") → pooled
+    lofo_picks: dict[str, Setting]
+    family: dict[str, tuple[Setting, Score]]  # held-out corpus → (the pick on the other corpus, its score here)
+
+    @property
+    def family_all(self) -> Score:
+        total = Score()
+        for _, score in self.family.values():
+            total.add(score)
+        return total
+
+
+def _pooled(scores: dict[str, dict[Setting, Score]], files: list[str], setting: Setting) -> Score:
+    total = Score()
+    for name in files:
+        total.add(scores[name][setting])
+    return total
+
+
+def _pick(scores: dict[str, dict[Setting, Score]], files: list[str]) -> Setting:
+    """Best pooled F1 on `files`; ties go to fewer false alerts, then to the earlier grid entry."""
+    best: tuple | None = None
+    for k, setting in enumerate(CV_GRID):
+        pooled = _pooled(scores, files, setting)
+        key = (round(pooled.f1, 9), -pooled.false_positives, -k)
+        if best is None or key > best[0]:
+            best = (key, setting)
+    assert best is not None
+    return best[1]
+
+
+def cross_validate(scores: dict[str, dict[Setting, Score]]) -> CrossValidation:
+    files = sorted(scores)
+    corpus = {name: name.split("/")[0] for name in files}
+    in_sample = _pick(scores, files)
+    by_corpus: dict[str, Score] = {}
+    for name in files:
+        for key in (corpus[name], "all"):
+            by_corpus.setdefault(key, Score()).add(scores[name][in_sample])
+    lofo: dict[str, Score] = {}
+    picks: dict[str, Setting] = {}
+    for name in files:
+        picks[name] = _pick(scores, [f for f in files if f != name])
+        for key in (corpus[name], "all"):
+            lofo.setdefault(key, Score()).add(scores[name][picks[name]])
+    family: dict[str, tuple[Setting, Score]] = {}
+    corpora = sorted(set(corpus.values()))
+    if len(corpora) > 1:
+        for held_out in corpora:
+            setting = _pick(scores, [f for f in files if corpus[f] != held_out])
+            family[held_out] = (setting, _pooled(scores, [f for f in files if corpus[f] == held_out], setting))
+    return CrossValidation(
+        grid=len(CV_GRID), in_sample=in_sample, in_sample_scores=by_corpus, lofo=lofo, lofo_picks=picks, family=family
+    )
 
 
 @dataclass
 class NabReport:
     source: str
     files: int
+    scan: Setting  # what the scan runs with
     scores: dict[str, dict[str, Score]] = field(default_factory=dict)  # detector → corpus (and "all") → score
     per_file: dict[str, dict[str, Score]] = field(default_factory=dict)
+    cv: CrossValidation | None = None
 
 
-def nab_evaluate(series_list: list[NabSeries], *, source: str, progress: Callable[[str], None] | None = None) -> NabReport:
-    """Score every detector on each file at hourly resolution (the scan's), micro-averaged per corpus."""
-    report = NabReport(source=source, files=len(series_list))
+def nab_evaluate(
+    series_list: list[NabSeries], *, source: str, progress: Callable[[str], None] | None = None, cross_validation: bool = True
+) -> NabReport:
+    """Score every detector on each file at hourly resolution (the scan's), micro-averaged per corpus, and
+    (unless `cross_validation` is off) every setting of CV_GRID, for the cross-validated figures."""
+    scan = scan_setting()
+    report = NabReport(source=source, files=len(series_list), scan=scan)
+    grid_scores: dict[str, dict[Setting, Score]] = {}
+    powers = tuple(sorted(set(CV_POWERS if cross_validation else ()) | {scan.power, 1.0}))
     for raw in series_list:
         if progress:
             progress(raw.name)
         series = nab_hourly(raw)
+        parts = nab_file_parts(series, powers)
         report.per_file[series.name] = {}
-        for detector, alerts in nab_detector_alerts(series).items():
+        for detector, alerts in nab_detector_alerts(series, parts, scan).items():
             score = score_alerts(series, alerts)
             report.per_file[series.name][detector] = score
             by_corpus = report.scores.setdefault(detector, {})
             by_corpus.setdefault(series.corpus, Score()).add(score)
             by_corpus.setdefault("all", Score()).add(score)
+        if cross_validation:
+            grid_scores[series.name] = {s: score_alerts(series, setting_alerts(series, parts, s)) for s in CV_GRID}
+    if cross_validation and grid_scores:
+        report.cv = cross_validate(grid_scores)
     return report
 
 
@@ -254,8 +377,8 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
     The detectors are causal and the scan reads complete hours only, so one pass over the month gives
     what each hourly scan would have found: an incident is recorded by the scan right after the hour in
     which its cumulative impact first reached ANOMALY_MIN_IMPACT_USD. A seeded incident is caught when
-    an incident of its org, team or model overlaps it, and in time when that scan ran at most
-    `max_scan_hours` hours after the seeded incident's first hour began.
+    an anomalous run of an incident of its org, team or model overlaps it, and in time when the scan that
+    first shows that run ran at most `max_scan_hours` hours after the seeded incident's first hour began.
     """
     from apps.anomalies.conf import knob
     from apps.anomalies.models import Severity
@@ -287,10 +410,17 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
                 or (inc.scope_type == "team" and inc.team_id == s.team_id)
                 or (inc.scope_type == "model" and inc.model == s.model)
             )
-            if not same_scope or inc.window_end <= s.start or inc.window_start >= s.end:
+            # Its anomalous runs, not the quiet hours a cooldown folds in between them, must overlap the seeded one.
+            overlapping = [lo for lo, hi in inc.spans if series.hour_at(hi) > s.start and series.hour_at(lo) < s.end]
+            if not same_scope or not overlapping:
                 continue
             matched_ids.add(k)
-            scan_at = series.hour_at(_detection_hour(inc, min_impact) + 1)
+            # The scan that first shows it: the one after the seeded incident's first hour, after its first
+            # overlapping run began, and after the incident's impact first reached the minimum, whichever is
+            # latest. An incident that was already open (a run that began earlier, or a cooldown) is
+            # extended then, and pages again only if that raises its severity.
+            seeded_hour = int((first_hour - series.start).total_seconds() // 3600)
+            scan_at = series.hour_at(max(seeded_hour, overlapping[0], _detection_hour(inc, min_impact)) + 1)
             hours = int((scan_at - first_hour).total_seconds() // 3600)
             outcome.matched.append(f"{inc.scope_type}:{inc.scope_label}:{inc.detector}/{inc.metric}:{inc.severity}")
             if outcome.scan_hours is None or hours < outcome.scan_hours:

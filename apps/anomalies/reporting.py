@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.anomalies import detectors as d
-from apps.anomalies.evaluation import NabReport, SeedReport
+from apps.anomalies.evaluation import NabReport, Score, SeedReport
 
 
 def nab_markdown(report: NabReport) -> str:
@@ -22,6 +22,50 @@ def nab_markdown(report: NabReport) -> str:
             f"| {detector} | {cells} | {a.precision:.2f} | {a.recall:.2f} | **{a.f1:.3f}** | {a.caught}/{a.windows} | {a.false_positives} |"
         )
     return "\n".join(lines)
+
+
+def nab_cv_markdown(report: NabReport) -> str:
+    """The cross-validation table: in-sample, leave-one-file-out and one-family-out figures of the grid search."""
+    from collections import Counter
+
+    from apps.anomalies.evaluation import CV_COOLDOWNS, CV_THRESHOLDS, NAIVE
+
+    cv = report.cv
+    if cv is None:
+        return "_Cross-validation skipped._"
+    corpora = sorted({c for c in cv.lofo if c != "all"})
+    naive = report.scores[NAIVE]
+
+    def row(label: str, picks: str, by: dict[str, Score]) -> str:
+        a = by["all"]
+        cells = " | ".join(f"{by[c].f1:.3f}" if c in by else "—" for c in corpora)
+        return (
+            f"| {label} | {picks} | {cells} | {a.precision:.2f} | {a.recall:.2f} | **{a.f1:.3f}** | "
+            f"{a.caught}/{a.windows} | {a.false_positives} | {a.f1 - naive['all'].f1:+.3f} |"
+        )
+
+    head = (
+        "| validation | setting(s) used | "
+        + " | ".join(f"{c} F1" for c in corpora)
+        + " | all: P | R | F1 | windows caught | false alerts | F1 − naive |"
+    )
+    lines = [head, "|" + "---|" * (len(corpora) + 8)]
+    lines.append(row("naive baseline (no parameters)", "—", naive))
+    lines.append(row("in-sample: picked and scored on all files", str(cv.in_sample), cv.in_sample_scores))
+    counts = Counter(str(s) for s in cv.lofo_picks.values())
+    picks = "; ".join(f"{name} ({n} of {len(cv.lofo_picks)})" for name, n in counts.most_common())
+    lines.append(row(f"leave one file out ({len(cv.lofo_picks)} folds)", picks, cv.lofo))
+    if cv.family:
+        family = {corpus: score for corpus, (_, score) in cv.family.items()}
+        family["all"] = cv.family_all
+        picks = "; ".join(f"for {corpus}: {setting} (picked on the other)" for corpus, (setting, _) in sorted(cv.family.items()))
+        lines.append(row("one family out (pick on one, score the other)", picks, family))
+    grid = (
+        f"Grid: residuals plain or square-root × pattern z > {', '.join(f'{t:g}' for t in CV_THRESHOLDS)} × cooldown "
+        f"{', '.join(str(c) for c in CV_COOLDOWNS)} h ({cv.grid} settings); the pick is the best pooled event F1 on the "
+        "training files (ties: fewer false alerts)."
+    )
+    return "\n".join(lines) + "\n\n" + grid
 
 
 def seed_markdown(report: SeedReport) -> str:

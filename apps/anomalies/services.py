@@ -239,8 +239,9 @@ class Incident:
     impact_pct: float
     score: float
     severity: str
-    hour_impacts: list[float] = field(default_factory=list)
+    hour_impacts: list[float] = field(default_factory=list)  # one per hour of [start, end); 0 between its runs
     details: dict = field(default_factory=dict)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # its anomalous runs, [start, end) each
 
 
 @dataclass
@@ -278,8 +279,9 @@ def anomalies_detect(
     *, series: HourlySeries, evaluate_from: int = 0, labels: tuple[dict[int, str], dict[int, str]] | None = None
 ) -> list[Incident]:
     """Run the combined detector on cost, requests and tokens per request of every scope, and the
-    model-mix detector on each org's premium share; merge flagged hours into incidents; drop those
-    under the minimum dollar impact. Pure: no writes, so the evaluation replays it over history."""
+    model-mix detector on each org's premium share; merge flagged hours into runs; drop runs under the
+    minimum dollar impact; fold runs that come within the re-alert cooldown of the scope's previous
+    incident into it. Pure: no writes, so the evaluation replays it over history."""
     if not len(series):
         return []
     org_labels, team_labels = labels or ({}, {})
@@ -301,24 +303,30 @@ def anomalies_detect(
     any_flag = np.zeros(series.cost.shape, dtype=bool)
     for det, _ in detections.values():
         any_flag |= det.flags
+    cooldown = int(knob("ANOMALY_REALERT_COOLDOWN_HOURS"))
     incidents: list[Incident] = []
     for i in range(len(series)):
         scope = _scope(series, i, org_labels, team_labels)
-        for lo, hi in d.merge_runs(d.runs(any_flag[i]), gap=MERGE_GAP_HOURS):
-            hour_impacts = series.cost[i, lo:hi] - expected_cost[i, lo:hi]
+        excess = series.cost[i] - expected_cost[i]
+        for group in _incident_groups(any_flag[i], excess, min_impact=min_impact, cooldown=cooldown):
+            lo, hi, member = _group_extent(group)
+            # Impact, expected and actual count the incident's anomalous runs, not the quiet hours between them.
+            hour_impacts = np.where(member, series.cost[i, lo:hi] - expected_cost[i, lo:hi], 0.0)
             impact = float(hour_impacts.sum())
-            expected = float(expected_cost[i, lo:hi].sum())
-            actual = float(series.cost[i, lo:hi].sum())
-            counts = {name: int(det.flags[i, lo:hi].sum()) for name, (det, _) in detections.items()}
+            expected = float(np.where(member, expected_cost[i, lo:hi], 0.0).sum())
+            actual = float(np.where(member, series.cost[i, lo:hi], 0.0).sum())
+            counts = {name: int(det.flags[i, lo:hi][member].sum()) for name, (det, _) in detections.items()}
             metric = max(counts, key=lambda name: (counts[name], name == "cost"))
             fired = sorted(
-                {part for name, (_, parts) in detections.items() for part, p in parts.items() if p.flags[i, lo:hi].any()}
+                {part for name, (_, parts) in detections.items() for part, p in parts.items() if p.flags[i, lo:hi][member].any()}
             )
             incidents.append(
                 _incident(
                     "combined", metric, scope, series, i, lo, hi, expected, actual, impact, hour_impacts,
-                    score=float(np.nanmax(detections[metric][0].score[i, lo:hi])) if counts[metric] else 0.0,
-                    details={"flagged_hours": counts, "detectors": fired, **_metric_details(series, detections, i, lo, hi)},
+                    score=float(np.nanmax(detections[metric][0].score[i, lo:hi][member])) if counts[metric] else 0.0,
+                    details={"flagged_hours": counts, "detectors": fired, "runs": len(group),
+                             **_metric_details(series, detections, i, lo, hi, member)},
+                    spans=group,
                 )
             )  # fmt: skip
     share = series.premium_share
@@ -327,20 +335,41 @@ def anomalies_detect(
         mix_det = d.mix(share[org_rows], start=evaluate_from)
         for row, i in enumerate(org_rows):
             scope = _scope(series, i, org_labels, team_labels)
-            for lo, hi in d.merge_runs(d.runs(mix_det.flags[row]), gap=MERGE_GAP_HOURS):
+            excess = (np.nan_to_num(share[i]) - np.nan_to_num(mix_det.expected[row])) * series.cost[i]
+            for group in _incident_groups(mix_det.flags[row], excess, min_impact=min_impact, cooldown=cooldown):
+                lo, hi, member = _group_extent(group)
                 base_share = np.nan_to_num(mix_det.expected[row, lo:hi])
-                hour_impacts = (np.nan_to_num(share[i, lo:hi]) - base_share) * series.cost[i, lo:hi]
+                hour_impacts = np.where(member, (np.nan_to_num(share[i, lo:hi]) - base_share) * series.cost[i, lo:hi], 0.0)
+                cost = np.where(member, series.cost[i, lo:hi], 0.0)
                 incidents.append(
                     _incident(
-                        "mix", "premium_share", scope, series, i, lo, hi, float(np.mean(base_share)),
-                        float(np.nanmean(share[i, lo:hi])), float(hour_impacts.sum()), hour_impacts,
-                        score=float(np.nanmax(mix_det.score[row, lo:hi])),
-                        details={"premium_cost_usd": round(float(series.premium_cost[i, lo:hi].sum()), 6),
-                                 "cost_usd": round(float(series.cost[i, lo:hi].sum()), 6)},
-                        expected_cost=float((series.cost[i, lo:hi] - hour_impacts).sum()),
+                        "mix", "premium_share", scope, series, i, lo, hi, float(np.mean(base_share[member])),
+                        float(np.nanmean(share[i, lo:hi][member])), float(hour_impacts.sum()), hour_impacts,
+                        score=float(np.nanmax(mix_det.score[row, lo:hi][member])),
+                        details={"premium_cost_usd": round(float(np.where(member, series.premium_cost[i, lo:hi], 0.0).sum()), 6),
+                                 "cost_usd": round(float(cost.sum()), 6), "runs": len(group)},
+                        expected_cost=float((cost - hour_impacts).sum()),
+                        spans=group,
                     )
                 )  # fmt: skip
     return [incident for incident in incidents if incident.impact_usd >= min_impact]
+
+
+def _incident_groups(flags: np.ndarray, excess: np.ndarray, *, min_impact: Decimal, cooldown: int) -> list[list[tuple[int, int]]]:
+    """Runs of flagged hours (merged across MERGE_GAP_HOURS) whose excess cost reaches the minimum impact,
+    grouped by the re-alert cooldown. Runs are filtered before grouping, so the cooldown only folds runs
+    that would each have been an incident; it never makes one out of several tiny ones."""
+    runs = [(lo, hi) for lo, hi in d.merge_runs(d.runs(flags), gap=MERGE_GAP_HOURS) if _usd(excess[lo:hi].sum()) >= min_impact]
+    return d.group_runs(runs, cooldown=cooldown)
+
+
+def _group_extent(group: list[tuple[int, int]]) -> tuple[int, int, np.ndarray]:
+    """[lo, hi) of an incident made of several runs, and the mask of its anomalous runs' hours within it."""
+    lo, hi = group[0][0], group[-1][1]
+    member = np.zeros(hi - lo, dtype=bool)
+    for a, b in group:
+        member[a - lo : b - lo] = True
+    return lo, hi, member
 
 
 def _scope(series: HourlySeries, i: int, org_labels: dict[int, str], team_labels: dict[int, str]) -> dict:
@@ -364,15 +393,13 @@ def _scope(series: HourlySeries, i: int, org_labels: dict[int, str], team_labels
     }
 
 
-def _metric_details(series: HourlySeries, detections: dict, i: int, lo: int, hi: int) -> dict:
+def _metric_details(series: HourlySeries, detections: dict, i: int, lo: int, hi: int, member: np.ndarray) -> dict:
     out = {}
     for name, values in (("requests", series.requests), ("tokens_per_request", series.tokens_per_request)):
-        det = detections[name][0]
+        expected, actual = detections[name][0].expected[i, lo:hi][member], values[i, lo:hi][member]
         out[name] = {
-            "expected": round(float(np.nanmean(det.expected[i, lo:hi])), 3)
-            if not np.all(np.isnan(det.expected[i, lo:hi]))
-            else None,
-            "actual": round(float(np.nanmean(values[i, lo:hi])), 3) if not np.all(np.isnan(values[i, lo:hi])) else None,
+            "expected": round(float(np.nanmean(expected)), 3) if not np.all(np.isnan(expected)) else None,
+            "actual": round(float(np.nanmean(actual)), 3) if not np.all(np.isnan(actual)) else None,
         }
     return out
 
@@ -393,6 +420,7 @@ def _incident(
     score: float,
     details: dict,
     expected_cost: float | None = None,
+    spans: list[tuple[int, int]] | None = None,
 ) -> Incident:
     base = expected if expected_cost is None else expected_cost
     impact_pct = min(MAX_IMPACT_PCT, impact / base * 100) if base > 1e-9 else (MAX_IMPACT_PCT if impact > 0 else 0.0)
@@ -418,6 +446,7 @@ def _incident(
         severity=severity_for(impact_usd=impact_usd, impact_pct=float(impact_pct)),
         hour_impacts=[float(v) for v in hour_impacts],
         details=details,
+        spans=list(spans or [(lo, hi)]),
     )
 
 
@@ -466,15 +495,19 @@ def anomaly_dedupe_key(*, series_key: str, window_start: dt.datetime) -> str:
 
 
 def anomaly_upsert(*, incident: Incident) -> tuple[Anomaly, bool]:
-    """Write an incident: extend the open-or-recent incident of the same series that it overlaps or
-    touches (within MERGE_GAP_HOURS), else create it under its dedupe key."""
+    """Write an incident: extend the incident of the same series that it overlaps, or that ended at most
+    ANOMALY_REALERT_COOLDOWN_HOURS (at least MERGE_GAP_HOURS) before it began, else create it under its
+    dedupe key. `anomalies_detect` already folds runs within the cooldown into one incident; this finds
+    the row when a scan sees only the later runs. A resolved incident that is extended reopens, so the
+    open-anomalies gauge (and the Prometheus alert on it) fires again."""
     gap = dt.timedelta(hours=MERGE_GAP_HOURS)
+    cooldown = dt.timedelta(hours=max(MERGE_GAP_HOURS, int(knob("ANOMALY_REALERT_COOLDOWN_HOURS"))))
     existing = (
         Anomaly.objects.select_for_update()
         .filter(
             series_key=incident.series_key,
             window_start__lte=incident.window_end + gap,
-            window_end__gte=incident.window_start - gap,
+            window_end__gte=incident.window_start - cooldown,
         )
         .order_by("window_start")
         .first()

@@ -28,6 +28,7 @@ from apps.budgets.services import (
     budget_validate,
 )
 from apps.ledger.money import quantize_usd
+from apps.reports.scoping import OrgScopedAdminMixin
 
 
 def _is_staff(request: HttpRequest) -> bool:
@@ -152,7 +153,7 @@ class BudgetAlertInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(Budget)
-class BudgetAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
+class BudgetAdmin(OrgScopedAdminMixin, StaffReadOnlyMixin, admin.ModelAdmin):
     form = BudgetAdminForm
     list_display = ["target", "scope", "org", "period", "cap", "usage", "spent", "reserved", "forecast", "action", "active"]
     list_filter = ["scope", "period", "action", "active", "org"]
@@ -248,7 +249,8 @@ class BudgetAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class BudgetAlertAdmin(OrgScopedAdminMixin, ReadOnlyMixin, admin.ModelAdmin):
+    org_field = "budget__org"
     list_display = [
         "budget",
         "threshold",
@@ -265,7 +267,8 @@ class BudgetAlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(BudgetChange)
-class BudgetChangeAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class BudgetChangeAdmin(OrgScopedAdminMixin, ReadOnlyMixin, admin.ModelAdmin):
+    org_field = "budget__org"
     list_display = ["changed_at", "budget", "field", "old_value", "new_value", "changed_by_label"]
     list_filter = ["field", "budget__org"]
     list_select_related = ["budget", "budget__org", "budget__team", "budget__member"]
@@ -273,14 +276,16 @@ class BudgetChangeAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(BudgetCounter)
-class BudgetCounterAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class BudgetCounterAdmin(OrgScopedAdminMixin, ReadOnlyMixin, admin.ModelAdmin):
+    org_field = "budget__org"
     list_display = ["budget", "period_start", "spent_usd", "reserved_usd", "updated_at"]
     list_select_related = ["budget", "budget__org", "budget__team", "budget__member"]
     list_filter = ["budget__period", "budget__org"]
 
 
 @admin.register(Reservation)
-class ReservationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ReservationAdmin(OrgScopedAdminMixin, ReadOnlyMixin, admin.ModelAdmin):
+    org_field = "org_id"
     list_display = [
         "id",
         "request_id",

@@ -8,6 +8,9 @@ class BudgetsConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.budgets.metrics import budget_utilisation
+        from apps.budgets.services import budget_connection_warm
+        from finops.asyncdb import register_connection_init
         from finops.metrics import register_scrape_collector
 
         register_scrape_collector(budget_utilisation)
+        register_connection_init(budget_connection_warm)

@@ -1,8 +1,13 @@
-"""The fail-open limiter: while the budget database is unreachable, each user gets N requests a minute.
+"""Sliding-window request limiters: N requests a minute per key, shared by every gateway worker.
 
 A sliding window (not fixed buckets, which let 2N through across a minute boundary), kept in Redis
-so that every gateway worker shares it; when Redis is unreachable too, each process falls back to an
+so that every gateway worker shares it; when Redis is unreachable, each process falls back to an
 in-process window of the same size (so the bound becomes N per process: still bounded).
+
+Two users of `window_admit`:
+- the fail-open limiter (`fail_open_admit`): while the budget database is unreachable, each user gets
+  FINOPS["BUDGET_FAIL_OPEN_RPM"] requests a minute;
+- the per-key rate limit (ApiKey.rate_limit_per_minute, apps.tenancy.pipeline).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -29,7 +35,11 @@ local window_us = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_us - window_us)
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[2]) then
-    return {0, n}
+    -- refused (and not counted): the slot frees when the oldest admitted request leaves the window
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local retry_us = window_us
+    if oldest[2] then retry_us = tonumber(oldest[2]) + window_us - now_us end
+    return {0, n, retry_us}
 end
 redis.call('ZADD', KEYS[1], now_us, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.ceil(window_us / 1000))
@@ -66,6 +76,13 @@ class LocalWindow:
             hits.append(now)
             return True
 
+    def retry_after(self, key: str, *, window_s: float = WINDOW_S) -> float:
+        """Seconds until the oldest request of the window leaves it (0 for an empty window)."""
+        now = time.monotonic()
+        with self._lock:
+            hits = self._hits.get(key)
+            return max(hits[0] + window_s - now, 0.0) if hits else 0.0
+
     def count(self, key: str, *, window_s: float = WINDOW_S) -> int:
         now = time.monotonic()
         with self._lock:
@@ -83,19 +100,46 @@ class LocalWindow:
 local_window = LocalWindow()
 
 
-async def fail_open_admit(*, org_id: int, member_id: int, token: str) -> tuple[bool, str]:
-    """Count one fail-open request for this user; returns (admitted, limiter) with limiter 'redis' or 'local'."""
-    limit = settings.FINOPS["BUDGET_FAIL_OPEN_RPM"]
-    key = limiter_key(org_id=org_id, member_id=member_id)
-    timeout_s = settings.FINOPS["BUDGET_LIMITER_TIMEOUT_MS"] / 1000
+@dataclass(frozen=True, slots=True)
+class Admission:
+    admitted: bool
+    limiter: str  # "redis", or "local" when Redis could not answer in time
+    retry_after_s: float = 0.0  # refused: when the oldest request of the window leaves it
+
+
+async def window_admit(*, key: str, limit: int, token: str, timeout_s: float, window_s: float = WINDOW_S) -> Admission:
+    """Count one request against `key`'s window of `limit` requests per `window_s`; refused requests are not counted.
+
+    `token` must be unique per request (the request id). Never raises: if Redis fails or does not answer
+    within `timeout_s`, this process's own window decides.
+    """
     try:
         client = get_redis()
-        admitted, _ = await asyncio.wait_for(
-            client.eval(_SLIDING_WINDOW_LUA, 1, key, int(WINDOW_S * 1_000_000), limit, token), timeout_s
+        result = await asyncio.wait_for(
+            client.eval(_SLIDING_WINDOW_LUA, 1, key, int(window_s * 1_000_000), limit, token), timeout_s
         )
-        return bool(admitted), "redis"
+        admitted = bool(result[0])
+        return Admission(admitted, "redis", 0.0 if admitted else max(int(result[2]), 0) / 1_000_000)
     except (RedisError, OSError, TimeoutError) as exc:
-        logger.warning("fail-open limiter: Redis unavailable (%s); using the in-process window", type(exc).__name__)
-    except Exception:  # whatever broke, the fail-open path must still answer, and stay bounded
-        logger.exception("fail-open limiter: Redis call failed; using the in-process window")
-    return local_window.admit(key, limit=limit), "local"
+        logger.warning("limiter: Redis unavailable (%s); using the in-process window", type(exc).__name__)
+    except Exception:  # whatever broke, a limiter must still answer, and stay bounded
+        logger.exception("limiter: Redis call failed; using the in-process window")
+    if local_window.admit(key, limit=limit, window_s=window_s):
+        return Admission(True, "local")
+    return Admission(False, "local", local_window.retry_after(key, window_s=window_s))
+
+
+async def fail_open_admit(*, org_id: int, member_id: int, token: str, timeout_s: float | None = None) -> tuple[bool, str]:
+    """Count one fail-open request for this user; returns (admitted, limiter) with limiter 'redis' or 'local'.
+
+    `timeout_s` bounds the Redis attempt (default BUDGET_LIMITER_TIMEOUT_MS); past it the in-process window decides.
+    """
+    if timeout_s is None:
+        timeout_s = settings.FINOPS["BUDGET_LIMITER_TIMEOUT_MS"] / 1000
+    admission = await window_admit(
+        key=limiter_key(org_id=org_id, member_id=member_id),
+        limit=settings.FINOPS["BUDGET_FAIL_OPEN_RPM"],
+        token=token,
+        timeout_s=timeout_s,
+    )
+    return admission.admitted, admission.limiter

@@ -64,7 +64,7 @@ async def budget_reserve(ctx: RequestContext) -> None:
                 ) from exc
     except BudgetUnavailable as exc:
         try:
-            await _fail_open(ctx, reason=exc.reason)
+            await _fail_open(ctx, reason=exc.reason, started=started)
         finally:
             metrics.BUDGET_CHECK_SECONDS.labels(path="fail_open").observe(time.perf_counter() - started)
         return
@@ -144,9 +144,14 @@ async def _estimate_for_route(ctx: RequestContext) -> Decimal:
         return ctx.estimated_cost_usd
 
 
-async def _fail_open(ctx: RequestContext, *, reason: str) -> None:
+async def _fail_open(ctx: RequestContext, *, reason: str, started: float) -> None:
     caller = ctx.caller
-    admitted, limiter = await fail_open_admit(org_id=caller.org_id, member_id=caller.member_id, token=str(ctx.request_id))
+    # The decision as a whole must end by BUDGET_DECISION_MAX_MS: the Redis limiter gets what is left (≥ 1 ms).
+    left_s = started + settings.FINOPS["BUDGET_DECISION_MAX_MS"] / 1000 - time.perf_counter()
+    timeout_s = min(settings.FINOPS["BUDGET_LIMITER_TIMEOUT_MS"] / 1000, max(left_s, 0.001))
+    admitted, limiter = await fail_open_admit(
+        org_id=caller.org_id, member_id=caller.member_id, token=str(ctx.request_id), timeout_s=timeout_s
+    )
     metrics.BUDGET_FAIL_OPEN.labels(reason=reason, limiter=limiter, outcome="allowed" if admitted else "limited").inc()
     ctx.degraded = True
     ctx.budget_state = "fail_open"

@@ -269,23 +269,15 @@ def reservation_settle_later(*, reservation_id: int, actual_usd: Decimal) -> Non
         queue.worker = _spawn(queue.run())
 
 
-async def budget_pool_warmup() -> int:
-    """Compile the budget SQL functions on every idle connection of the pool (call it at start-up).
+async def budget_connection_warm(conn: asyncpg.Connection) -> None:
+    """Compile the budget SQL functions on a new hot-path connection (registered as a pool `init` hook).
 
     The first call of a plpgsql function on a connection compiles it: 10-20 ms, enough on a busy
-    machine to miss the 50 ms deadline and fail open. Returns how many connections were warmed.
+    machine to miss the 50 ms deadline and fail open. No budget has id 0: the reserve answers "none"
+    and writes nothing; the settle of nothing settles nothing.
     """
-    pool = await get_pool()
-
-    async def warm() -> None:
-        async with pool.acquire() as conn:
-            # No budget has id 0: the reserve answers "none" and writes nothing.
-            await conn.fetchrow(_RESERVE_SQL, 0, 0, 0, uuid.uuid4(), Decimal(0), 1.0, False, 1000)
-            await conn.fetchrow(_SETTLE_MANY_SQL, [], [], 1000)
-
-    count = max(pool.get_idle_size(), 1)
-    await asyncio.gather(*(warm() for _ in range(count)))
-    return count
+    await conn.fetchrow(_RESERVE_SQL, 0, 0, 0, uuid.uuid4(), Decimal(0), 1.0, False, 1000)
+    await conn.fetchrow(_SETTLE_MANY_SQL, [], [], 1000)
 
 
 def alerts_dispatch_soon(alert_ids: Iterable[int]) -> None:

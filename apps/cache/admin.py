@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from apps.cache.models import CacheRouteOverride, CacheSettings, SemanticCacheEntry
 from apps.cache.selectors import cache_policy_forget
 from apps.cache.services import cache_invalidate
+from apps.reports.scoping import OrgScopedAdminMixin
 
 
 class CacheRouteOverrideInline(admin.TabularInline):
@@ -16,7 +17,7 @@ class CacheRouteOverrideInline(admin.TabularInline):
 
 
 @admin.register(CacheSettings)
-class CacheSettingsAdmin(admin.ModelAdmin):
+class CacheSettingsAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "org",
         "enabled",
@@ -66,7 +67,7 @@ class CacheSettingsAdmin(admin.ModelAdmin):
 
 
 @admin.register(SemanticCacheEntry)
-class SemanticCacheEntryAdmin(admin.ModelAdmin):
+class SemanticCacheEntryAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ["id", "org", "model_class", "answer_model", "hits", "created_at", "expires_at", "has_prompt_text"]
     list_filter = ["model_class", "answer_model", "org"]
     list_select_related = ["org"]

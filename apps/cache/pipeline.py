@@ -31,7 +31,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.cache import metrics
-from apps.cache.embeddings import embed_prompt
+from apps.cache.embeddings import backend, embed_prompt
 from apps.cache.guard import Signature, choose_hit, guard_signature
 from apps.cache.keys import RequestKey, request_key, uses_tools
 from apps.cache.selectors import CachePolicy, cache_policy_for, price_in_force_async, semantic_candidates
@@ -93,6 +93,18 @@ async def cache_state(ctx: RequestContext) -> CacheState:
     state = await _decide(ctx)
     ctx.extra["cache"] = state
     return state
+
+
+def prompt_vector(ctx: RequestContext, text: str) -> np.ndarray | None:
+    """The local model's vector of `text` if the semantic tier already embedded it for this request, else None.
+
+    The router's learned strategy embeds the same last user message with the same model; reusing the
+    vector keeps a request at one embedding. A remote embedding (another vector space) is never shared.
+    """
+    state = ctx.extra.get("cache")
+    if not isinstance(state, CacheState) or state.vector is None or state.key is None or backend() != "local":
+        return None
+    return state.vector if state.key.prompt_text == text else None
 
 
 async def _decide(ctx: RequestContext) -> CacheState:

@@ -73,7 +73,7 @@ class RouterMeasurement:
 
 
 def router_measure(*, progress: bool = False) -> RouterMeasurement | None:
-    """The routing shares of the full chain (keyword → complexity → confidence) on the recorded RouteLLM answers:
+    """The routing shares of the full chain (keyword → learned → confidence) on the recorded RouteLLM answers:
     the same run `manage.py eval_router` reports. The full sets when ../shared/data has them, else the vendored 50."""
     try:
         from apps.routing.datasets import find_shared_dir

@@ -208,7 +208,7 @@ def readme_write(
         "- **Exact / semantic cache:** hits cost nothing upstream. Every exact miss is embedded for the semantic lookup; "
         "with the local MiniLM (the default) that is CPU time, not money." + _remote_embedding_text(load, results),
         f"- **Routing mix:** router-chosen requests go to `{load.param('cheap_model')}` or `{load.param('premium_model')}` "
-        "in the shares the full chain (keyword → complexity → confidence) produced on the recorded RouteLLM answers, at the "
+        "in the shares the full chain (keyword → learned → confidence) produced on the recorded RouteLLM answers, at the "
         "reference load's own tokens. The evaluation pair has two tiers, so the mid tier gets no share here.",
         "- **Confidence escalations:** the share of router-chosen requests whose cheap answer was re-asked at premium; "
         "both calls are paid. It adds cost: it is the price of the quality the router keeps.",

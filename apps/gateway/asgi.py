@@ -65,6 +65,16 @@ async def _read_body(receive, limit: int, declared: str | None) -> tuple[bytes, 
             return b"".join(chunks), False
 
 
+def _replay(body: bytes, receive):
+    """A `receive` that hands Django the body already read, then waits on the client (for its disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
 async def _send_json(send, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
     body = pipeline.dumps(payload)
     await send(
@@ -94,6 +104,16 @@ async def _warm_semantic_cache() -> None:
         logger.warning("semantic cache warm-up failed (%s); its first lookups will miss", exc)
 
 
+async def _warm_router() -> None:
+    """Load the learned routing index (and the embedding model it needs, even with the cache off) before traffic."""
+    try:
+        from apps.routing.pipeline import router_warmup
+
+        await asyncio.wait_for(router_warmup(), timeout=120)
+    except Exception as exc:
+        logger.warning("router warm-up failed (%s); the learned strategy loads on first use", exc)
+
+
 def _freeze_heap() -> None:
     """Move everything loaded at start-up (Django, the SDKs, the embedding model: ~500k objects) out of the GC's reach.
 
@@ -118,6 +138,18 @@ class GatewayASGI:
             await self.django(scope, receive, send)
 
     async def django(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            # Django's ASGI handler would spool any body (of any method), however large, before a view could refuse it.
+            headers = _headers(scope)
+            limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+            try:
+                body, too_large = await _read_body(receive, limit, headers.get("content-length"))
+            except ClientGone:
+                return
+            if too_large:
+                await self.body_too_large(scope, send, headers, limit)
+                return
+            receive = _replay(body, receive)
         pending: list = []
         token = pipeline.deferred_work.set(pending)
         try:
@@ -129,6 +161,18 @@ class GatewayASGI:
                     await work
                 except Exception:
                     logger.exception("deferred work failed")
+
+    async def body_too_large(self, scope, send, headers: dict[str, str], limit: int) -> None:
+        """413 before Django: for /chat through the pipeline, so that the refused request has its ledger row."""
+        message = f"The request body exceeds {limit} bytes."
+        if scope["path"].rstrip("/") != "/chat" or scope["method"] != "POST":
+            await _send_json(send, 413, _error(413, message, "request_too_large"))
+            return
+        ctx = pipeline.stage1_receive("chat", headers)
+        rejection = PayloadTooLarge(message, code="request_too_large")
+        reply = await pipeline.chat(ctx, authorization=headers.get("authorization"), body=b"", rejection=rejection)
+        await _send_json(send, reply.status, reply.payload, reply.headers)
+        await asyncio.shield(pipeline.finalize(reply))
 
     async def v1(self, scope, receive, send) -> None:
         path = scope["path"].rstrip("/")
@@ -232,6 +276,7 @@ class GatewayASGI:
                 except Exception as exc:
                     logger.warning("gateway warm-up failed (%s); continuing, requests will retry", exc)
                 await _warm_semantic_cache()
+                await _warm_router()
                 _freeze_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -48,6 +48,10 @@ FALLBACKS = Counter(
 ESCALATIONS = Counter(
     "finops_gateway_escalations_total", "Low-confidence answers re-asked one tier up, by the first tier.", ["tier"]
 )
+AUTH_STALE = Counter(
+    "finops_gateway_auth_stale_total",
+    "Requests authenticated from a key's last known state because the key lookup failed (Postgres unreachable).",
+)
 LEDGER_ROWS = Counter("finops_ledger_rows_written_total", "Ledger rows written by the gateway, by sink.", ["sink"])
 LEDGER_OUTBOX = Counter(
     "finops_ledger_outbox_rows_total",

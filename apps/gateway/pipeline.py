@@ -29,12 +29,13 @@ from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache
 from apps.gateway import metrics
 from apps.gateway.context import RequestContext, RouteDecision
 from apps.gateway.providers import EventStream, UpstreamFailure, upstream_complete, upstream_stream
-from apps.gateway.recorder import ledger_record
+from apps.gateway.recorder import ledger_intent, ledger_intent_final, ledger_record
 from apps.gateway.selectors import Catalog, Upstream, caller_for_secret, catalog_get
 from apps.gateway.tokens import count_message_tokens, count_tokens, message_text
 from apps.ledger.money import usd_str
 from apps.ledger.pricing import Price, cost_compute
 from apps.routing.pipeline import circuit_allows, circuit_record, confidence_escalate, route_cheapest, route_select
+from apps.tenancy.pipeline import api_key_rate_admit
 from finops.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -116,6 +117,7 @@ async def chat(
     raised at stage 3 so that the row still names the caller."""
     try:
         await stage2_authenticate(ctx, authorization)
+        await api_key_rate_admit(ctx)  # 2b. the key's requests per minute (chat only: /v1/models is not counted)
         catalog = await catalog_get()
         stage3_validate(ctx, catalog, body, rejection)
         hit = await stage4_exact_cache(ctx)
@@ -381,6 +383,7 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
             )
             continue
         ctx.attempts += 1
+        ledger_intent(ctx, model=model, tier=tier, provider=upstream.name)  # this process may die mid-call: recorder step 5
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -550,7 +553,7 @@ def finops_headers(ctx: RequestContext, *, with_cost: bool = True) -> dict[str, 
         "x-request-id": str(ctx.request_id),
         "x-cache": ctx.cache_status,
         "x-route": _ascii(route_header),
-        "x-budget-remaining-usd": usd_str(ctx.budget_remaining_usd) if ctx.budget_remaining_usd is not None else "unlimited",
+        "x-budget-remaining-usd": _budget_remaining_header(ctx),
     }
     if with_cost:
         headers["x-cost-usd"] = usd_str(ctx.cost_usd)
@@ -559,12 +562,20 @@ def finops_headers(ctx: RequestContext, *, with_cost: bool = True) -> dict[str, 
     return headers
 
 
+def _budget_remaining_header(ctx: RequestContext) -> str:
+    """What is left of the tightest budget; `unknown` when budgets could not be read (fail-open), `unlimited` when none applies."""
+    if ctx.budget_remaining_usd is not None:
+        return usd_str(ctx.budget_remaining_usd)
+    return "unknown" if ctx.budget_state == "fail_open" else "unlimited"
+
+
 def _snapshot_row(ctx: RequestContext) -> dict[str, Any]:
     """The ledger row as of now: the response is about to leave, so overhead is measured here."""
     row = ctx.ledger_row()
     overhead_ms = max(ctx.elapsed_ms() - (ctx.upstream_ms or 0.0), 0.0)
     row["overhead_ms"] = overhead_ms
     metrics.child(metrics.OVERHEAD_SECONDS, ctx.endpoint, ctx.cache_status).observe(overhead_ms / 1000)
+    ledger_intent_final(row)
     return row
 
 
@@ -679,6 +690,7 @@ class ChatStream:
         self.done = False
         self.finished = False
         self.first_sent_at: float | None = None
+        self.journal_at = 0.0
 
     async def chunks(self) -> AsyncIterator[bytes]:
         event = self.first
@@ -689,6 +701,8 @@ class ChatStream:
                         yield chunk
                         if self.first_sent_at is None:
                             self.first_sent_at = time.perf_counter()
+                    if self.first_sent_at is not None and not self.billed and time.perf_counter() >= self.journal_at:
+                        self._journal()
                 try:
                     event = await self.events.__anext__()
                 except StopAsyncIteration:
@@ -751,6 +765,14 @@ class ChatStream:
             self.pending_finish = event
             return []
         return [sse(self._client_view(event))]
+
+    def _journal(self) -> None:
+        """Refresh this request's intent with the tokens streamed so far, at most once a second (recorder step 5)."""
+        self.journal_at = time.perf_counter() + 1.0
+        if settings.FINOPS["LEDGER_INTENTS"]:
+            streamed = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+            ctx = self.ctx
+            ledger_intent(ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200)
 
     def _client_view(self, event: dict[str, Any]) -> dict[str, Any]:
         if not self.ctx.include_usage and "usage" in event:
@@ -818,6 +840,7 @@ class ChatStream:
         first_chunk_ms = ((self.first_sent_at or time.perf_counter()) - ctx.started) * 1000
         row["overhead_ms"] = max(first_chunk_ms - (ctx.upstream_ms or 0.0), 0.0)
         metrics.child(metrics.OVERHEAD_SECONDS, ctx.endpoint, ctx.cache_status).observe(row["overhead_ms"] / 1000)
+        ledger_intent_final(row)
         reply.row = row
         await finalize(reply)
 

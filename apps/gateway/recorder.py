@@ -12,9 +12,21 @@ How a row travels:
    FINOPS["LEDGER_SPOOL_DIR"]. After a database failure the writer skips Postgres for
    FINOPS["LEDGER_DB_RETRY_AFTER_S"] so requests do not queue behind timeouts.
 4. `ledger_outbox_replay_task` (beat, every minute) inserts outbox and spool rows idempotently by request_id.
+5. Intents, for a process killed mid-request (SIGKILL, OOM): just before each upstream call the pipeline
+   journals the row as it would stand if the process died there (`ledger_intent`: status `failed`,
+   error_code `gateway_interrupted`, the prompt estimate priced at the model being called); while a stream
+   is relayed the intent is refreshed every second with the completion tokens streamed so far, and as the
+   response leaves it becomes the final row itself (`ledger_intent_final`). Once the final row is durable
+   (step 2/3), a `done` line supersedes the intent. The journal is a file of this
+   process under FINOPS["LEDGER_SPOOL_DIR"], flock'ed for the process's life; the replay (step 4) takes the
+   journals whose lock is free (their process is gone), after the outbox and spool, and inserts each intent
+   without a `done` line — `ON CONFLICT (request_id) DO NOTHING`, so a final row that made it wins.
+   Appends are not fsync'ed: they survive the process being killed, not the machine losing power.
+   FINOPS["LEDGER_INTENTS"] turns the journal off.
 
-What can still be lost: rows of requests in flight when the process is killed with SIGKILL (or the
-machine dies) before step 2/3 completes — the same window in which the response itself was being produced.
+What can still be lost: with the journal on, nothing a killed process had sent upstream — but such a
+row bills what was known (the prompt estimate, the completion tokens of the last refresh), not the
+upstream's own usage. Without it, or when the machine itself dies, the rows of requests in flight.
 """
 
 from __future__ import annotations
@@ -33,10 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from django.conf import settings
+from django.db import connections
 
 from apps.gateway import metrics
 from apps.ledger.models import LLMRequest
+from apps.ledger.pricing import cost_compute
 from finops.asyncdb import get_pool
 from finops.asyncredis import get_redis
 
@@ -68,6 +83,11 @@ _MAX_LENGTHS = {
 
 
 def row_clean(row: dict[str, Any]) -> dict[str, Any]:
+    # Postgres text cannot hold NUL: a client's "\u0000" (in a model name, a prompt kept on opt-in) would fail the
+    # whole batch's insert and send the next rows to the outbox.
+    for column, value in row.items():
+        if isinstance(value, str) and "\x00" in value:
+            row[column] = value.replace("\x00", "\ufffd")
     for column, length in _MAX_LENGTHS.items():
         value = row.get(column)
         if isinstance(value, str) and len(value) > length:
@@ -92,7 +112,10 @@ def row_to_json(row: dict[str, Any]) -> str:
 
 
 def row_from_json(text: str | bytes) -> dict[str, Any]:
-    data = json.loads(text)
+    return row_from_dict(json.loads(text))
+
+
+def row_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     row = {column: data.get(column) for column in COLUMNS}
     row["request_id"] = uuid.UUID(row["request_id"])
     row["received_at"] = dt.datetime.fromisoformat(row["received_at"])
@@ -177,17 +200,18 @@ class LedgerWriter:
         self.key_seen: dict[int, float] = {}
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    async def write(self, row: dict[str, Any]) -> None:
+    async def write(self, row: dict[str, Any]) -> bool:
+        """True once the row is committed or in the outbox; False if the writer failed unexpectedly."""
         row_clean(row)
         if len(self.queue) >= settings.FINOPS["LEDGER_QUEUE_MAX"]:
             # Bounded memory: while the writer is backed up, new rows go straight to the outbox.
             await outbox_write([row])
-            return
+            return True
         future = asyncio.get_running_loop().create_future()
         self.queue.append((row, future))
         self.idle.clear()
         self.wakeup.set()
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     async def drain(self) -> None:
         while self.queue or not self.idle.is_set():
@@ -201,13 +225,15 @@ class LedgerWriter:
             self.wakeup.clear()
             while self.queue:
                 batch = [self.queue.popleft() for _ in range(min(batch_max, len(self.queue)))]
+                durable = True
                 try:
                     await self._flush([row for row, _ in batch])
                 except Exception:  # never leave a request waiting forever
+                    durable = False
                     logger.exception("ledger writer: unexpected error; %d row(s) may need the outbox", len(batch))
                 for _, future in batch:
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(durable)
             self.idle.set()
 
     async def _flush(self, rows: list[dict[str, Any]]) -> None:
@@ -224,8 +250,9 @@ class LedgerWriter:
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         pool = await _ledger_pool()
         async with pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.executemany(INSERT_SQL, [tuple(row[c] for c in COLUMNS) for row in rows])
+            # One round trip: asyncpg sends every Bind/Execute and a single Sync, so the batch is one implicit
+            # transaction (all rows or none) without BEGIN/COMMIT round trips of its own.
+            await conn.executemany(INSERT_SQL, [tuple(row[c] for c in COLUMNS) for row in rows])
             await self._touch_keys(conn, rows)
 
     async def _touch_keys(self, conn, rows: list[dict[str, Any]]) -> None:
@@ -254,8 +281,9 @@ def _writer() -> LedgerWriter:
 
 
 async def ledger_record(row: dict[str, Any]) -> None:
-    """Returns once the row is committed to Postgres or durable in the outbox."""
-    await _writer().write(row)
+    """Returns once the row is committed to Postgres or durable in the outbox; then its intent is done."""
+    if await _writer().write(row) and _journal is not None and _journal.pid == os.getpid():
+        _journal.done(str(row["request_id"]))
 
 
 async def ledger_drain() -> None:
@@ -267,3 +295,134 @@ async def ledger_drain() -> None:
     pool = _ledger_pools.pop(id(asyncio.get_running_loop()), None)
     if pool is not None:
         await pool.close()
+    if _journal is not None:
+        _journal.shutdown()
+
+
+# --- intents: what a killed process had started ---------------------------------------------------
+
+INTERRUPTED = "gateway_interrupted"
+INTENT_ROTATE_BYTES = 4 << 20
+
+
+def intent_tag() -> str:
+    """Journals are named after the database their rows belong to: a replay takes only its own."""
+    name = str(connections["default"].settings_dict.get("NAME") or "default")
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
+
+
+def _intent_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(type(value).__name__)
+
+
+class IntentJournal:
+    """This process's journal: `{"i": row}` lines (a later one for the same request replaces it) and
+    `{"d": request_id}` once the request's final row is durable. Written from the event loop only."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pid = os.getpid()
+        self.open_lines: dict[str, bytes] = {}  # request_id -> its latest intent line
+        self.open_bytes = 0  # their total size
+        self.path: Path | None = None
+        self.fd = -1
+        self.size = 0
+
+    def _new_file(self) -> tuple[Path, int]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"intents-{intent_tag()}-{self.pid}-{uuid.uuid4().hex[:8]}.jsonl"
+        building = path.with_suffix(".new")  # invisible to the replay until it is locked
+        fd = os.open(building, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until this process exits: "still running, not orphaned"
+        os.rename(building, path)
+        return path, fd
+
+    def _append(self, data: bytes) -> None:
+        if self.fd < 0:
+            self.path, self.fd = self._new_file()
+            self.size = 0
+        os.write(self.fd, data)  # O_APPEND, one write per call; page cache only (see the module doc)
+        self.size += len(data)
+
+    def intent(self, request_id: str, row: dict[str, Any]) -> None:
+        line = b'{"i":' + orjson.dumps({c: row.get(c) for c in COLUMNS}, default=_intent_default) + b"}\n"
+        self._append(line)
+        self.open_bytes += len(line) - len(self.open_lines.get(request_id, b""))
+        self.open_lines[request_id] = line
+
+    def done(self, request_id: str) -> None:
+        line = self.open_lines.pop(request_id, None)
+        if line is None:
+            return
+        self.open_bytes -= len(line)
+        self._append(b'{"d":"' + request_id.encode() + b'"}\n')
+        # Rotate once the file is mostly superseded lines: the copy costs at most a quarter of what was written since.
+        if self.size > INTENT_ROTATE_BYTES and self.size > 4 * self.open_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """A fresh file holding only the open intents; the old one goes (both exist for a moment: the replay dedups)."""
+        old_path, old_fd = self.path, self.fd
+        self.fd = -1
+        self._append(b"".join(self.open_lines.values()))
+        if old_path is not None:
+            old_path.unlink(missing_ok=True)
+        os.close(old_fd)
+
+    def shutdown(self) -> None:
+        """A clean exit with nothing open leaves no journal behind."""
+        if self.fd >= 0 and not self.open_lines:
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = -1
+
+
+_journal: IntentJournal | None = None
+
+
+def _intent_journal() -> IntentJournal:
+    global _journal
+    if _journal is None or _journal.pid != os.getpid():  # a forked child starts its own
+        _journal = IntentJournal(spool_dir())
+    return _journal
+
+
+def ledger_intent(ctx, *, model: str, tier: str, provider: str, completion_tokens: int = 0, http_status: int = 502) -> None:
+    """Journal the row `ctx` becomes if this process dies before recording it (module doc, step 5). Never raises.
+
+    Called before each upstream call (the prompt estimate, priced at `model`, on top of what is already
+    billed) and while a stream is relayed (`completion_tokens` so far, http_status 200: the client had its headers).
+    """
+    if not settings.FINOPS["LEDGER_INTENTS"]:
+        return
+    try:
+        row = ctx.ledger_row()
+        catalog = ctx.extra.get("catalog")
+        price = catalog.price_for(model, ctx.received_at.date()) if catalog is not None else None
+        prompt = ctx.prompt_tokens_estimate
+        if price is not None:
+            row["cost_usd"] += cost_compute(price=price, prompt_tokens=prompt, completion_tokens=completion_tokens)
+            row["price_id"] = price.id
+        row.update(
+            status="failed", http_status=http_status, error_code=INTERRUPTED, model=model, tier=tier, provider=provider,
+            prompt_tokens=row["prompt_tokens"] + prompt, completion_tokens=row["completion_tokens"] + completion_tokens,
+        )  # fmt: skip
+        _intent_journal().intent(str(ctx.request_id), row_clean(row))
+    except Exception:
+        logger.exception("ledger intent for %s not journaled", ctx.request_id)
+
+
+def ledger_intent_final(row: dict[str, Any]) -> None:
+    """The response is about to leave with this row: a request with an open intent journals the row itself."""
+    journal = _journal
+    if journal is None or journal.pid != os.getpid():
+        return
+    request_id = str(row["request_id"])
+    if request_id in journal.open_lines:
+        try:
+            journal.intent(request_id, row_clean(row))
+        except Exception:
+            logger.exception("ledger intent for %s not journaled", request_id)

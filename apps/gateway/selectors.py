@@ -2,6 +2,8 @@
 
 - `caller_for_secret`: the API key behind a bearer secret (SHA-256 lookup, constant-time compare),
   cached for FINOPS["API_KEY_CACHE_SECONDS"] — so a revoked key stops working within that window.
+  While Postgres is unreachable, a key the gateway resolved within FINOPS["API_KEY_STALE_SECONDS"]
+  keeps its last known resolution (stale-if-error); see `caller_for_secret`.
 - `catalog_get`: the price rows and the upstream providers, reloaded in the background every
   FINOPS["GATEWAY_CATALOG_CACHE_SECONDS"]; a cost is computed from the price row in force without a query.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from apps.gateway import metrics
 from apps.gateway.context import Caller
 from apps.ledger.pricing import Price
 from finops.asyncdb import get_pool
@@ -49,7 +52,17 @@ FROM gateway_provider ORDER BY name
 
 # --- API keys ---------------------------------------------------------------------------------
 
-_key_cache: dict[str, tuple[float, Caller | None, bool]] = {}
+@dataclass(slots=True)
+class _KeyEntry:
+    fresh_until: float  # monotonic: served without a query until then
+    stale_until: float  # monotonic: last confirmed by Postgres + API_KEY_STALE_SECONDS
+    caller: Caller | None
+    revoked: bool
+
+
+_key_cache: dict[str, _KeyEntry] = {}
+# During an outage a key is re-checked against Postgres at most this often; in between, its stale entry answers.
+_STALE_RECHECK_S = 1.0
 
 
 async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
@@ -57,15 +70,35 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
 
     A revoked key still names its caller, so that the rejected request is attributed to the org it
     belonged to (a leaked key shows up on the org's ledger), but `revoked` is True and it is refused.
+
+    Stale-if-error: when the lookup fails (Postgres down or hung) and this process resolved the key
+    within the last FINOPS["API_KEY_STALE_SECONDS"], that resolution is served again — an active key
+    keeps working, a key seen revoked stays refused. A key never seen (or seen only as unknown) raises,
+    and the gateway answers 503: it cannot tell a new key from a forged one without the database. The
+    window is bounded because a key revoked during the outage cannot be known until Postgres is back.
     """
     digest = hashlib.sha256(secret.encode()).hexdigest()
-    ttl = settings.FINOPS["API_KEY_CACHE_SECONDS"]
+    cfg = settings.FINOPS
+    ttl = cfg["API_KEY_CACHE_SECONDS"]
+    stale_s = cfg["API_KEY_STALE_SECONDS"]
     now = time.monotonic()
-    cached = _key_cache.get(digest)
-    if cached is not None and cached[0] > now:
-        return cached[1], cached[2]
-    pool = await get_pool()
-    row = await pool.fetchrow(_KEY_SQL, digest)
+    entry = _key_cache.get(digest)
+    if entry is not None and entry.fresh_until > now:
+        return entry.caller, entry.revoked
+    fallback = entry if entry is not None and entry.caller is not None and entry.stale_until > now else None
+    try:
+        if fallback is None:
+            row = await _key_row(digest)
+        else:  # a known key: do not make it wait the full command timeout on a hung database
+            row = await asyncio.wait_for(_key_row(digest), cfg["API_KEY_REVALIDATE_TIMEOUT_MS"] / 1000)
+    except Exception as exc:
+        if fallback is None:
+            raise
+        fallback.fresh_until = now + min(_STALE_RECHECK_S, fallback.stale_until - now)
+        metrics.AUTH_STALE.inc()
+        logger.warning("API key lookup failed (%s); serving key %s… from its last known state", type(exc).__name__,
+                       fallback.caller.api_key_prefix)  # fmt: skip
+        return fallback.caller, fallback.revoked
     caller = None
     revoked = False
     # The lookup is by hash; compare_digest keeps the final check constant-time all the same.
@@ -81,11 +114,17 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
             allow_model_pinning=row["allow_model_pinning"],
             rate_limit_per_minute=row["rate_limit_per_minute"],
         )
-    if ttl > 0:
+    # Unknown keys are cached only for the fresh TTL (0: not at all): they are never served stale.
+    if ttl > 0 or (caller is not None and stale_s > 0):
         if len(_key_cache) >= _KEY_CACHE_MAX:
             _key_cache.clear()  # bounded memory: a flood of random keys cannot grow it forever
-        _key_cache[digest] = (now + ttl, caller, revoked)
+        _key_cache[digest] = _KeyEntry(now + ttl, now + max(stale_s, ttl), caller, revoked)
     return caller, revoked
+
+
+async def _key_row(digest: str):
+    pool = await get_pool()
+    return await pool.fetchrow(_KEY_SQL, digest)
 
 
 def caller_cache_clear() -> None:

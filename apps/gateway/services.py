@@ -3,15 +3,17 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import redis
 from django.conf import settings
 from django.db import connection, transaction
 
-from apps.gateway.recorder import COLUMNS, row_from_json, spool_dir
+from apps.gateway.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, spool_dir
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,14 @@ class ReplayResult:
     seen: int = 0
     inserted: int = 0
     unreadable: int = 0
+    interrupted: int = 0  # rows inserted from the intents of gateway processes that died mid-request
+    live_journals: int = 0  # intent journals skipped because their process is still running
 
     def __str__(self) -> str:
-        return f"seen={self.seen} inserted={self.inserted} unreadable={self.unreadable}"
+        return (
+            f"seen={self.seen} inserted={self.inserted} unreadable={self.unreadable} "
+            f"interrupted={self.interrupted} live_journals={self.live_journals}"
+        )
 
 
 def _insert(rows: list[dict]) -> int:
@@ -50,6 +57,8 @@ def ledger_outbox_replay(*, batch_size: int = 500, redis_url: str | None = None,
     result = ReplayResult()
     _replay_stream(result, batch_size=batch_size, redis_url=redis_url or settings.REDIS_URL)
     _replay_spool(result, directory=directory or spool_dir())
+    # Last: a request killed after its final row reached the outbox has that row in by now, and it wins.
+    _replay_intents(result, directory=directory or spool_dir())
     return result
 
 
@@ -106,3 +115,55 @@ def _replay_spool(result: ReplayResult, *, directory: Path) -> None:
         result.seen += len(rows)
         result.inserted += _insert(rows)
         claimed.unlink()
+
+
+def _replay_intents(result: ReplayResult, *, directory: Path) -> None:
+    """Intents of dead gateway processes with no `done` line become their requests' rows (recorder, step 5).
+
+    A journal's process holds an exclusive flock on it for life, so a lock we can take means an orphan.
+    """
+    if not directory.exists():
+        return
+    tag = intent_tag()
+    for path in sorted(directory.glob(f"intents-{tag}-*")):
+        if path.suffix not in (".jsonl", ".new"):
+            continue
+        if path.suffix == ".new" and _age_s(path) < 60:
+            continue  # a journal being created this moment (it is renamed once locked)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # another replay took it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                result.live_journals += path.suffix == ".jsonl"
+                continue
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                lines = fh.read().splitlines()
+            orphans: dict[str, dict] = {}
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    entry = orjson.loads(line)
+                    if "d" in entry:
+                        orphans.pop(entry["d"], None)
+                    else:
+                        row = row_from_dict(entry["i"])
+                        orphans[str(row["request_id"])] = row
+                except Exception:  # a torn last line from a kill mid-append
+                    result.unreadable += 1
+                    logger.error("unreadable line in %s: %r", path, line[:200])
+            result.interrupted += _insert(list(orphans.values()))
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

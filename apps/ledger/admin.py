@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from apps.ledger.models import CostDailySummary, LLMRequest, ModelPrice, SeedIncident
+from apps.reports.scoping import OrgScopedAdminMixin
 
 
 @admin.register(ModelPrice)
@@ -145,7 +146,7 @@ class RouteStrategyFilter(ValueListFilter):
 
 
 @admin.register(LLMRequest)
-class LLMRequestAdmin(ReadOnlyAdmin):
+class LLMRequestAdmin(OrgScopedAdminMixin, ReadOnlyAdmin):
     list_display = [
         "received_at", "org_name", "team_name", "member_name", "endpoint", "model", "status", "cache_status", "route_strategy",
         "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
@@ -182,7 +183,7 @@ class LLMRequestAdmin(ReadOnlyAdmin):
 
 
 @admin.register(CostDailySummary)
-class CostDailySummaryAdmin(ReadOnlyAdmin):
+class CostDailySummaryAdmin(OrgScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["date", "org", "team_name", "user_name", "model", "endpoint", "requests", "cost_usd", "saved_usd"]
     list_filter = [EndpointFilter, "org"]
     list_select_related = ["org", "team", "user"]
@@ -200,7 +201,7 @@ class CostDailySummaryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SeedIncident)
-class SeedIncidentAdmin(ReadOnlyAdmin):
+class SeedIncidentAdmin(OrgScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["kind", "org", "team", "member", "model", "start", "end", "extra_requests"]
     list_filter = ["kind"]
     list_select_related = ["org", "team", "member"]

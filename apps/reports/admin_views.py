@@ -33,13 +33,24 @@ def _page(request: HttpRequest, *, scope, title: str, **extra) -> TemplateRespon
     return TemplateResponse(request, "reports/dashboard_page.html", context)
 
 
+def _get_or_refuse(request: HttpRequest, queryset, pk: int):
+    """The object, or 404 for finance; anyone else gets the same 403 for a missing id as for another org's,
+    so that the answer does not tell which ids exist."""
+    if is_finance(request.user):
+        return get_object_or_404(queryset, pk=pk)
+    obj = queryset.filter(pk=pk).first()
+    if obj is None:
+        raise PermissionDenied("You can only see your own organization's costs.")
+    return obj
+
+
 def org_dashboard_view(request: HttpRequest, org_id: int) -> TemplateResponse:
-    org = get_object_or_404(Organization, pk=org_id)
+    org = _get_or_refuse(request, Organization.objects.all(), org_id)
     return _page(request, scope=admin_org_scope(request.user, org), title=f"Costs: {org.name}", org=org)
 
 
 def team_dashboard_view(request: HttpRequest, team_id: int) -> TemplateResponse:
-    team = get_object_or_404(Team.objects.select_related("org"), pk=team_id)
+    team = _get_or_refuse(request, Team.objects.select_related("org"), team_id)
     return _page(request, scope=admin_team_scope(request.user, team), title=f"Costs: {team.org.name} › {team.name}", team=team)
 
 

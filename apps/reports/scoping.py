@@ -1,7 +1,10 @@
 """Who may see whose numbers.
 
 Admin (finance's UI): superusers and the `finance` group see every org; any other staff member who is
-a finops member sees their own org (and its teams) only; staff without a member see no figures.
+a finops member sees their own org (and its teams) only; staff without a member see no figures. The
+dashboards check this per page; the model admins of tenant data (keys, ledger rows, budgets, anomalies,
+cache entries...) through `OrgScopedAdminMixin`, so another org's rows are neither listed nor opened
+(the admin answers "doesn't exist" for their ids), nor offered in a form's choices or list filters.
 
 API: an API key sees its org; a signed-in member sees their org; a superuser sees every org and may
 narrow to one with `?org=<slug>`. Asking for another org's slug is refused (403) whether or not that
@@ -67,6 +70,50 @@ def is_finance(user) -> bool:
 def _member_org_id(user) -> int | None:
     member = getattr(user, "finops_member", None) if getattr(user, "pk", None) else None
     return member.org_id if member is not None else None
+
+
+def admin_queryset_scope(user, queryset, *, org_field: str = "org"):
+    """`queryset` cut to what this admin user may see: all of it (finance), one org's rows, or none.
+
+    `org_field` is the lookup from the model to its organization ("org", "budget__org", "pk" for Organization
+    itself). Rows without an org (cross-org anomalies, catch-all alert routes) are finance's only.
+    """
+    if is_finance(user):
+        return queryset
+    org_id = _member_org_id(user)
+    if org_id is None:
+        return queryset.none()
+    return queryset.filter(**{org_field: org_id})
+
+
+def _is_org_filter(entry) -> bool:
+    name = entry if isinstance(entry, str) else entry[0] if isinstance(entry, (tuple, list)) else None
+    return name is not None and (name == "org" or name.endswith("__org") or name == "org_id")
+
+
+class OrgScopedAdminMixin:
+    """For a ModelAdmin of tenant data: see the module docstring. Set `org_field` when it is not "org"."""
+
+    org_field = "org"
+
+    def get_queryset(self, request):
+        return admin_queryset_scope(request.user, super().get_queryset(request), org_field=self.org_field)
+
+    def get_list_filter(self, request):
+        filters = super().get_list_filter(request)
+        if is_finance(request.user):
+            return filters
+        return [f for f in filters if not _is_org_filter(f)]  # its choices would name every org
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if is_finance(request.user):
+            pass
+        elif related is Organization:
+            kwargs["queryset"] = admin_queryset_scope(request.user, Organization.objects.all(), org_field="pk")
+        elif related is not None and any(f.name == "org" and f.related_model is Organization for f in related._meta.fields):
+            kwargs["queryset"] = admin_queryset_scope(request.user, related._default_manager.all())
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 def admin_home_scope(user) -> Scope | None:

@@ -73,16 +73,30 @@ class RoutePolicyAdmin(admin.ModelAdmin):
         "weight_quality",
         "use_keywords",
         "use_complexity",
+        "use_learned",
+        "learned_threshold",
         "use_confidence",
         "confidence_threshold",
     )
-    list_filter = ("enabled", "ladder", "use_keywords", "use_complexity", "use_confidence")
+    list_filter = ("enabled", "ladder", "use_keywords", "use_learned", "use_complexity", "use_confidence")
     list_select_related = ("org",)
     search_fields = ("name", "org__name")
     fieldsets = (
         (None, {"fields": ("org", "name", "ladder", "enabled", "default_tier")}),
         ("Triangle weights (within a tier)", {"fields": ("weight_cost", "weight_latency", "weight_quality")}),
-        ("Strategies", {"fields": ("use_keywords", "use_complexity", "complexity_thresholds", "complexity_weights")}),
+        (
+            "Strategies",
+            {
+                "fields": (
+                    "use_keywords",
+                    "use_learned",
+                    "learned_threshold",
+                    "use_complexity",
+                    "complexity_thresholds",
+                    "complexity_weights",
+                )
+            },
+        ),
         (
             "Confidence and fallback",
             {"fields": ("use_confidence", "confidence_threshold", "logprob_floor", "fallback_on_pinned")},

@@ -17,9 +17,11 @@ TIERS = [
 ]
 
 POLICIES = [
-    # (route name, ladder); org-less = everyone's. Name "" is the default route (model "auto").
-    ("", "default"),
-    ("eval", "eval"),
+    # (route name, ladder, other fields); org-less = everyone's. Name "" is the default route (model "auto").
+    ("", "default", {}),
+    # The learned index's labels are this ladder's pair (RouteLLM's Mixtral-8x7B / GPT-4-1106 outcomes), so the
+    # learned strategy is on here; other routes opt in (RoutePolicy.use_learned).
+    ("eval", "eval", {"use_learned": True}),
 ]
 
 RULES = [
@@ -70,8 +72,10 @@ def seed(*, Tier, TierModel, RoutePolicy, KeywordRule) -> None:  # noqa: N803 (m
         tier, _ = Tier.objects.get_or_create(ladder=ladder, name=name, defaults={"rank": rank, "complexity_min": cmin})
         for model, quality in models:
             TierModel.objects.get_or_create(tier=tier, model=model, defaults={"quality": quality})
-    for name, ladder in POLICIES:
-        RoutePolicy.objects.get_or_create(org=None, name=name, defaults={"ladder": ladder})
+    fields = {f.name for f in RoutePolicy._meta.get_fields()}  # the data migration 0002 runs before 0003's fields
+    for name, ladder, extra in POLICIES:
+        known = {k: v for k, v in extra.items() if k in fields}
+        RoutePolicy.objects.get_or_create(org=None, name=name, defaults={"ladder": ladder, **known})
     for name, match, pattern, tier, priority, scope in RULES:
         KeywordRule.objects.get_or_create(
             org=None, name=name, defaults={"match": match, "pattern": pattern, "tier": tier, "priority": priority, "scope": scope}

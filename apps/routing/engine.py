@@ -9,8 +9,13 @@ Order of strategies in `route_plan` (the first that decides wins):
 1. **pinned**: the client named a concrete model and its org allows pinning → that model.
 2. **tier**: the client named a tier (`finops/premium`) → that tier.
 3. **keyword**: the highest-priority enabled rule whose regex/terms match → its tier.
-4. **complexity**: the prompt's complexity score → the highest tier whose threshold it reaches.
-5. **default**: the policy's default tier (the lowest tier when unset).
+4. **learned** (policies with `use_learned`): the prompt's learned score (`apps.routing.learned`: a kNN over
+   labelled prompts in MiniLM space, 0..1) ≥ the policy's `learned_threshold` → the ladder's top tier, else
+   the lowest. The score needs an embedding, so the caller computes it (async, off the event loop) only when
+   `learned_wanted(plan)` says the plan of steps 1-3/5-6 would let it decide, and applies it with
+   `learned_apply`. Without an index or a vector the plan of steps 5-6 stands.
+5. **complexity**: the prompt's complexity score → the highest tier whose threshold it reaches.
+6. **default**: the policy's default tier (the lowest tier when unset).
 
 Then, after the answer, `escalation_decide` (strategy **confidence**) may send the request one tier up,
 and the fallback chain (`chain_build`: same tier, then upward, never down) absorbs upstream failures.
@@ -45,6 +50,9 @@ DEFAULT_LADDER = "default"
 # Typical chat traffic reads ~3 input tokens per output token; used to blend input and output
 # prices into one number for the triangle's cost axis.
 BLEND_INPUT_PER_OUTPUT = Decimal(3)
+# The learned score is a percentile of the index's own prompts: 0.75 sends about the hardest quarter of
+# benchmark-like traffic straight to the top tier (docs/router-eval.md has the whole curve).
+DEFAULT_LEARNED_THRESHOLD = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,8 @@ class PolicySpec:
     confidence_threshold: float = 0.6
     logprob_floor: float = DEFAULT_LOGPROB_FLOOR
     fallback_on_pinned: bool = True
+    use_learned: bool = False
+    learned_threshold: float = DEFAULT_LEARNED_THRESHOLD
 
     @property
     def label(self) -> str:
@@ -176,6 +186,19 @@ class RouterConfig:
         return list(chain)
 
 
+@dataclass(frozen=True, slots=True)
+class LearnedScore:
+    """What the learned index says about a prompt (`apps.routing.learned.RouteIndex.score`).
+
+    score: 0..1, the percentile of `gain` among the index's own prompts; gain: the mean premium-minus-cheap
+    score of the k most similar labelled prompts; nearest: the cosine similarity of the closest one.
+    """
+
+    score: float
+    gain: float
+    nearest: float
+
+
 class UnknownRoute(LookupError):
     pass
 
@@ -198,6 +221,8 @@ class RoutePlan:
     features: dict[str, float] | None = None
     rule_id: int | None = None
     pinned_model: str = ""
+    learned: LearnedScore | None = None
+    note: str = ""  # a refused pin, kept in front of the reason of whatever decides instead
 
     @property
     def model(self) -> str:
@@ -421,6 +446,7 @@ def route_plan(
                 complexity=score,
                 features=features,
                 rule_id=rule.id,
+                note=refused,
             )
 
     if policy.use_complexity:
@@ -440,6 +466,7 @@ def route_plan(
             requested_tier=tier.name,
             complexity=score,
             features=features,
+            note=refused,
         )
 
     tier = tier_by_name(tiers, policy.default_tier) if policy.default_tier else None
@@ -453,18 +480,76 @@ def route_plan(
         requested_tier=tier.name,
         complexity=score,
         features=features,
+        note=refused,
     )
 
 
-def escalation_decide(*, policy: PolicySpec, strategy: str, complexity: float | None, uncertainty: float) -> tuple[bool, float]:
+def learned_wanted(plan: RoutePlan) -> bool:
+    """Whether the learned strategy would decide this request (so its score is worth an embedding)."""
+    return plan.policy.use_learned and plan.strategy in ("complexity", "default")
+
+
+def learned_apply(config: RouterConfig, plan: RoutePlan, learned: LearnedScore) -> RoutePlan:
+    """Strategy 4: the plan `route_plan` made without the learned score, decided by it instead.
+
+    score ≥ the policy's `learned_threshold` → the ladder's top tier, else its lowest: the index's labels
+    say whether the cheap model was good enough, not how much stronger a model must be; a middle tier is
+    reached by keyword rules, by the confidence check (one tier up) or by the fallback chain.
+    """
+    if not learned_wanted(plan):
+        return plan
+    policy = plan.policy
+    tiers = config.tiers(policy.ladder)
+    usable = [t for t in tiers if t.models]
+    threshold = policy.learned_threshold
+    up = learned.score >= threshold and len(usable) > 1
+    tier = usable[-1] if up else usable[0]
+    reason = (
+        f"learned={learned.score:.2f}{'≥' if up else '<'}{threshold:.2f} → {tier.name} "
+        f"(kNN premium win {learned.gain:+.2f}, nearest {learned.nearest:.2f})"
+    )
+    return RoutePlan(
+        tier=tier.name,
+        strategy="learned",
+        reason=plan.note + reason,
+        chain=config.chain(tiers, tier.rank, policy),
+        policy=policy,
+        requested_tier=tier.name,
+        complexity=plan.complexity,
+        features=plan.features,
+        learned=learned,
+        note=plan.note,
+    )
+
+
+def escalation_threshold(policy: PolicySpec, strategy: str) -> float:
+    """The risk at which an answer is re-asked one tier up.
+
+    After a learned decision it is never below the learned threshold: the risk is a noisy-or that is never
+    below the learned score, so a lower bar would re-ask every prompt scored just under the threshold,
+    paying for two calls where one premium call would have done. One threshold then governs both the
+    direct send and the escalation, which is also what the offline sweep measures.
+    """
+    if strategy == "learned":
+        return max(policy.confidence_threshold, policy.learned_threshold)
+    return policy.confidence_threshold
+
+
+def escalation_decide(
+    *, policy: PolicySpec, strategy: str, complexity: float | None, uncertainty: float, learned: float | None = None
+) -> tuple[bool, float]:
     """Whether an answer should be re-asked one tier up, and the risk it was judged on.
 
     A keyword rule that chose the tier vouches for the prompt, so only the answer's own uncertainty
-    counts there; otherwise the prompt's complexity adds to it (noisy-or, `escalation_risk`).
-    Pinned and tier-named requests are never escalated: the client chose.
+    counts there; otherwise the prompt's learned score (when the learned strategy decided) or its
+    complexity adds to it (noisy-or, `escalation_risk`). Pinned and tier-named requests are never
+    escalated: the client chose.
     """
     if not policy.use_confidence or strategy in ("pinned", "tier", "downgrade"):
         return False, 0.0
-    c = 0.0 if strategy == "keyword" or complexity is None else complexity
-    risk = escalation_risk(c, uncertainty)
-    return risk >= policy.confidence_threshold, risk
+    if strategy == "learned" and learned is not None:
+        prior = learned
+    else:
+        prior = 0.0 if strategy == "keyword" or complexity is None else complexity
+    risk = escalation_risk(prior, uncertainty)
+    return risk >= escalation_threshold(policy, strategy), risk

@@ -6,8 +6,15 @@ from prometheus_client import Counter
 
 ROUTE_DECISIONS = Counter(
     "finops_route_decisions_total",
-    "Routing decisions by the strategy that decided (pinned, tier, keyword, complexity, default, downgrade) and the tier chosen.",
+    "Routing decisions by the strategy that decided (pinned, tier, keyword, learned, complexity, default, downgrade) and the "
+    "tier chosen.",
     ["strategy", "tier"],
+)
+LEARNED_SCORES = Counter(
+    "finops_route_learned_scores_total",
+    "Learned-strategy lookups by outcome: cache_vector (scored with the semantic cache's embedding), embedded (the "
+    "router embedded the prompt), no_index, no_text, no_vector (the embedding model is unavailable; complexity decided).",
+    ["outcome"],
 )
 CONFIDENCE_CHECKS = Counter(
     "finops_route_confidence_checks_total",

@@ -14,6 +14,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from apps.routing.engine import DEFAULT_LEARNED_THRESHOLD
+
 UNIT_INTERVAL = [MinValueValidator(0.0), MaxValueValidator(1.0)]
 
 
@@ -94,6 +96,17 @@ class RoutePolicy(models.Model):
         default=-1.0, help_text="Mean token logprob at which the logprob signal is fully uncertain."
     )
     fallback_on_pinned = models.BooleanField(default=True, help_text="A pinned model may fall back to its tier's peers and up.")
+    use_learned = models.BooleanField(
+        default=False,
+        help_text="Route by the learned index (kNN over labelled prompts, FINOPS_ROUTER_INDEX_PATH) after keyword rules, "
+        "before complexity. Its labels are Mixtral-8x7B vs GPT-4-1106 outcomes (the eval ladder's pair).",
+    )
+    learned_threshold = models.FloatField(
+        default=DEFAULT_LEARNED_THRESHOLD,
+        validators=UNIT_INTERVAL,
+        help_text="Learned score (0..1: the prompt's percentile among the index's prompts) at which the request goes to "
+        "the top tier; below it, the lowest tier. 0.75 ≈ the hardest quarter of benchmark-like prompts go up.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

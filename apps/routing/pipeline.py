@@ -2,10 +2,14 @@
 
 Contract with apps.gateway.pipeline:
 - `route_select(ctx)` returns a RouteDecision: the model to call first and `chain`, the
-  fallback order (same tier first, then upward, never down).
+  fallback order (same tier first, then upward, never down). When the learned strategy would decide
+  (`learned_wanted`), it scores the prompt with the served index (`apps.routing.learned`): the vector is
+  the semantic cache's, when the cache embedded this prompt already, else one embedding on the cache's
+  embedding thread (never on the event loop).
 - `route_cheapest(ctx)` returns the decision for a budget downgrade.
 - `confidence_escalate(ctx, response)` returns True when a cheap answer should be re-asked one tier up.
 - `circuit_allows(model)` / `circuit_record(model, ok)`: the per-model circuit breaker.
+- `router_warmup()`: load the learned index and the embedding model at worker start-up.
 
 How a request names its route (see `apps.routing.engine`): `model="auto"` / `"finops/auto"` / `"router"`
 routes with the org's default policy, `"finops/<route>"` with a named policy, `"finops/<tier>"` asks for a
@@ -17,21 +21,29 @@ check; when it escalates, `ctx.extra["escalate_to"]` holds the (tier, model) to 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from django.conf import settings
 
+from apps.cache.embeddings import embed_for_routing
+from apps.cache.pipeline import prompt_vector
 from apps.gateway.context import RequestContext, RouteDecision
 from apps.gateway.tokens import message_text
-from apps.routing import metrics
+from apps.routing import learned, metrics
 from apps.routing.circuit import OPEN, CircuitBreaker
 from apps.routing.engine import (
     BUILTIN_POLICY,
+    LearnedScore,
     NoRoutableModel,
     RoutePlan,
     UnknownRoute,
     chain_build,
     escalation_decide,
+    escalation_threshold,
+    learned_apply,
+    learned_wanted,
     route_plan,
     tier_above,
     tier_by_name,
@@ -40,6 +52,9 @@ from apps.routing.features import answer_confidence
 from apps.routing.selectors import router_config
 from finops.errors import ModelNotFound
 
+# After the embedding model failed to load, the learned strategy steps aside (complexity decides) this long.
+EMBED_RETRY_AFTER_S = 60.0
+_embed_retry_at = 0.0
 _breaker: CircuitBreaker | None = None
 
 
@@ -82,10 +97,46 @@ async def route_select(ctx: RequestContext) -> RouteDecision:
         )
     except (UnknownRoute, NoRoutableModel) as exc:
         raise ModelNotFound(str(exc), param="model") from exc
+    if learned_wanted(plan):
+        score = await learned_score(ctx)
+        if score is not None:
+            plan = learned_apply(config, plan, score)
     ctx.extra["route_plan"] = plan
     decision = _decision(plan, {name: spec.provider for name, spec in config.models.items()})
     metrics.ROUTE_DECISIONS.labels(plan.strategy, plan.tier or "none").inc()
     return decision
+
+
+async def learned_score(ctx: RequestContext) -> LearnedScore | None:
+    """The prompt's score from the served index; None (complexity decides) without an index, text or vector."""
+    global _embed_retry_at
+    index = learned.served_index() if learned.served_index_ready() else await asyncio.to_thread(learned.served_index)
+    if index is None:
+        metrics.LEARNED_SCORES.labels("no_index").inc()
+        return None
+    text = learned.route_text(ctx.messages)
+    if not text:
+        metrics.LEARNED_SCORES.labels("no_text").inc()
+        return None
+    vector = prompt_vector(ctx, text)
+    outcome = "cache_vector"
+    if vector is None and time.monotonic() >= _embed_retry_at:
+        vector, outcome = await embed_for_routing(text), "embedded"
+        if vector is None:  # the model cannot load: do not retry the load on every request
+            _embed_retry_at = time.monotonic() + EMBED_RETRY_AFTER_S
+    if vector is None:
+        metrics.LEARNED_SCORES.labels("no_vector").inc()
+        return None
+    metrics.LEARNED_SCORES.labels(outcome).inc()
+    return index.score(vector)
+
+
+async def router_warmup() -> None:
+    """Load the learned index and, when a route uses it, the embedding model, before the worker takes traffic."""
+    index = await asyncio.to_thread(learned.served_index)
+    config = await router_config()
+    if index is not None and any(p.use_learned for p in config.policies):
+        await embed_for_routing("warm up")
 
 
 async def route_cheapest(ctx: RequestContext) -> RouteDecision:
@@ -151,7 +202,11 @@ async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> 
         logprob_floor=plan.policy.logprob_floor,
     )
     escalate, risk = escalation_decide(
-        policy=plan.policy, strategy=plan.strategy, complexity=plan.complexity, uncertainty=confidence.uncertainty
+        policy=plan.policy,
+        strategy=plan.strategy,
+        complexity=plan.complexity,
+        uncertainty=confidence.uncertainty,
+        learned=plan.learned.score if plan.learned else None,
     )
     ctx.extra["confidence"] = {"uncertainty": confidence.uncertainty, "risk": risk, "signals": confidence.signals}
     metrics.CONFIDENCE_CHECKS.labels(answered_tier or "none", "escalate" if escalate else "keep").inc()
@@ -160,7 +215,10 @@ async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> 
     target = chain_build(tiers, above.rank, plan.policy)
     ctx.extra["escalate_to"] = target[0] if target else None
     route.strategy = "confidence"
-    route.reason = f"{route.reason}; escalated {answered_tier}→{above.name}: risk={risk:.2f}≥{plan.policy.confidence_threshold:.2f} ({confidence.reason})"
+    threshold = escalation_threshold(plan.policy, plan.strategy)
+    route.reason = (
+        f"{route.reason}; escalated {answered_tier}→{above.name}: risk={risk:.2f}≥{threshold:.2f} ({confidence.reason})"
+    )
     return True
 
 

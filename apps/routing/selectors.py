@@ -110,6 +110,8 @@ def router_config_load() -> RouterConfig:
             confidence_threshold=p.confidence_threshold,
             logprob_floor=p.logprob_floor,
             fallback_on_pinned=p.fallback_on_pinned,
+            use_learned=p.use_learned,
+            learned_threshold=p.learned_threshold,
         )
         for p in RoutePolicy.objects.filter(enabled=True).order_by("id")
     )

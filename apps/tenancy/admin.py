@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
+from apps.reports.scoping import OrgScopedAdminMixin
 from apps.tenancy.models import ApiKey, Member, Organization, Team
 from apps.tenancy.services import api_key_create, api_key_revoke
 
@@ -29,7 +30,8 @@ def _dashboard_link(url_name: str, pk: int) -> str:
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
+    org_field = "pk"
     list_display = ["name", "slug", "team_count", "store_prompts", "allow_model_pinning", "created_at", "dashboard"]
     readonly_fields = ["dashboard"]
     actions = ["chargeback_previous_month"]
@@ -67,7 +69,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ["name", "org", "member_count", "dashboard"]
     readonly_fields = ["dashboard"]
     list_filter = ["org"]
@@ -88,7 +90,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Member)
-class MemberAdmin(admin.ModelAdmin):
+class MemberAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ["username", "team", "org", "email", "user", "active_keys"]
     list_filter = ["org"]
     list_select_related = ["team", "org", "user"]
@@ -104,11 +106,12 @@ class MemberAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     """Keys are created here through the service: the secret is shown once, in the success message."""
 
     list_display = [
-        "prefix", "name", "member_name", "team_name", "org", "created_at", "last_used_at", "revoked_at", "spend_month", "requests_month",
+        "prefix", "name", "member_name", "team_name", "org", "rate_limit", "created_at", "last_used_at", "revoked_at",
+        "spend_month", "requests_month",
     ]  # fmt: skip
     list_filter = ["org", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["member", "team", "org"]
@@ -150,6 +153,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="requests this month")
     def requests_month(self, obj: ApiKey) -> str:
         return f"{self._spend(obj)[1]:,}"
+
+    @admin.display(description="rate limit", ordering="rate_limit_per_minute")
+    def rate_limit(self, obj: ApiKey) -> str:
+        return f"{obj.rate_limit_per_minute}/min" if obj.rate_limit_per_minute else "unlimited"
 
     # Names straight from the joined rows: Member.__str__ would follow team → org (queries per row).
     @admin.display(description="member", ordering="member__username")

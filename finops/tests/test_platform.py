@@ -56,6 +56,13 @@ def test_production_refuses_the_default_secret_key():
         assert not any(e.id == "finops.E002" for e in run_checks(include_deployment_checks=True))
 
 
+def test_an_unknown_local_embedding_runtime_is_a_startup_error(settings):
+    settings.FINOPS = {**settings.FINOPS, "CACHE_LOCAL_RUNTIME": "onxx"}
+    assert any(e.id == "finops.E003" for e in run_checks())
+    settings.FINOPS = {**settings.FINOPS, "CACHE_LOCAL_RUNTIME": "torch"}
+    assert not any(e.id == "finops.E003" for e in run_checks())
+
+
 def test_make_services_wrote_the_env_file():
     values = read_env_file()
     assert values["DATABASE_URL"].startswith("postgresql://")

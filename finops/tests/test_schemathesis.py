@@ -39,8 +39,29 @@ def fuzz_session(make_tenant, routing_defaults, redis_client):
     tenant = make_tenant(org="Fuzz", team="Fuzzers", user="fuzzy")
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {tenant.secret}"
+    request_ids: list[str] = []  # of every answer that went through the pipeline (/chat)
+
+    def remember(response, *args, **kwargs) -> None:
+        if "x-request-id" in response.headers:
+            request_ids.append(response.headers["x-request-id"])
+
+    session.hooks["response"].append(remember)
     yield session
     session.close()
+    # Every request has its ledger row; and waiting for them matters: a row still in flight when the test's flush
+    # empties the tables fails its insert, and the gateway then sends the next test's rows to the outbox.
+    _wait_for_rows(set(request_ids))
+
+
+def _wait_for_rows(request_ids: set[str], timeout: float = 15.0) -> None:
+    import time
+
+    from apps.ledger.models import LLMRequest
+
+    deadline = time.monotonic() + timeout
+    while (found := LLMRequest.objects.filter(request_id__in=request_ids).count()) < len(request_ids):
+        assert time.monotonic() < deadline, f"{len(request_ids) - found} of {len(request_ids)} requests have no ledger row"
+        time.sleep(0.05)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,7 +1,9 @@
 """Security: keys hashed and compared in constant time, prompts stored only on opt-in, no secret in logs or
 error bodies, production settings refuse a weak SECRET_KEY and pass `check --deploy`.
 
-Tenant isolation across the REST API lives in apps/reports/tests.
+Tenant isolation on every surface lives in finops/tests/test_isolation.py; per-key rate limits and request
+size limits in apps/gateway/tests/test_limits.py; the key cache during a Postgres outage in
+apps/gateway/tests/test_key_cache_outage.py.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import inspect
 import io
 import os
 import secrets
@@ -23,8 +24,7 @@ import requests
 from django.core.management import call_command
 from django.db import connection
 
-from conftest import ROOT, free_port, wait_for_port
-from conftest import test_database_url as database_url_for_tests
+from conftest import ROOT, child_process_env, free_port, wait_for_port
 
 
 def _text_columns() -> list[tuple[str, str]]:
@@ -90,33 +90,47 @@ def test_key_lookup_compares_hashes_with_compare_digest(make_tenant, monkeypatch
     assert api_key_for_secret(secret=tenant.secret) is None
 
 
-def test_the_gateway_fast_path_compares_with_compare_digest_too():
-    # The lean ASGI path looks keys up over asyncpg, outside the ORM; its final comparison must be constant-time too.
-    from apps.gateway import selectors
+@pytest.mark.django_db(transaction=True)  # the gateway reads keys over its own asyncpg connection
+def test_the_gateway_fast_path_compares_with_compare_digest_too(make_tenant, monkeypatch):
+    """The lean ASGI path looks keys up over asyncpg, outside the ORM: by the SHA-256 (a unique index, so the
+    database compares digests, never secrets), and its final check is hmac.compare_digest as well."""
+    import asyncio
 
-    source = inspect.getsource(selectors)
-    assert "hmac.compare_digest(" in source
-    assert 'key_hash"] ==' not in source and "key_hash ==" not in source
+    from apps.gateway import selectors
+    from finops.asyncdb import close_pools
+
+    tenant = make_tenant()
+    digest = hashlib.sha256(tenant.secret.encode()).hexdigest()
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+
+    async def lookups():
+        try:
+            return [await selectors.caller_for_secret(s) for s in (tenant.secret, tenant.secret[:-1] + "#")]
+        finally:
+            await close_pools()
+
+    selectors.caller_cache_clear()
+    try:
+        (caller, revoked), (nobody, _) = asyncio.run(lookups())
+    finally:
+        selectors.caller_cache_clear()
+    assert (caller.api_key_id, revoked, nobody) == (tenant.api_key.id, False, None)
+    assert calls == [(digest, digest)]  # the wrong secret matched no row: nothing to compare
 
 
 @contextlib.contextmanager
 def logged_gateway(mock_llm_url: str, log_path):
     """The gateway under uvicorn, like conftest's gateway_server, but with its output in a file we can read."""
-    from django.conf import settings
-
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_tests(),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SETTINGS_MODULE": "finops.settings",
-        "PROMETHEUS_MULTIPROC_DIR": "",
-        "FINOPS_MOCK_LLM_URL": mock_llm_url,
-        "FINOPS_API_KEY_CACHE_SECONDS": "0",
-        "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "0",
-        "FINOPS_ROUTER_CONFIG_TTL_S": "0",
-        "LOG_LEVEL": "DEBUG",  # the most talkative setting: still no secrets
-    }
+    env = child_process_env(
+        FINOPS_MOCK_LLM_URL=mock_llm_url,
+        FINOPS_API_KEY_CACHE_SECONDS="0",
+        FINOPS_GATEWAY_CATALOG_CACHE_SECONDS="0",
+        FINOPS_ROUTER_CONFIG_TTL_S="0",
+        LOG_LEVEL="DEBUG",  # the most talkative setting: still no secrets
+    )
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "finops.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
@@ -254,3 +268,25 @@ def test_production_settings_pass_check_deploy():
     assert result.returncode == 0, output
     assert "ERRORS:" not in output and "CRITICALS:" not in output
     assert "security.W" not in output and "finops." not in output, output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_byte_from_a_client_is_recorded_and_cannot_divert_the_ledger(gateway_url, make_tenant, prices, redis_client):
+    """Postgres text cannot hold NUL. A client's "\\u0000" once failed the ledger insert of its whole batch, and the
+    writer then sent every row to the outbox for FINOPS_LEDGER_DB_RETRY_AFTER_S: one request could hide the next ones."""
+    tenant = make_tenant(org="Nul", team="T", user="n")
+    tenant.org.store_prompts = True
+    tenant.org.save(update_fields=["store_prompts"])
+    headers = {"Authorization": f"Bearer {tenant.secret}"}
+
+    def post(model: str, content: str) -> requests.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        return requests.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    odd_model = post("gpt-4o-mini\u0000", "hi")
+    assert odd_model.status_code == 404
+    assert _row(odd_model.headers["x-request-id"]).requested_model == "gpt-4o-mini\ufffd"
+    odd_prompt = post("gpt-4o-mini", f"a nul \u0000 inside {uuid.uuid4().hex}")
+    assert odd_prompt.status_code == 200
+    assert "a nul \ufffd inside" in _row(odd_prompt.headers["x-request-id"]).prompt_text
+    assert _row(_chat(gateway_url, tenant.secret, f"plain {uuid.uuid4().hex}")).status == "served"

@@ -6,11 +6,9 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
-from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from apps.anomalies.models import AlertDelivery, AlertRoute, Anomaly
@@ -20,25 +18,15 @@ from finops.models import JobRun
 ROOT = settings.BASE_DIR
 
 
-def _database_url_for_test_db() -> str:
-    url = urlparse(os.environ.get("DATABASE_URL", settings.DATABASE_URL))
-    return url._replace(path="/" + connection.settings_dict["NAME"]).geturl()
-
-
 @pytest.mark.django_db(transaction=True)
-def test_worker_and_beat_run_the_scan_and_the_webhook_gets_each_alert_once(make_tenant, tmp_path, redis_client):
+def test_worker_and_beat_run_the_scan_and_the_webhook_gets_each_alert_once(make_tenant, tmp_path, redis_client, subprocess_env):
     tenant = make_tenant(org="Globex", team="Risk", user="bob")
     end = timezone.now().replace(minute=0, second=0, microsecond=0)
     ledger_hours(tenant, end=end - dt.timedelta(hours=1), hours=10 * 24 - 1, per_hour=diurnal)
     ledger_hours(tenant, end=end, hours=1, per_hour=lambda i: 400, cost=Decimal("0.05"), model="gpt-4o", tier="premium")
     with WebhookReceiver() as hook:
         AlertRoute.objects.create(name="sre", severity="warning", scope_type="org", receiver="webhook", target=hook.url)
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "apps.anomalies.tests.beat_settings",
-            "DATABASE_URL": _database_url_for_test_db(),
-            "PROMETHEUS_MULTIPROC_DIR": "",
-        }
+        env = {**subprocess_env, "DJANGO_SETTINGS_MODULE": "apps.anomalies.tests.beat_settings"}
         cmd = [
             sys.executable, "-m", "celery", "-A", "finops", "worker", "-B", "--pool=solo", "--loglevel=WARNING",
             "-s", str(tmp_path / "beat-schedule"), "-n", f"anomtest-{os.getpid()}@localhost",

@@ -79,6 +79,45 @@ def test_a_continuing_incident_extends_the_same_row(runaway):
     assert after.impact_usd > before.impact_usd
 
 
+def _second_burst(tenant, *, quiet_hours: int) -> dt.datetime:
+    """`quiet_hours` normal hours after the runaway fixture's loop, then the loop again for 2 hours; returns the new end."""
+    ledger_hours(tenant, end=END + dt.timedelta(hours=quiet_hours), hours=quiet_hours, per_hour=diurnal)
+    end = END + dt.timedelta(hours=quiet_hours + 2)
+    ledger_hours(tenant, end=end, hours=2, per_hour=lambda i: 300, cost=Decimal("0.05"), model="gpt-4o", tier="premium")
+    return end
+
+
+def test_a_second_burst_within_the_cooldown_extends_the_open_incident_without_paging_again(runaway):
+    AlertRoute.objects.create(name="warn", severity="warning", receiver="email", target="sre@example.com")
+    services.anomaly_scan(now=NOW)
+    first = Anomaly.objects.get(scope_type="org", detector="combined")
+    assert AlertDelivery.objects.filter(title__contains="org globex spend").count() == 1
+    end = _second_burst(runaway, quiet_hours=6)  # 6 quiet hours < the 12 h cooldown
+    result = services.anomaly_scan(now=end + dt.timedelta(minutes=20))
+    org = Anomaly.objects.get(scope_type="org", detector="combined")
+    assert org.id == first.id and result.created == 0
+    assert (org.window_start, org.window_end) == (END - dt.timedelta(hours=2), end)
+    assert org.details["runs"] == 2
+    # Both bursts count, not the quiet hours between them: ~2 × $29.8.
+    assert Decimal("58") < org.impact_usd < Decimal("60") and org.severity == Severity.WARNING
+    assert AlertDelivery.objects.filter(title__contains="org globex spend").count() == 1
+
+
+def test_a_burst_after_the_cooldown_is_a_new_incident(runaway, settings):
+    settings.FINOPS = {**settings.FINOPS, "ANOMALY_REALERT_COOLDOWN_HOURS": 4}
+    AlertRoute.objects.create(name="warn", severity="warning", receiver="email", target="sre@example.com")
+    services.anomaly_scan(now=NOW)
+    end = _second_burst(runaway, quiet_hours=6)
+    result = services.anomaly_scan(now=end + dt.timedelta(minutes=20))
+    org = list(Anomaly.objects.filter(scope_type="org", detector="combined").order_by("window_start"))
+    assert [(a.window_start, a.window_end) for a in org] == [
+        (END - dt.timedelta(hours=2), END),
+        (end - dt.timedelta(hours=2), end),
+    ]
+    assert result.created >= 1
+    assert AlertDelivery.objects.filter(title__contains="org globex spend").count() == 2
+
+
 def test_quiet_history_gives_no_incident(make_tenant):
     tenant = make_tenant()
     ledger_hours(tenant, end=END, hours=14 * 24, per_hour=diurnal)

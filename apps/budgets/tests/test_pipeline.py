@@ -199,9 +199,19 @@ def test_settles_are_batched_and_idempotent(make_tenant, make_budget, budget_set
     assert len(set(settled.values_list("settled_at", flat=True))) == 1  # one transaction
 
 
-def test_the_pool_warmup_writes_nothing(make_tenant, make_budget, budget_settings):
-    from apps.budgets.services import budget_pool_warmup
+def test_new_pool_connections_are_warmed_and_the_warmup_writes_nothing(make_tenant, make_budget, budget_settings):
+    """The budget warm-up is the hot-path pool's connection init hook, so no request compiles budget_reserve."""
+    from apps.budgets.services import budget_connection_warm
+    from finops import asyncdb
 
     make_budget(scope="org", tenant=make_tenant(), cap="1.00")
-    assert run(budget_pool_warmup) >= 1
+
+    async def warm_twice() -> bool:
+        pool = await asyncdb.get_pool()
+        async with pool.acquire() as conn:
+            await budget_connection_warm(conn)  # what the init hook ran on this connection already
+        return pool._init is asyncdb._connection_init
+
+    assert budget_connection_warm in asyncdb._connection_inits
+    assert run(warm_twice) is True
     assert not Reservation.objects.exists() and not BudgetCounter.objects.exists()

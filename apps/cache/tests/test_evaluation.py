@@ -96,6 +96,7 @@ def test_eval_cache_runs_on_the_vendored_fixture_and_writes_the_runbook(tmp_path
     assert "cosine similarity" in text.lower()
     assert text.count("| 0.92 |") == 2 and text.count("| 0.80 |") == 2 and text.count("| 0.97 |") == 2
     assert "How to roll back" in text
+    assert "embeddings: all-minilm-l6-v2 (onnx-int8 runtime)" in text  # the figures hold for this runtime only
     pairs, label = load_pairs(settings.BASE_DIR / "fixtures" / "gptcache" / "pairs200.jsonl", limit=30)
     assert "pairs200.jsonl" in label and len(pairs) > 30  # + the hand-written chat pairs
 

@@ -244,6 +244,24 @@ def test_an_upstream_bad_request_is_passed_on_as_a_400(gateway_url, tenant):
     assert (row.status, row.http_status, row.attempts) == ("rejected", 400, 1)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_malformed_upstream_json_with_no_tier_left_is_a_502_upstream_error(gateway_url, tenant, stream):
+    # The header reaches every mock call, so each model of the chain answers 200 with a broken body.
+    client = sync_client(gateway_url, tenant.secret)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": unique_prompt()}],
+            stream=stream,
+            extra_headers={"X-Mock-Error": "malformed"},
+        )
+    assert caught.value.status_code == 502
+    assert caught.value.body["type"] == "upstream_error" and caught.value.body["code"] == "upstream_error"
+    row = only_row(caught.value.response.headers["x-request-id"])
+    assert (row.status, row.http_status, row.error_code, row.cost_usd) == ("failed", 502, "upstream_error", 0)
+    assert row.attempts >= 1
+
+
 def test_wrong_method_and_unknown_v1_paths_answer_in_openai_json(gateway_url):
     with httpx2.Client() as http:
         assert http.get(f"{gateway_url}/v1/chat/completions").status_code == 405

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from decimal import Decimal
 
 import openai
 import pytest
 import redis.asyncio as aioredis
+from django.utils import timezone
 
 from apps.gateway.context import RequestContext
-from apps.gateway.recorder import outbox_write, row_from_json, row_to_json
+from apps.gateway.recorder import INTERRUPTED, outbox_write, row_from_json, row_to_json
 from apps.gateway.services import ledger_outbox_replay
 from apps.gateway.tasks import ledger_outbox_replay_task
 from apps.gateway.tests.conftest import mini_cost, unique_prompt
 from apps.ledger.models import LLMRequest
-from conftest import free_port, gateway_server
+from apps.ledger.pricing import cost_compute
+from apps.ledger.selectors import price_in_force
+from conftest import ROOT, free_port, gateway_server
 from finops.models import JobRun
 
 STREAM = "finops:ledger:outbox"
@@ -93,3 +99,125 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
     assert (result.seen, result.inserted, result.unreadable) == (2, 0, 1)
     assert LLMRequest.objects.count() == 2
     assert settings.FINOPS["LEDGER_OUTBOX_STREAM"] == STREAM
+
+
+# --- intents: a gateway process killed mid-request ----------------------------------------------------------
+
+KILLED_GATEWAY = """
+import os, signal, sys
+import django
+
+django.setup()
+from apps.gateway.context import Caller, RequestContext
+from apps.gateway.recorder import _intent_journal, ledger_intent, ledger_intent_final
+from apps.gateway.selectors import catalog_build
+from apps.ledger.models import ModelPrice
+
+org, team, member, key = map(int, sys.argv[1:5])
+catalog = catalog_build(price_rows=list(ModelPrice.objects.values()), provider_rows=[])
+ids = []
+for _ in range(3):
+    ctx = RequestContext(endpoint="chat_completions", requested_model="gpt-4o-mini", prompt_tokens_estimate=100)
+    ctx.caller = Caller(api_key_id=key, api_key_prefix="fk", org_id=org, team_id=team, member_id=member)
+    ctx.extra["catalog"] = catalog
+    ledger_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock")  # the upstream call starts
+    ids.append(ctx.request_id)
+    if len(ids) == 1:  # answered and recorded: its intent is done
+        ledger_intent_final(ctx.ledger_row())
+        _intent_journal().done(str(ctx.request_id))
+    elif len(ids) == 2:  # streaming: 7 completion tokens relayed so far
+        ctx.model, ctx.tier, ctx.provider = "gpt-4o-mini", "cheap", "mock"
+        ledger_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock", completion_tokens=7, http_status=200)
+print(" ".join(map(str, ids)), flush=True)
+sys.stdin.readline()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_intents_of_a_killed_gateway_process_become_interrupted_rows_exactly_once(tenant, tmp_path, subprocess_env, settings):
+    settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}
+    env = {**subprocess_env, "FINOPS_LEDGER_SPOOL_DIR": str(tmp_path), "FINOPS_LEDGER_INTENTS": "1"}
+    ids = (tenant.org.id, tenant.team.id, tenant.member.id, tenant.api_key.id)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_GATEWAY, *map(str, ids)], cwd=ROOT, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        done_id, streaming_id, recorded_id = proc.stdout.readline().split()
+        # While its process lives, a journal is in use: nothing is replayed from it.
+        live = ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=tmp_path)
+        assert (live.live_journals, live.interrupted) == (1, 0)
+        # The third request's final row made it (killed after the commit, before its `done` line).
+        LLMRequest.objects.create(request_id=recorded_id, endpoint="chat_completions", status="served", model="gpt-4o-mini",
+                                  received_at=timezone.now(), org=tenant.org, team=tenant.team, member=tenant.member,
+                                  api_key=tenant.api_key)  # fmt: skip
+        proc.stdin.write("die\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+
+    result = ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=tmp_path)
+    assert (result.interrupted, result.live_journals, result.unreadable) == (1, 0, 0)
+    assert not LLMRequest.objects.filter(request_id=done_id).exists()  # its final row is someone else's business
+    assert LLMRequest.objects.get(request_id=recorded_id).status == "served"  # the final row wins
+    row = LLMRequest.objects.get(request_id=streaming_id)
+    assert (row.status, row.error_code, row.http_status, row.stream) == ("failed", INTERRUPTED, 200, False)
+    assert (row.org_id, row.member_id, row.model, row.prompt_tokens, row.completion_tokens) == (
+        tenant.org.id, tenant.member.id, "gpt-4o-mini", 100, 7,
+    )  # fmt: skip
+    price = price_in_force(model="gpt-4o-mini", on=row.received_at.date())
+    assert row.cost_usd == cost_compute(price=price, prompt_tokens=100, completion_tokens=7) > 0
+    assert row.price_id == price.id
+    assert not list(tmp_path.glob("intents-*"))  # the journal is gone: a second replay has nothing to do
+    assert ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=tmp_path).interrupted == 0
+    assert LLMRequest.objects.count() == 2
+
+
+def test_a_long_lived_journal_is_rotated_down_to_its_open_intents(tmp_path, monkeypatch):
+    from apps.gateway import recorder
+
+    monkeypatch.setattr(recorder, "INTENT_ROTATE_BYTES", 4096)
+    journal = recorder.IntentJournal(tmp_path)
+    rows = [served_row() for _ in range(40)]
+    for row in rows:
+        journal.intent(str(row["request_id"]), row)
+    for row in rows[1:]:
+        journal.done(str(row["request_id"]))
+    (path,) = tmp_path.glob("intents-*.jsonl")
+    lines = path.read_bytes().splitlines()
+    assert len(lines) < 10 and str(rows[0]["request_id"]).encode() in lines[0]
+    journal.done(str(rows[0]["request_id"]))
+    journal.shutdown()  # a clean exit with nothing open leaves nothing behind
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gateway_killed_mid_stream_gets_its_row_from_the_replay(mock_llm_url, tenant, tmp_path, settings):
+    import httpx2
+    import psutil
+
+    spool = tmp_path / "spool"
+    settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(spool)}
+    env = {"FINOPS_LEDGER_SPOOL_DIR": str(spool), "FINOPS_CACHE_ENABLED": "0"}
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": unique_prompt()}]}
+    headers = {"Authorization": f"Bearer {tenant.secret}", "X-Mock-Chunk-Delay-Ms": "150"}
+    with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
+        port = url.rsplit(":", 1)[1]
+        (gateway,) = [p for p in psutil.Process().children() if port in " ".join(p.cmdline())]
+        with pytest.raises(httpx2.TransportError), httpx2.stream("POST", f"{url}/v1/chat/completions", json=body,
+                                                                  headers=headers, timeout=30) as response:  # fmt: skip
+            request_id = response.headers["x-request-id"]
+            started = time.monotonic()
+            for _ in response.iter_lines():
+                if time.monotonic() - started > 1.5:  # past the first refresh of the intent (every second)
+                    gateway.send_signal(signal.SIGKILL)
+    assert not LLMRequest.objects.filter(request_id=request_id).exists()
+
+    result = ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=spool)
+    assert result.interrupted == 1
+    row = LLMRequest.objects.get(request_id=request_id)
+    assert (row.status, row.error_code, row.http_status, row.stream) == ("failed", INTERRUPTED, 200, True)
+    assert row.completion_tokens > 0  # what had been streamed a moment before the kill
+    assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens) > mini_cost(row.prompt_tokens, 0)
+    assert ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=spool).interrupted == 0
+    assert LLMRequest.objects.count() == 1

@@ -77,7 +77,7 @@ def walk(ctx, catalog):
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("fault", ["503", "429", "timeout"])
+@pytest.mark.parametrize("fault", ["503", "429", "timeout", "malformed"])
 def test_it_steps_to_the_next_model_after_an_upstream_failure(catalog, mock_faults, fault):
     mock_faults("gpt-4o-mini", {"error": fault})
     ctx = context()

@@ -132,6 +132,29 @@ def test_backfill_covers_older_days_and_prunes_vanished_keys(workload):
     assert not CostDailySummary.objects.filter(date=old.date()).exists()
 
 
+def test_the_rollup_commands_cover_all_days_from_the_first_request(workload):
+    """`rollup_costs --all` and `rollup_routes --all` (one shared base command) backfill every day in the ledger."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from apps.reports.models import RouteDailySummary
+
+    alice, _ = workload
+    old = timezone.now() - dt.timedelta(days=5)
+    add_request(alice, at=old, cost="1.0000000000")
+    out = StringIO()
+    call_command("rollup_costs", "--all", stdout=out)
+    assert "rolled up 6 day(s)" in out.getvalue()
+    assert sum(r.cost_usd for r in CostDailySummary.objects.all()) == Decimal("1.5123456790")
+    assert CostDailySummary.objects.filter(date=old.date()).exists()
+
+    out = StringIO()
+    call_command("rollup_routes", "--all", stdout=out)
+    assert "rolled up 6 day(s)" in out.getvalue()
+    assert RouteDailySummary.objects.filter(date=old.date()).exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_real_celery_worker_runs_the_beat_task(make_tenant, subprocess_env, redis_client, settings):
     from finops.celery import app

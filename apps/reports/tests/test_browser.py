@@ -140,14 +140,14 @@ def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, f
         page.screenshot(path=str(IMG / "ledger.png"), full_page=False)
         context.close()
 
-        # 6. A staff member outside finance can look at budgets but edit nothing, and cannot triage.
+        # 6. A staff member outside finance and without an org sees no budget, and cannot triage.
         context = browser.new_context()
         page = context.new_page()
         log_in(page, base, "sam", "pw-sam-123")
         assert "not linked to a finops member" in page.inner_text("#cost-dashboard")
         page.goto(f"{base}/admin/budgets/budget/{budget.id}/change/")
         assert page.locator("#id_cap_usd").count() == 0 and page.locator("input[name=_save]").count() == 0
-        assert "12.50" in page.content()
+        assert "12.50" not in page.content()  # no member, so no org: not even read-only (apps.reports.scoping)
         response = page.goto(f"{base}/admin/anomalies/anomaly/")
         assert response.status == 403
         response = page.goto(f"{base}/admin/reports/org/{acme.org.id}/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
+from apps.cache.embeddings import embed_for_routing
 from apps.gateway.tokens import count_message_tokens, count_tokens
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
 from apps.routing.datasets import load_eval50
-from apps.routing.engine import PromptView, escalation_decide, keyword_match, route_plan
+from apps.routing.engine import PromptView, escalation_decide, keyword_match, learned_apply, learned_wanted, route_plan
 from apps.routing.evaluation import GSM8K_INSTRUCTION, apgr, apgr_by_cost, cpt, pgr, sweep
 from apps.routing.features import answer_confidence
+from apps.routing.learned import prompt_key, route_text, served_index
 from apps.routing.selectors import router_config_load
 from apps.routing.services import router_eval_run, routing_defaults_ensure
 
@@ -149,22 +152,34 @@ def test_eval50_perfect_and_random_rows(eval50_run) -> None:
 
 @pytest.mark.django_db
 def test_eval50_full_chain_is_the_served_code(eval50_run) -> None:
-    """The full chain's decisions equal route_plan + answer_confidence + escalation_decide, called here directly."""
+    """The full chain's decisions equal route_plan + the learned score (the gateway's embedding, a held-out index)
+    + learned_apply + answer_confidence + escalation_decide, called here directly."""
     config = router_config_load()
     policy = config.policy_for(org_id=None, name="eval")
+    assert policy.use_learned  # the seeded eval route routes by the learned index
+    index = eval50_run.learned_index
     report = eval50_run.reports[0]
-    premium = cheap_calls = 0
+    premium = cheap_calls = learned_decided = 0
     for r in load_eval50():
         messages = [{"role": "system", "content": GSM8K_INSTRUCTION}, {"role": "user", "content": r["prompt"]}]
         plan = route_plan(config, messages=messages, requested_model="finops/eval", org_id=None)
+        if learned_wanted(plan):
+            vector = asyncio.run(embed_for_routing(route_text(messages)))
+            plan = learned_apply(config, plan, index.score(vector))
+            learned_decided += 1
         if plan.tier == "premium":
             premium += 1
             continue
         cheap_calls += 1
         conf = answer_confidence(messages, answer=r["weak_response"])
         premium += escalation_decide(
-            policy=policy, strategy=plan.strategy, complexity=plan.complexity, uncertainty=conf.uncertainty
+            policy=policy,
+            strategy=plan.strategy,
+            complexity=plan.complexity,
+            uncertainty=conf.uncertainty,
+            learned=plan.learned.score if plan.learned else None,
         )[0]
+    assert learned_decided > 40  # all but the keyword-rule matches
     full = report.result("full chain")
     assert full.premium_calls == premium
     assert full.cheap_calls == cheap_calls
@@ -183,6 +198,23 @@ def test_eval50_full_chain_is_the_served_code(eval50_run) -> None:
         and rule.tier == "premium"
     )
     assert report.result("keyword").premium_calls == by_rules
+
+
+@pytest.mark.django_db
+def test_eval50_learned_scores_come_from_an_index_without_the_evaluated_prompts(eval50_run) -> None:
+    served = served_index()
+    held_out = eval50_run.learned_index
+    evaluated = {prompt_key(r["prompt"]) for r in load_eval50()}
+    assert evaluated <= set(served.keys.tolist())  # the served index was built from the full GSM8K set ...
+    assert not evaluated & set(held_out.keys.tolist())  # ... so the harness scores with it minus those prompts
+    assert len(served) - len(held_out) >= 50
+    assert "minus the" in eval50_run.learned_note
+    report = eval50_run.reports[0]
+    assert {"learned", "learned+confidence"} <= {r.name for r in report.results}
+    # With the prompts left in, each would find itself (cosine 1) among its neighbours: the leak the exclusion prevents.
+    vector = asyncio.run(embed_for_routing(load_eval50()[0]["prompt"].strip()))
+    assert served.score(vector).nearest == pytest.approx(1.0, abs=1e-3)
+    assert held_out.score(vector).nearest < 0.99
 
 
 @pytest.mark.django_db

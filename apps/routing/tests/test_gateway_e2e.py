@@ -1,11 +1,13 @@
 """End to end through the live gateway (uvicorn) and a mock LLM of our own, whose faults we set at runtime.
 
 The mock replays the 50 recorded RouteLLM prompts (other prompts get synthetic answers), so the
-confidence escalation is exercised on real Mixtral / GPT-4 answers.
+confidence escalation is exercised on real Mixtral / GPT-4 answers. The gateway routes with the served
+learned index minus those 50 prompts (the served one contains them), as the offline harness scores them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,11 +18,13 @@ import httpx2
 import openai
 import pytest
 
+from apps.cache.embeddings import embed_for_routing
 from apps.ledger.models import LLMRequest
 from apps.routing.datasets import EVAL50_PATH, load_eval50
-from apps.routing.engine import escalation_decide, route_plan
+from apps.routing.engine import escalation_decide, learned_apply, learned_wanted, route_plan
 from apps.routing.evaluation import GSM8K_INSTRUCTION
 from apps.routing.features import answer_confidence
+from apps.routing.learned import prompt_key, route_text, served_index
 from apps.routing.models import TierModel
 from apps.routing.selectors import router_config_load
 from apps.routing.services import routing_defaults_ensure
@@ -46,8 +50,21 @@ def route_mock():
 
 
 @pytest.fixture(scope="module")
-def route_gateway(django_db_setup, route_mock):
-    env = {"FINOPS_UPSTREAM_TIMEOUT_S": "1", "FINOPS_ROUTER_CIRCUIT_FAILURES": "2", "FINOPS_ROUTER_CIRCUIT_COOLDOWN_S": "2"}
+def held_out_index():
+    """The served learned index without the 50 replayed prompts: what the offline harness scores them with."""
+    return served_index().excluding(prompt_key(r["prompt"]) for r in load_eval50())
+
+
+@pytest.fixture(scope="module")
+def route_gateway(django_db_setup, route_mock, held_out_index, tmp_path_factory):
+    index_file = tmp_path_factory.mktemp("router") / "held-out-index.npz"
+    held_out_index.save(index_file)
+    env = {
+        "FINOPS_UPSTREAM_TIMEOUT_S": "1",
+        "FINOPS_ROUTER_CIRCUIT_FAILURES": "2",
+        "FINOPS_ROUTER_CIRCUIT_COOLDOWN_S": "2",
+        "FINOPS_ROUTER_INDEX_PATH": str(index_file),
+    }
     with gateway_server(mock_llm_url=f"{route_mock}/v1", env=env) as url:
         yield url
 
@@ -132,7 +149,7 @@ def test_an_open_circuit_skips_the_model_until_its_cooldown_ends(client, faults,
     assert after.model == "o3-mini"
 
 
-def _eval50_cases():
+def _eval50_cases(index):
     """One recorded prompt the full chain escalates, one it keeps cheap: decided by the served functions."""
     config = router_config_load()
     policy = config.policy_for(org_id=None, name="eval")
@@ -140,10 +157,18 @@ def _eval50_cases():
     for rec in load_eval50():
         messages = [{"role": "system", "content": GSM8K_INSTRUCTION}, {"role": "user", "content": rec["prompt"]}]
         plan = route_plan(config, messages=messages, requested_model="finops/eval", org_id=None)
+        if learned_wanted(plan):
+            plan = learned_apply(config, plan, index.score(asyncio.run(embed_for_routing(route_text(messages)))))
         if plan.tier != "cheap":
             continue
         conf = answer_confidence(messages, answer=rec["weak_response"])
-        up, _ = escalation_decide(policy=policy, strategy=plan.strategy, complexity=plan.complexity, uncertainty=conf.uncertainty)
+        up, _ = escalation_decide(
+            policy=policy,
+            strategy=plan.strategy,
+            complexity=plan.complexity,
+            uncertainty=conf.uncertainty,
+            learned=plan.learned.score if plan.learned else None,
+        )
         if up and escalated is None:
             escalated = rec
         if not up and kept is None:
@@ -152,23 +177,25 @@ def _eval50_cases():
     return escalated, kept
 
 
-def test_replayed_answers_escalate_on_low_confidence_and_both_costs_are_kept(client) -> None:
-    escalated, kept = _eval50_cases()
+def test_replayed_answers_escalate_on_low_confidence_and_both_costs_are_kept(client, held_out_index) -> None:
+    escalated, kept = _eval50_cases(held_out_index)
 
     completion, row = ask(client, kept["prompt"], model="finops/eval", system=GSM8K_INSTRUCTION)
     assert " ".join(completion.choices[0].message.content.split()) == " ".join(kept["weak_response"].split())
-    assert (row.model, row.tier, row.escalated, row.route_strategy) == ("mixtral-8x7b-instruct", "cheap", False, "complexity")
+    assert (row.model, row.tier, row.escalated, row.route_strategy) == ("mixtral-8x7b-instruct", "cheap", False, "learned")
+    assert row.route_reason.startswith("learned=") and "→ cheap" in row.route_reason
 
     completion, row = ask(client, escalated["prompt"], model="finops/eval", system=GSM8K_INSTRUCTION)
     assert " ".join(completion.choices[0].message.content.split()) == " ".join(escalated["strong_response"].split())
     assert (row.model, row.tier, row.escalated, row.route_strategy) == ("gpt-4-1106-preview", "premium", True, "confidence")
     assert "escalated cheap→premium" in row.route_reason
+    assert row.route_reason.startswith("learned=")  # the learned decision, then the escalation
     assert row.requested_tier == "cheap"
     assert 0 < row.escalation_cost_usd < row.cost_usd  # the cheap answer's cost, inside the total of both calls
 
 
-def test_an_escalation_is_not_recorded_as_a_fallback(client) -> None:
-    escalated, _ = _eval50_cases()
+def test_an_escalation_is_not_recorded_as_a_fallback(client, held_out_index) -> None:
+    escalated, _ = _eval50_cases(held_out_index)
     _, row = ask(client, escalated["prompt"], model="finops/eval", system=GSM8K_INSTRUCTION)
     assert row.escalated
     assert row.fallback_from == ""  # nothing failed: the cheap model answered, then the premium one

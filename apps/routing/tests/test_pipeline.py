@@ -127,8 +127,8 @@ def test_pinning_honoured_or_refused_per_org(seeded, make_tenant, fresh_breaker)
 def test_named_route_and_tier_alias(seeded, make_tenant, fresh_breaker) -> None:
     tenant = make_tenant()
     evalroute = select(ctx_for(tenant, "finops/eval", "What is 2 + 2?"))
-    assert evalroute.model == "mixtral-8x7b-instruct"
-    assert [m for _, m in evalroute.chain] == ["mixtral-8x7b-instruct", "gpt-4-1106-preview"]
+    assert evalroute.strategy == "learned"  # the eval route routes by the learned index (test_learned.py)
+    assert [m for _, m in evalroute.chain] in (["mixtral-8x7b-instruct", "gpt-4-1106-preview"], ["gpt-4-1106-preview"])
     tier = select(ctx_for(tenant, "finops/premium", "hi"))
     assert (tier.strategy, tier.model) == ("tier", "gpt-4o")
     with pytest.raises(ModelNotFound):

@@ -1,32 +1,8 @@
-import datetime as dt
-
-from django.core.management.base import BaseCommand
-from django.db.models import Min
-from django.utils import timezone
-from tqdm import tqdm
-
-from apps.ledger.models import LLMRequest
+from apps.ledger.management.rollup import DayRangeRollupCommand
 from apps.ledger.services import cost_rollup_days
 
 
-class Command(BaseCommand):
+class Command(DayRangeRollupCommand):
     help = "Recompute cost_daily_summary from llm_requests (idempotent). Default: today and yesterday."
-
-    def add_arguments(self, parser):
-        parser.add_argument("--since", type=dt.date.fromisoformat, help="first day (YYYY-MM-DD); 'all' days with --all")
-        parser.add_argument("--until", type=dt.date.fromisoformat, help="last day, inclusive (default today)")
-        parser.add_argument("--all", action="store_true", help="from the first request in the ledger")
-
-    def handle(self, *args, **options):
-        today = timezone.now().date()
-        since = options["since"]
-        if options["all"]:
-            first = LLMRequest.objects.aggregate(first=Min("received_at"))["first"]
-            since = first.date() if first else today
-        since = since or today - dt.timedelta(days=1)
-        until = options["until"] or today
-        days = (until - since).days + 1
-        written = 0
-        for _, count in tqdm(cost_rollup_days(since=since, until=until), total=days, unit="day", disable=days < 3):
-            written += count
-        self.stdout.write(f"rolled up {days} day(s) from {since} to {until}: {written} summary rows written")
+    rollup = cost_rollup_days
+    noun = "summary rows"

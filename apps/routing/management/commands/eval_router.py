@@ -5,14 +5,15 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.routing.services import router_eval_learned, router_eval_live, router_eval_write, tier_quality_learn
+from apps.routing.services import router_eval_live, router_eval_out_of_distribution, router_eval_write, tier_quality_learn
 
 
 class Command(BaseCommand):
     help = (
         "A/B harness of the router on recorded Mixtral-8x7B / GPT-4-1106 answers (RouteLLM data): cost, quality, premium share, "
-        "APGR and CPT of always-cheap, always-premium, random at matched cost, keyword, complexity, complexity+confidence and "
-        "the full chain. Writes docs/router-eval.md and its plot."
+        "APGR and CPT of always-cheap, always-premium, random at matched cost, keyword, complexity, complexity+confidence, "
+        "learned, learned+confidence and the full chain. Learned scores come from indexes without the evaluated prompts "
+        "(5-fold cross-validation on the full sets). Writes docs/router-eval.md and its plot."
     )
 
     def add_arguments(self, parser) -> None:
@@ -32,8 +33,11 @@ class Command(BaseCommand):
         parser.add_argument("--no-docs", action="store_true", help="print the summary only; write no files")
         parser.add_argument("--bench", action="store_true", help="also write the router-eval section of docs/benchmarks.md")
         parser.add_argument(
-            "--learned", action="store_true", help="add the learned-router experiment (kNN on MiniLM embeddings, 5-fold CV)"
+            "--learned",
+            action="store_true",
+            help="add the out-of-distribution experiment: each set scored by a learned index of the other sets only",
         )
+        parser.add_argument("--no-learned", action="store_true", help="skip the learned strategy (no embedding model needed)")
         parser.add_argument(
             "--learn-quality", action="store_true", help="store the measured qualities on the eval ladder's tier models"
         )
@@ -50,12 +54,17 @@ class Command(BaseCommand):
         full = opts["full"] or (opts["full_if_available"] and find_shared_dir(opts["data"]) is not None)
         try:
             run = router_eval_run(
-                full=full, shared_dir=opts["data"], route=opts["route"], limit=opts["limit"], progress=not opts["no_progress"]
+                full=full,
+                shared_dir=opts["data"],
+                route=opts["route"],
+                limit=opts["limit"],
+                progress=not opts["no_progress"],
+                with_learned=not opts["no_learned"],
             )
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
-        if opts["learned"]:
-            router_eval_learned(run, progress=not opts["no_progress"])
+        if opts["learned"] and not opts["no_learned"]:
+            router_eval_out_of_distribution(run, progress=not opts["no_progress"])
         live = None
         if opts["live"]:
             if not opts["api_key"]:

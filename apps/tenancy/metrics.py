@@ -1,0 +1,11 @@
+"""Tenancy metrics. Labels are bounded: the limiter backend only (per-key counts live in the ledger)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+RATE_LIMITED = Counter(
+    "finops_api_key_rate_limited_total",
+    "Requests refused by a per-key rate limit (ApiKey.rate_limit_per_minute), by limiter (redis, local).",
+    ["limiter"],
+)

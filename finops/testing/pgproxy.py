@@ -1,0 +1,119 @@
+"""A TCP proxy in front of Postgres that can be cut, to make Postgres unreachable for one process only.
+
+The shared Postgres must keep running for everyone else (other test runs, the test process itself), so a
+chaos test points the process under test at `postgresql://…@127.0.0.1:<proxy.port>/…` instead, and calls
+`outage()` / `recover()`. Used by bench/chaos.py and apps/gateway/tests/test_key_cache_outage.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from urllib.parse import parse_qs, urlparse
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def pg_target(database_url: str | None = None) -> str:
+    """Where Postgres listens, for `PgProxy(target)`: the unix socket path, or host:port.
+
+    From a libpq URL (DATABASE_URL by default), e.g. `postgresql://postgres@/finops?host=/path/pgdata`.
+    """
+    url = urlparse(database_url or os.environ["DATABASE_URL"])
+    host = parse_qs(url.query).get("host", [url.hostname or "127.0.0.1"])[0]
+    port = url.port or int(parse_qs(url.query).get("port", ["5432"])[0])
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+class PgProxy:
+    """A TCP → Postgres proxy on loopback, in its own thread and loop. `outage()` drops every connection and
+    refuses new ones, which is what the gateway sees when Postgres stops; `recover()` lets them in again."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = _free_port()
+        self.up = threading.Event()
+        self.up.set()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        _wait_port(self.port)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.port))
+        self.loop.run_forever()
+
+    async def _open_target(self):
+        if self.target.startswith("/"):
+            return await asyncio.open_unix_connection(self.target)
+        host, port = self.target.rsplit(":", 1)
+        return await asyncio.open_connection(host, int(port))
+
+    async def _client(self, reader, writer) -> None:
+        if not self.up.is_set():
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await self._open_target()
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def outage(self) -> None:
+        self.up.clear()
+
+        def drop():
+            for w in list(self.writers):
+                w.transport.abort()
+
+        self.loop.call_soon_threadsafe(drop)
+
+    def recover(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        """Drop every connection, stop listening and stop the proxy's loop."""
+        self.outage()
+
+        def shut():
+            if self.server is not None:
+                self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(shut)
+        self.thread.join(timeout=5)

@@ -196,6 +196,8 @@ def wrk(url: str, *, threads: int, connections: int, duration: int, lua: Path, e
     result = json.loads(line.removeprefix("BENCH_JSON "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["errors"] = result["status_errors"] + result["connect_errors"] + result["read_errors"] + result["timeouts"]
+    # Throughput counts answered requests only: a 429 from a limiter is cheap and must not flatter the figure.
+    result["rps_ok"] = (result["requests"] - result["errors"]) / (result["duration_us"] / 1e6)
     return result
 
 
@@ -475,9 +477,11 @@ started: {load:.2f} (other work on the machine inflates every figure).
 | one client, cache miss: p50 | {ms(direct["one"]["p50"])} | {cells(lambda r: ms(r["one"]["p50"]))} | |
 | **overhead over the direct call, p50** | | {cells(lambda r: f"**{overhead(r) / 1000:.2f} ms** ({verdict(overhead(r) <= 2000)})")} | ≤ 2 ms |
 | one client: p99 | {ms(direct["one"]["p99"])} | {cells(lambda r: ms(r["one"]["p99"]))} | |
-| **saturated (64 connections), cache miss** | {direct["sat"]["rps"]:.0f} req/s | {cells(lambda r: f"**{r['sat']['rps']:.0f} req/s** ({verdict(r['sat']['rps'] >= 800)})")} | ≥ 800 req/s |
+| **saturated (64 connections), cache miss, 2xx only** | {direct["sat"]["rps_ok"]:.0f} req/s | {cells(lambda r: f"**{r['sat']['rps_ok']:.0f} req/s** ({verdict(r['sat']['rps_ok'] >= 800)})")} | ≥ 800 req/s |
+| saturated: non-2xx answers | {direct["sat"]["errors"]} | {cells(lambda r: str(r["sat"]["errors"]))} | |
 | saturated: p50 / p99 | {ms(direct["sat"]["p50"])} / {ms(direct["sat"]["p99"])} | {cells(lambda r: f"{ms(r['sat']['p50'])} / {ms(r['sat']['p99'])}")} | |
-| **200 clients, 500 ms upstream** | {direct["slow"]["rps"]:.0f} req/s | {cells(lambda r: f"**{r['slow']['rps']:.0f} req/s** ({verdict(r['slow']['rps'] >= 380)})")} | ≥ 380 req/s |
+| **200 clients, 500 ms upstream, 2xx only** | {direct["slow"]["rps_ok"]:.0f} req/s | {cells(lambda r: f"**{r['slow']['rps_ok']:.0f} req/s** ({verdict(r['slow']['rps_ok'] >= 380)})")} | ≥ 380 req/s |
+| 200 clients: non-2xx answers | {direct["slow"]["errors"]} | {cells(lambda r: str(r["slow"]["errors"]))} | |
 | 200 clients: p50 / **p99** | {ms(direct["slow"]["p50"])} / {ms(direct["slow"]["p99"])} | {cells(lambda r: f"{ms(r['slow']['p50'])} / **{ms(r['slow']['p99'])}** ({verdict(r['slow']['p99'] <= 600_000)})")} | p99 ≤ 600 ms |
 | exact-cache hit, one client: p50 | | {ms(sdk["hit"]["p50"])} ({verdict(sdk["hit"]["p50"] <= 1000)}) | | ≤ 1 ms |
 | native `POST /chat` (Django + adrf), one client: p50 | | {ms(sdk["native"]["p50"])} | | (none) |

@@ -53,6 +53,9 @@ AUTH_STALE = Counter(
     "Requests authenticated from a key's last known state because the key lookup failed (Postgres unreachable).",
 )
 LEDGER_ROWS = Counter("finops_ledger_rows_written_total", "Ledger rows written by the gateway, by sink.", ["sink"])
+LEDGER_DEAD_LETTERS = Counter(
+    "finops_ledger_dead_letters_total", "Ledger rows Postgres refused (data or constraint error), kept in the spool's dead-*.jsonl."
+)
 LEDGER_OUTBOX = Counter(
     "finops_ledger_outbox_rows_total",
     "Ledger rows diverted to the outbox because Postgres failed, by sink (redis, spool).",

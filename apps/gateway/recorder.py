@@ -188,6 +188,10 @@ async def _ledger_pool() -> asyncpg.Pool:
     return pool
 
 
+# Errors that mean "this row", not "this database": Postgres answered and refused the data.
+ROW_REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
+
+
 class LedgerWriter:
     """One per event loop: batches queued rows into one transaction per round."""
 
@@ -242,10 +246,34 @@ class LedgerWriter:
                 await asyncio.wait_for(self._insert(rows), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
                 metrics.child(metrics.LEDGER_ROWS, "postgres").inc(len(rows))
                 return
+            except ROW_REFUSED as exc:
+                # Postgres is up but refused a row (a data or constraint error): the others must not share its fate.
+                logger.warning("ledger batch of %d row(s) refused (%s); inserting one by one", len(rows), exc)
+                rows = await self._insert_each(rows)
+                if not rows:
+                    return
             except Exception as exc:
-                self.db_down_until = time.monotonic() + settings.FINOPS["LEDGER_DB_RETRY_AFTER_S"]
-                logger.warning("ledger insert failed (%s: %s); %d row(s) to the outbox", type(exc).__name__, exc, len(rows))
-        await outbox_write(rows)
+                self._db_down(exc, len(rows))
+        await outbox_write(rows)  # the replay dead-letters a row Postgres keeps refusing
+
+    def _db_down(self, exc: BaseException, count: int) -> None:
+        self.db_down_until = time.monotonic() + settings.FINOPS["LEDGER_DB_RETRY_AFTER_S"]
+        logger.warning("ledger insert failed (%s: %s); %d row(s) to the outbox", type(exc).__name__, exc, count)
+
+    async def _insert_each(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert rows one at a time; returns those not inserted (refused ones, and the rest if Postgres goes away)."""
+        left: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            try:
+                await asyncio.wait_for(self._insert([row]), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                metrics.child(metrics.LEDGER_ROWS, "postgres").inc()
+            except ROW_REFUSED as exc:
+                logger.error("ledger row %s refused by Postgres (%s); to the outbox", row.get("request_id"), exc)
+                left.append(row)
+            except Exception as exc:
+                self._db_down(exc, len(rows) - i)
+                return left + rows[i:]
+        return left
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         pool = await _ledger_pool()

@@ -11,9 +11,10 @@ from pathlib import Path
 import orjson
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 
-from apps.gateway.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, spool_dir
+from apps.gateway import metrics
+from apps.gateway.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, row_to_json, spool_dir
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +31,55 @@ class ReplayResult:
     unreadable: int = 0
     interrupted: int = 0  # rows inserted from the intents of gateway processes that died mid-request
     live_journals: int = 0  # intent journals skipped because their process is still running
+    dead: int = 0  # rows Postgres refused (data or constraint errors), kept in the spool's dead-*.jsonl
 
     def __str__(self) -> str:
         return (
             f"seen={self.seen} inserted={self.inserted} unreadable={self.unreadable} "
-            f"interrupted={self.interrupted} live_journals={self.live_journals}"
+            f"interrupted={self.interrupted} live_journals={self.live_journals} dead={self.dead}"
         )
 
 
-def _insert(rows: list[dict]) -> int:
+def _insert(rows: list[dict], result: ReplayResult | None = None) -> int:
+    """Insert `rows` in one transaction; if Postgres refuses one of them (a data or constraint error), insert them
+    one by one instead and move each refused row to a dead-letter file, so one bad row neither blocks the outbox
+    forever nor takes the good rows with it."""
+    try:
+        return _insert_batch(rows)
+    except (DataError, IntegrityError) as exc:
+        logger.error("ledger replay: a batch of %d row(s) was refused (%s); inserting them one by one", len(rows), exc)
+    inserted = 0
+    for row in rows:
+        try:
+            inserted += _insert_batch([row])
+        except (DataError, IntegrityError) as exc:
+            _dead_letter(row, exc)
+            if result is not None:
+                result.dead += 1
+    return inserted
+
+
+def _insert_batch(rows: list[dict]) -> int:
     inserted = 0
     with transaction.atomic(), connection.cursor() as cursor:
         for row in rows:
             cursor.execute(_REPLAY_SQL, [row[c] for c in COLUMNS])
             inserted += cursor.rowcount
     return inserted
+
+
+def _dead_letter(row: dict, exc: Exception) -> None:
+    """Keep a refused row durable and visible: `dead-<date>.jsonl` in the spool directory, with Postgres's reason."""
+    directory = spool_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"dead-{time.strftime('%Y%m%d')}.jsonl"
+    line = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"[:500], "row": orjson.loads(row_to_json(row))}) + b"\n"
+    with open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+    metrics.LEDGER_DEAD_LETTERS.inc()
+    logger.error("ledger row %s refused by Postgres (%s); kept in %s", row.get("request_id"), exc, path)
 
 
 def ledger_outbox_replay(*, batch_size: int = 500, redis_url: str | None = None, directory: Path | None = None) -> ReplayResult:
@@ -81,7 +116,7 @@ def _replay_stream(result: ReplayResult, *, batch_size: int, redis_url: str) -> 
                     logger.error("ledger outbox entry %s is unreadable and is left in the stream", entry_id)
                     ids.pop()
             result.seen += len(rows)
-            result.inserted += _insert(rows)
+            result.inserted += _insert(rows, result)
             if ids:
                 client.xdel(stream, *ids)
             after = "(" + entries[-1][0].decode()
@@ -113,7 +148,7 @@ def _replay_spool(result: ReplayResult, *, directory: Path) -> None:
                 result.unreadable += 1
                 logger.error("unreadable line in %s: %r", claimed, line[:200])
         result.seen += len(rows)
-        result.inserted += _insert(rows)
+        result.inserted += _insert(rows, result)
         claimed.unlink()
 
 
@@ -156,7 +191,7 @@ def _replay_intents(result: ReplayResult, *, directory: Path) -> None:
                 except Exception:  # a torn last line from a kill mid-append
                     result.unreadable += 1
                     logger.error("unreadable line in %s: %r", path, line[:200])
-            result.interrupted += _insert(list(orphans.values()))
+            result.interrupted += _insert(list(orphans.values()), result)
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)

@@ -101,6 +101,35 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
     assert settings.FINOPS["LEDGER_OUTBOX_STREAM"] == STREAM
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tmp_path, settings, redis_client):
+    """A row Postgres refuses (here: an org that does not exist) goes to the outbox alone; the replay inserts what
+    it can and keeps the refused row in a dead-letter file, so the outbox drains instead of failing every minute."""
+    from apps.gateway.recorder import LedgerWriter
+    from finops.asyncdb import close_pools
+
+    settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}
+    good, refused = served_row(), served_row()
+    refused["org_id"] = 987_654_321  # no such organization: a foreign-key violation at commit
+
+    async def write_both() -> None:
+        writer = LedgerWriter()
+        await asyncio.gather(writer.write(good), writer.write(refused))
+        writer.task.cancel()
+        await close_pools()
+
+    asyncio.run(write_both())
+    assert list(LLMRequest.objects.values_list("request_id", flat=True)) == [good["request_id"]]
+    assert redis_client.xlen(STREAM) == 1  # only the refused row was diverted
+
+    result = ledger_outbox_replay(directory=tmp_path)
+    assert (result.seen, result.inserted, result.dead) == (1, 0, 1)
+    assert redis_client.xlen(STREAM) == 0
+    (dead,) = tmp_path.glob("dead-*.jsonl")
+    assert str(refused["request_id"]) in dead.read_text() and "foreign key constraint" in dead.read_text()
+    assert ledger_outbox_replay(directory=tmp_path).dead == 0  # drained: nothing is retried forever
+
+
 # --- intents: a gateway process killed mid-request ----------------------------------------------------------
 
 KILLED_GATEWAY = """

@@ -105,6 +105,15 @@ class OrgScopedAdminMixin:
             return filters
         return [f for f in filters if not _is_org_filter(f)]  # its choices would name every org
 
+    def save_model(self, request, obj, form, change):
+        # An org-less row (a global routing policy, a catch-all alert route) reaches every org: finance's only.
+        if self.org_field == "org" and not is_finance(request.user) and getattr(obj, "org_id", False) is None:
+            org_id = _member_org_id(request.user)
+            if org_id is None:
+                raise DjangoPermissionDenied("Only finance can create rows that apply to every organization.")
+            obj.org_id = org_id
+        super().save_model(request, obj, form, change)
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         related = db_field.related_model
         if is_finance(request.user):

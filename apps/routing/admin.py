@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
+from apps.reports.scoping import OrgScopedAdminMixin
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel
 from apps.routing.selectors import prices_in_force, router_config_invalidate
 
@@ -62,7 +63,7 @@ class TierModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(RoutePolicy)
-class RoutePolicyAdmin(admin.ModelAdmin):
+class RoutePolicyAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = (
         "__str__",
         "org",
@@ -105,7 +106,7 @@ class RoutePolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(KeywordRule)
-class KeywordRuleAdmin(admin.ModelAdmin):
+class KeywordRuleAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "tier", "priority", "enabled", "match", "scope", "org", "pattern_head")
     list_editable = ("priority", "enabled")
     list_filter = ("enabled", "tier", "match", "scope")

@@ -30,6 +30,7 @@ from apps.cache.models import CacheSettings, SemanticCacheEntry
 from apps.gateway.tests.conftest import wait_for_row
 from apps.ledger.models import LLMRequest
 from apps.reports.tests.conftest import Ledger, make_anomaly, make_budget
+from apps.routing.models import KeywordRule, RoutePolicy
 from apps.tenancy.models import ApiKey
 
 A_NAME, B_NAME = "Acme Iso", "Globex Iso"
@@ -68,6 +69,8 @@ def _org_data(make_tenant, ledger: Ledger, *, org: str, team: str, user: str):
         route=objects["alertroute"], anomaly=objects["anomaly"], receiver="webhook", target=objects["alertroute"].target,
         severity="warning", scope_type="org", org=tenant.org, title=f"{org} spend spike",
     )  # fmt: skip
+    objects["routepolicy"] = RoutePolicy.objects.create(org=tenant.org, name=f"{tenant.org.slug} policy")
+    objects["keywordrule"] = KeywordRule.objects.create(org=tenant.org, name=f"{tenant.org.slug} rule", pattern="x", tier="premium")
     objects["budgetchange"] = objects["budget"].changes.first()
     objects["budgetcounter"] = objects["budget"].counters.first()
     return tenant, objects
@@ -91,7 +94,7 @@ def world(db, prices, make_tenant):
 
 def _staff(django_user_model, *, username: str, member=None, extra_perms: tuple[str, ...] = ()):
     user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
-    apps = ["tenancy", "ledger", "budgets", "anomalies", "cache"]
+    apps = ["tenancy", "ledger", "budgets", "anomalies", "cache", "routing"]
     perms = Permission.objects.filter(content_type__app_label__in=apps, codename__startswith="view_")
     user.user_permissions.add(*perms, *Permission.objects.filter(codename__in=extra_perms))
     if member is not None:
@@ -113,6 +116,7 @@ ADMIN_MODELS = [
     ("budgets", "budget"), ("budgets", "budgetchange"), ("budgets", "budgetcounter"), ("budgets", "reservation"),
     ("anomalies", "anomaly"), ("anomalies", "alertroute"), ("anomalies", "alertdelivery"),
     ("cache", "cachesettings"), ("cache", "semanticcacheentry"),
+    ("routing", "routepolicy"), ("routing", "keywordrule"),
 ]  # fmt: skip
 
 
@@ -166,6 +170,21 @@ def test_a_staff_member_of_a_cannot_give_a_key_to_bs_member(client, world, a_sta
     )
     b.api_key.refresh_from_db()
     assert b.api_key.revoked_at is None
+
+
+def test_a_keyword_rule_added_by_a_staff_member_of_a_applies_to_a_only(client, world, django_user_model):
+    """Left blank, the org would make the rule global (every org's routing): for non-finance staff it becomes theirs."""
+    staff = _staff(django_user_model, username="a-router", member=world["a"].member, extra_perms=("add_keywordrule",))
+    client.force_login(staff)
+    global_rules = KeywordRule.objects.filter(org__isnull=True).count()
+    response = client.post(
+        reverse("admin:routing_keywordrule_add"),
+        {"name": "legal to premium", "match": "terms", "pattern": "contract", "scope": "all", "tier": "premium",
+         "priority": 100, "enabled": "on", "org": ""},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert KeywordRule.objects.get(name="legal to premium").org == world["a"].org
+    assert KeywordRule.objects.filter(org__isnull=True).count() == global_rules
 
 
 # --- reports --------------------------------------------------------------------------------------------------------

@@ -67,3 +67,21 @@ LEDGER_OUTBOX = Counter(
 def child(metric, *values: str):
     """`metric.labels(*values)`, memoised: label lookup and validation cost more than the increment on the hot path."""
     return metric.labels(*values)
+
+
+def ledger_dead_letters():
+    """Rows Postgres refused, waiting in the spool's dead-*.jsonl for an operator (read at scrape time, so the API
+    reports what the replay worker wrote: the spool directory is shared, see compose.yml)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from apps.gateway.recorder import spool_dir
+
+    family = GaugeMetricFamily(
+        "finops_ledger_dead_letter_rows", "Ledger rows Postgres refused, kept in the spool's dead-*.jsonl until an operator re-inserts them."
+    )
+    rows = 0
+    for path in spool_dir().glob("dead-*.jsonl"):
+        with open(path, "rb") as fh:
+            rows += sum(1 for line in fh if line.strip())
+    family.add_metric([], rows)
+    yield family

@@ -129,6 +129,11 @@ def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tm
     assert str(refused["request_id"]) in dead.read_text() and "foreign key constraint" in dead.read_text()
     assert ledger_outbox_replay(directory=tmp_path).dead == 0  # drained: nothing is retried forever
 
+    from apps.gateway.metrics import ledger_dead_letters  # what FinopsLedgerDeadLetters alerts on, read at scrape time
+
+    (family,) = ledger_dead_letters()
+    assert [sample.value for sample in family.samples] == [1]
+
 
 # --- intents: a gateway process killed mid-request ----------------------------------------------------------
 

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finops.envfile import load_env_file  # noqa: E402
+from finops.processes import free_port, stop_process, wait_for_port  # noqa: E402
 
 load_env_file()
 BENCH_DB = os.environ.get("FINOPS_BENCH_CACHE_DB", "finops_bench_cache")
@@ -54,13 +55,10 @@ def bench_redis_url() -> str:
 
 
 def setup_django():
-    import psycopg
+    from finops.services import database_create_if_missing
 
     url = bench_database_url()
-    admin = urlparse(url)._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    database_create_if_missing(url)
     os.environ["DATABASE_URL"] = url
     os.environ["REDIS_URL"] = bench_redis_url()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
@@ -269,27 +267,6 @@ async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> d
 # --- end to end -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 120.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
 def timed_posts(port: int, path: str, body: bytes, headers: dict[str, str], n: int) -> tuple[list[float], dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     samples, last = [], {}
@@ -314,14 +291,14 @@ def measure_end_to_end(secret: str, n: int) -> dict[str, dict[str, float]]:
     mock = subprocess.Popen([sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT, env=env)
     gateway = None
     try:
-        wait_port(mock_port)
+        wait_for_port(mock_port, timeout=120)
         gw_env = {**env, "FINOPS_MOCK_LLM_URL": f"http://127.0.0.1:{mock_port}/v1"}
         gateway = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "finops.asgi:application", "--host", "127.0.0.1", "--port", str(gw_port),
              "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
             cwd=ROOT, env=gw_env,
         )  # fmt: skip
-        wait_port(gw_port)
+        wait_for_port(gw_port, timeout=120)
         body = json.dumps(
             {
                 "model": MODEL,
@@ -339,12 +316,7 @@ def measure_end_to_end(secret: str, n: int) -> dict[str, dict[str, float]]:
         return {"direct": percentiles(direct), "hit": percentiles(hit)}
     finally:
         for proc in (gateway, mock):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
 
 
 # --- main ---------------------------------------------------------------------------------------

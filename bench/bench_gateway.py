@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finops.envfile import load_env_file  # noqa: E402
+from finops.processes import free_port  # noqa: E402
 
 load_env_file()
 BENCH_DB = os.environ.get("FINOPS_BENCH_GATEWAY_DB", "finops_bench_gateway")
@@ -81,14 +82,6 @@ end
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_http(url: str, timeout: float = 90.0) -> None:
     import urllib.request
 
@@ -111,15 +104,10 @@ def bench_database_url() -> str:
 
 def prepare_database() -> str:
     """Create, migrate and seed the bench database; returns a fresh API key."""
-    from urllib.parse import urlparse
-
-    import psycopg
+    from finops.services import database_create_if_missing
 
     url = bench_database_url()
-    admin_url = urlparse(url)._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    database_create_if_missing(url)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
     import django

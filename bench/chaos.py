@@ -51,46 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finops.envfile import load_env_file  # noqa: E402
+from finops.processes import free_port, stop_process, wait_for_port  # noqa: E402
 from finops.testing.pgproxy import PgProxy, pg_target  # noqa: E402
 
 load_env_file()
 CHAOS_DB = os.environ.get("FINOPS_CHAOS_DB", "finops_chaos")
 RELIABILITY_MD = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- CHAOS:BEGIN -->", "<!-- CHAOS:END -->"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 # --- Postgres: the chaos database and a proxy in front of the socket --------------------------------------------
@@ -148,12 +115,10 @@ class PrivatePostgres:
 
 def prepare_database(users: int = 1) -> list[str]:
     """Create and migrate finops_chaos, load prices and routing tiers; returns a fresh API key per user."""
-    import psycopg
+    from finops.services import database_create_if_missing
 
     url = chaos_database_url()
-    with psycopg.connect(urlparse(url)._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [CHAOS_DB]).fetchone():
-            conn.execute(f'CREATE DATABASE "{CHAOS_DB}"')
+    database_create_if_missing(url)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
     import django
@@ -189,7 +154,7 @@ def start_redis(port: int) -> subprocess.Popen:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_port(port, proc=proc)
+    wait_for_port(port, timeout=60, proc=proc)
     return proc
 
 
@@ -199,7 +164,7 @@ def start_gateway(env: dict, port: int, log, *, workers: int = 1) -> subprocess.
     if workers > 1:
         args += ["--workers", str(workers)]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_port(port, timeout=120, proc=proc)
+    wait_for_port(port, timeout=120, proc=proc)
     return proc
 
 
@@ -341,7 +306,7 @@ def scenario_redis(ctx, args) -> Result:
     cut_at = args.duration / 4
 
     def kill_redis():
-        stop(ctx["redis"])
+        stop_process(ctx["redis"])
         result.notes.append(f"Redis stopped at t={cut_at:.0f}s for the rest of the run")
 
     asyncio.run(load(ctx["url"], ctx["keys"], model="gpt-4o-mini", duration=args.duration, concurrency=args.concurrency,
@@ -621,7 +586,7 @@ def scenario_rollup(ctx, args) -> Result:
         worker.send_signal(signal.SIGKILL)
         killed_at = worker.wait(timeout=10)
     finally:
-        stop(worker)
+        stop_process(worker)
     with connection.cursor() as cursor:  # the dead worker's last statement may still run to its end (one whole day)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -646,7 +611,7 @@ def scenario_rollup(ctx, args) -> Result:
         written = sender.send_task(task, args=task_args).get(timeout=600)
         rerun_s = time.monotonic() - rerun_started
     finally:
-        stop(worker)
+        stop_process(worker)
     with connection.cursor() as cursor:
         final = _keyed(cursor, SUMMARY_SQL, [span[0], span[-1] + dt.timedelta(days=1)])
     mismatches = sum(1 for key in fresh.keys() | final.keys() if fresh.get(key) != final.get(key))
@@ -788,7 +753,7 @@ def scenario_gateway_kill(ctx, args) -> Result:
         if kill.get("restarted") is None:
             result.notes.append("FAIL: uvicorn did not start a new worker")
     finally:
-        stop(gateway)  # SIGTERM: the surviving workers drain and record their rows
+        stop_process(gateway)  # SIGTERM: the surviving workers drain and record their rows
     time.sleep(1)
     replay_twice(ctx, result)
 
@@ -995,7 +960,7 @@ def main() -> int:
         mock = subprocess.Popen([sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         procs.append(mock)
-        wait_port(mock_port, proc=mock)
+        wait_for_port(mock_port, timeout=60, proc=mock)
         ctx["mock"] = f"http://127.0.0.1:{mock_port}"
         ctx["proxy"] = proxy = PgProxy(target)
         port = free_port()
@@ -1043,8 +1008,8 @@ def main() -> int:
     finally:
         pg.thaw()
         for proc in reversed(procs):
-            stop(proc)
-        stop(ctx.get("redis"))
+            stop_process(proc)
+        stop_process(ctx.get("redis"))
         if ctx.get("proxy"):
             ctx["proxy"].close()
         log.close()

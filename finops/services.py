@@ -17,13 +17,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from urllib.parse import urlparse
 
 from finops.envfile import ENV_FILE, STATE_DIR, read_env_file
+from finops.processes import free_port
 
 PGDATA = STATE_DIR / "pgdata"
 REDIS_DIR = STATE_DIR / "redis"
@@ -65,20 +65,25 @@ def postgres_start_embedded() -> str:
     return f"postgresql://postgres@/{DB_NAME}?host={socket_dir}"
 
 
-def postgres_prepare_external(url: str) -> None:
-    """Create the database and the vector extension on an external server, if we may."""
+def database_create_if_missing(url: str) -> None:
+    """Create the database a libpq URL names, unless it exists (through the server's `postgres` database)."""
     import psycopg
 
     parsed = urlparse(url)
     db_name = parsed.path.lstrip("/") or "postgres"
-    admin_url = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+
+
+def postgres_prepare_external(url: str) -> None:
+    """Create the database on an external server, if we may."""
+    import psycopg
+
     try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone()
-            if not found:
-                conn.execute(f'CREATE DATABASE "{db_name}"')
+        database_create_if_missing(url)
     except psycopg.Error as exc:  # the role may lack CREATEDB; the database may already exist
-        log(f"could not check/create database {db_name}: {exc}")
+        log(f"could not check/create database {urlparse(url).path.lstrip('/')}: {exc}")
 
 
 def postgres_stop_embedded() -> None:
@@ -100,12 +105,6 @@ def postgres_stop_embedded() -> None:
 
 
 # --- Redis ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def redis_binary() -> str | None:

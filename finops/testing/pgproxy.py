@@ -9,27 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
-import time
 from urllib.parse import parse_qs, urlparse
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
+from finops.processes import free_port, wait_for_port
 
 
 def pg_target(database_url: str | None = None) -> str:
@@ -49,7 +32,7 @@ class PgProxy:
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self.up = threading.Event()
         self.up.set()
         self.loop = asyncio.new_event_loop()
@@ -57,7 +40,7 @@ class PgProxy:
         self.writers: set[asyncio.StreamWriter] = set()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        _wait_port(self.port)
+        wait_for_port(self.port, timeout=10)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

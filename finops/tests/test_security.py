@@ -24,7 +24,7 @@ import requests
 from django.core.management import call_command
 from django.db import connection
 
-from conftest import ROOT, child_process_env, free_port, wait_for_port
+from conftest import ROOT, child_process_env, free_port, stop_process, wait_for_port
 
 
 def _text_columns() -> list[tuple[str, str]]:
@@ -140,12 +140,7 @@ def logged_gateway(mock_llm_url: str, log_path):
             wait_for_port(port, timeout=60, proc=proc)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc)
 
 
 @pytest.mark.django_db(transaction=True)

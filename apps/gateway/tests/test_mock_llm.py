@@ -11,7 +11,6 @@ import base64
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pytest
 from apps.gateway.mock_llm import FaultStore
 from apps.gateway.tokens import count_message_tokens, count_tokens, token_pieces, truncate_tokens
 from apps.routing.datasets import load_eval50
+from finops.processes import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EVAL50 = REPO_ROOT / "fixtures" / "routellm" / "eval50.jsonl"
@@ -37,12 +37,6 @@ MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "What is the capital of France? Answer in one word."},
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -56,7 +50,7 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
 
 
 def _start_server(*args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(port), *args],
@@ -81,22 +75,13 @@ def _start_server(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("mock server did not become healthy in 20 s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     proc, base = _start_server("--replay", str(EVAL50), "--faults", json.dumps(CONFIG_FAULTS))
     try:
         yield base
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -451,7 +436,7 @@ def test_runtime_faults_shared_across_workers() -> None:
         assert _http("DELETE", f"{base}/_mock/faults")[0] == 200
         assert {_http("POST", f"{base}/v1/chat/completions", body)[0] for _ in range(12)} == {200}
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=10)
 
 
 # --------------------------------------------------------------------------- in-process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -39,6 +40,21 @@ def child_process_env(**extra: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "finops.settings",
         **extra,
     }
+
+
+# The day tests that seed or scan run on, whatever the calendar says (STYLE.md §12). A Wednesday in the
+# middle of a month; tests about other days parametrize `pinned_now` (indirect) with their own instants.
+PINNED_NOW = dt.datetime(2026, 6, 17, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def pinned_now(request):
+    """Pin finops.clock (frozen) for the test; yields the instant. Parametrize indirectly for other instants."""
+    from finops import clock
+
+    at = getattr(request, "param", None) or PINNED_NOW
+    with clock.pinned(at):
+        yield at
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
+from finops import clock
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
@@ -85,12 +87,11 @@ def tenants(count: int):
 def orm_budget_read(caller, amount: Decimal) -> bool:
     """The deprecated check: read the budgets and this period's counters with the ORM, compare. Racy by design."""
     from django.db.models import Q
-    from django.utils import timezone
 
     from apps.budgets.models import Budget, BudgetCounter
     from apps.budgets.selectors import period_start
 
-    now = timezone.now()
+    now = clock.now()
     budgets = list(
         Budget.objects.filter(active=True).filter(
             Q(scope="user", member_id=caller.member_id)
@@ -117,12 +118,11 @@ def orm_budget_reserve(caller, amount: Decimal) -> bool:
     """The same work as the SQL function, with the ORM: lock the counters in id order, check, reserve."""
     from django.db import transaction
     from django.db.models import F, Q
-    from django.utils import timezone
 
     from apps.budgets.models import Budget, BudgetCounter
     from apps.budgets.selectors import period_start
 
-    now = timezone.now()
+    now = clock.now()
     with transaction.atomic():
         budgets = list(
             Budget.objects.filter(active=True).filter(

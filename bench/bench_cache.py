@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from finops import clock
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -77,7 +79,7 @@ def setup_django():
     team = team_get_or_create(org=org, name="bench")
     member = member_get_or_create(team=team, username="bench")
     # Only the hash of a key is stored: each run makes a fresh key (earlier ones carry ledger rows).
-    ApiKey.objects.filter(member=member, revoked_at=None).update(revoked_at=dt.datetime.now(dt.UTC))
+    ApiKey.objects.filter(member=member, revoked_at=None).update(revoked_at=clock.now())
     created = api_key_create(member=member, name="bench")
     return org, team, member, created
 
@@ -118,7 +120,7 @@ def bulk_load(org, *, entries: int, texts: list[str], scope: tuple[str, str], re
     connection.ensure_connection()
     pg = connection.connection
     register_vector(pg)
-    now = dt.datetime.now(dt.UTC)
+    now = clock.now()
     expires = now + dt.timedelta(days=30)
     with pg.cursor() as cur:
         cur.execute("DROP INDEX IF EXISTS semantic_cache_embedding_hnsw")

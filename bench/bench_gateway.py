@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from finops import clock
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -344,7 +346,7 @@ def measure_finops(gw: Gateway, *, mock_pid: int, lua: Path, key: dict[str, str]
     if profiler is not None:
         profiler.wait(timeout=60)
     wrk(finops, threads=2, connections=200, duration=2, lua=lua, env={**key, "BENCH_LATENCY_MS": "500"})  # open the connections
-    started = dt.datetime.now(dt.UTC)
+    started = clock.now()
     out["slow"] = wrk(finops, threads=2, connections=200, duration=d, lua=lua, env={**key, "BENCH_LATENCY_MS": "500"})
     time.sleep(1)
     out["slow_rows"] = ledger_timings(since=started)

@@ -47,6 +47,8 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
+from finops import clock
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -536,7 +538,7 @@ def scenario_rollup(ctx, args) -> Result:
     days = args.rollup_days
     result = Result(f"Celery worker killed mid-rollup of {days} days")
     started = time.monotonic()
-    first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days + 10)  # clear of today's gateway traffic
+    first = clock.today() - dt.timedelta(days=days + 10)  # clear of today's gateway traffic
     span = [first + dt.timedelta(days=i) for i in range(days)]
     start_ts = dt.datetime.combine(first, dt.time.min, tzinfo=dt.UTC)
     end_ts = start_ts + dt.timedelta(days=days)

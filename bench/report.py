@@ -5,11 +5,12 @@ Each benchmark owns the block between `<!-- bench:NAME -->` and `<!-- /bench:NAM
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import re
 from pathlib import Path
+
+from finops import clock
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -28,7 +29,7 @@ def machine() -> str:
 def write_section(name: str, markdown: str, *, path: Path = BENCHMARKS_MD) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else HEADER
-    stamp = f"_Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {machine()}._"
+    stamp = f"_Measured {clock.now():%Y-%m-%d %H:%M} UTC on {machine()}._"
     block = f"<!-- bench:{name} -->\n{markdown.strip()}\n\n{stamp}\n<!-- /bench:{name} -->"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     if pattern.search(text):

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.db.models import F
-from django.utils import timezone
 
+from finops import clock
 from finops.models import JobRun
 
 T = TypeVar("T")
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 def job_record_success(*, name: str, duration_seconds: float, result: str = "") -> None:
     updated = JobRun.objects.filter(name=name).update(
-        last_success_at=timezone.now(),
+        last_success_at=clock.now(),
         last_duration_seconds=duration_seconds,
         last_result=result[:255],
         successes=F("successes") + 1,
@@ -26,7 +26,7 @@ def job_record_success(*, name: str, duration_seconds: float, result: str = "") 
         JobRun.objects.get_or_create(
             name=name,
             defaults={
-                "last_success_at": timezone.now(),
+                "last_success_at": clock.now(),
                 "last_duration_seconds": duration_seconds,
                 "last_result": result[:255],
                 "successes": 1,

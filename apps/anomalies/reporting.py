@@ -117,3 +117,37 @@ def plot_incident(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def calendar_markdown(report) -> str:
+    """Per incident kind over every pinned "today": worst and median scan hours, worst severity; then each date."""
+    import statistics
+
+    rank = {"": 0, "info": 1, "warning": 2, "critical": 3}
+    lines = [
+        f"| incident | dates | caught within {report.max_scan_hours} scan hours | scan hours, worst | scan hours, median | worst severity seen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, outcomes in report.by_kind().items():
+        hours = [o.scan_hours for o in outcomes if o.scan_hours is not None]
+        in_time = sum(1 for o in outcomes if o.caught and o.scan_hours is not None and o.scan_hours <= report.max_scan_hours)
+        worst_severity = max((str(o.severity) for o in outcomes), key=lambda s: rank.get(s, 0), default="")
+        worst = max(hours) if len(hours) == len(outcomes) else "missed"
+        lines.append(
+            f"| {kind} | {len(outcomes)} | {in_time}/{len(outcomes)} | {worst} | {statistics.median(hours) if hours else '—'} | "
+            f"{worst_severity or '—'} |"
+        )
+    kinds = list(report.by_kind())
+    lines += [
+        "",
+        "| now (UTC) | weekday | " + " | ".join(kinds) + " | live scan: incidents written | false criticals |",
+        "|---|---|" + "---|" * len(kinds) + "---|---|",
+    ]
+    for run in report.runs:
+        hours = {o.kind: o.scan_hours for o in run.report.outcomes}
+        cells = " | ".join(str(hours.get(kind, "—")) for kind in kinds)
+        lines.append(
+            f"| {run.now:%Y-%m-%d %H:%M} | {run.now:%a} | {cells} | {run.live_created} | "
+            f"{len(run.report.false_criticals) + run.live_false_criticals} |"
+        )
+    return "\n".join(lines)

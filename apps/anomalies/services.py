@@ -23,6 +23,7 @@ from apps.anomalies.conf import knob
 from apps.anomalies.models import SEVERITY_RANK, AlertDelivery, AlertRoute, Anomaly, Severity
 from apps.anomalies.selectors import SCOPE_ORG, SCOPE_TEAM, HourlySeries, hourly_series, scope_labels
 from apps.ledger.money import quantize_usd
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def alert_delivery_send(*, delivery_id: int, final_attempt: bool = False) -> str
             logger.error("alert delivery %s failed for good: %s", delivery_id, error)
             return status
         raise DeliveryError(error) from exc
-    AlertDelivery.objects.filter(id=delivery_id).update(status=AlertDelivery.Status.SENT, sent_at=timezone.now(), last_error="")
+    AlertDelivery.objects.filter(id=delivery_id).update(status=AlertDelivery.Status.SENT, sent_at=clock.now(), last_error="")
     return AlertDelivery.Status.SENT
 
 
@@ -167,7 +168,7 @@ def _webhook_post(*, url: str, body: dict) -> None:
 
 def alert_deliveries_requeue(*, older_than_seconds: int = 300) -> int:
     """Re-enqueue deliveries left pending (broker down at dispatch) or stuck sending (worker died)."""
-    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    cutoff = clock.now() - timezone.timedelta(seconds=older_than_seconds)
     AlertDelivery.objects.filter(status=AlertDelivery.Status.SENDING, created_at__lt=cutoff).update(
         status=AlertDelivery.Status.PENDING
     )
@@ -185,7 +186,7 @@ def alert_deliveries_requeue(*, older_than_seconds: int = 300) -> int:
 
 def anomalies_acknowledge(*, anomaly_ids: list[int]) -> int:
     return Anomaly.objects.filter(id__in=anomaly_ids, status=Anomaly.Status.OPEN).update(
-        status=Anomaly.Status.ACKNOWLEDGED, acknowledged_at=timezone.now(), updated_at=timezone.now()
+        status=Anomaly.Status.ACKNOWLEDGED, acknowledged_at=clock.now(), updated_at=clock.now()
     )
 
 
@@ -193,14 +194,14 @@ def anomalies_resolve(*, anomaly_ids: list[int]) -> int:
     return (
         Anomaly.objects.filter(id__in=anomaly_ids)
         .exclude(status=Anomaly.Status.RESOLVED)
-        .update(status=Anomaly.Status.RESOLVED, resolved_at=timezone.now(), updated_at=timezone.now())
+        .update(status=Anomaly.Status.RESOLVED, resolved_at=clock.now(), updated_at=clock.now())
     )
 
 
 def anomalies_set_feedback(*, anomaly_ids: list[int], feedback: str) -> int:
     if feedback not in Anomaly.Feedback.values:
         raise ValueError(f"unknown feedback {feedback!r}")
-    return Anomaly.objects.filter(id__in=anomaly_ids).update(feedback=feedback, updated_at=timezone.now())
+    return Anomaly.objects.filter(id__in=anomaly_ids).update(feedback=feedback, updated_at=clock.now())
 
 
 def alert_deliveries_retry(*, delivery_ids: list[int]) -> int:
@@ -459,7 +460,7 @@ def anomaly_scan(*, now: dt.datetime | None = None) -> ScanResult:
     with a conditional UPDATE on `notified_severity`.
     """
     started = time.monotonic()
-    now = now or timezone.now()
+    now = now or clock.now()
     end = now.replace(minute=0, second=0, microsecond=0)
     lookback = int(knob("ANOMALY_LOOKBACK_HOURS"))
     horizon = int(knob("ANOMALY_SCAN_HORIZON_HOURS"))

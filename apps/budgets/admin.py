@@ -13,7 +13,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.budgets.models import Budget, BudgetAlert, BudgetChange, BudgetCounter, Reservation
@@ -29,6 +28,7 @@ from apps.budgets.services import (
 )
 from apps.ledger.money import quantize_usd
 from apps.reports.scoping import OrgScopedAdminMixin
+from finops import clock
 
 
 def _is_staff(request: HttpRequest) -> bool:
@@ -201,7 +201,7 @@ class BudgetAdmin(OrgScopedAdminMixin, StaffReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="utilisation")
     def usage(self, obj: Budget) -> str:
-        return utilisation_bar(budget_status(obj, now=timezone.now()).utilisation)
+        return utilisation_bar(budget_status(obj, now=clock.now()).utilisation)
 
     @admin.display(description="spent", ordering="spent_now")
     def spent(self, obj: Budget) -> str:
@@ -213,13 +213,13 @@ class BudgetAdmin(OrgScopedAdminMixin, StaffReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="forecast")
     def forecast(self, obj: Budget) -> str:
-        return f"${budget_status(obj, now=timezone.now()).forecast_usd:,}"
+        return f"${budget_status(obj, now=clock.now()).forecast_usd:,}"
 
     @admin.display(description="current period")
     def current_usage(self, obj: Budget) -> str:
         if obj is None or obj.pk is None:
             return "—"
-        status = budget_status(obj, now=timezone.now())
+        status = budget_status(obj, now=clock.now())
         return format_html(
             "{} &nbsp; spent ${} · reserved ${} · remaining ${} · forecast ${} for the period {} → {} (UTC)",
             utilisation_bar(status.utilisation),

@@ -17,7 +17,6 @@ Stage 7, in order:
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from decimal import Decimal
@@ -35,6 +34,7 @@ from apps.budgets.services import (
 )
 from apps.gateway.context import RequestContext
 from apps.ledger.money import ZERO, quantize_usd
+from finops import clock
 from finops.errors import BudgetExceeded, FinopsError, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ async def _estimate_for_route(ctx: RequestContext) -> Decimal:
         from apps.ledger.pricing import cost_compute
 
         catalog = await catalog_get()
-        price = catalog.price_for(ctx.route.model, dt.datetime.now(dt.UTC).date())
+        price = catalog.price_for(ctx.route.model, clock.today())
         if price is None:
             return ctx.estimated_cost_usd
         completion = ctx.max_tokens or settings.FINOPS.get("GATEWAY_DEFAULT_MAX_TOKENS", 1024)

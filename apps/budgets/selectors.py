@@ -8,10 +8,10 @@ from decimal import Decimal
 
 from django.db.models import Case, DecimalField, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from apps.budgets.models import Budget, BudgetCounter
 from apps.ledger.money import CAP_DECIMAL_PLACES, COST_DECIMAL_PLACES, COST_MAX_DIGITS, quantize_usd
+from finops import clock
 
 _MONEY = DecimalField(max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES)
 
@@ -32,7 +32,7 @@ def period_end(period: str, start: dt.datetime) -> dt.datetime:
 
 def budget_usage_annotate(queryset: QuerySet[Budget], *, now: dt.datetime | None = None) -> QuerySet[Budget]:
     """Annotate `spent_now` and `reserved_now`: the counter of each budget's current period (0 before first use)."""
-    now = now or timezone.now()
+    now = now or clock.now()
     by_period = {
         period: BudgetCounter.objects.filter(budget=OuterRef("pk"), period_start=period_start(period, now))
         for period in Budget.Period.values
@@ -91,7 +91,7 @@ def budget_status_list(
     """Active budgets of one org (or of every org, for superusers) with their current-period usage. One query."""
     if org_id is None and not include_all_orgs:
         return []
-    now = now or timezone.now()
+    now = now or clock.now()
     queryset = Budget.objects.filter(active=True).select_related("org", "team", "member").order_by("org__name", "scope", "id")
     if org_id is not None:
         queryset = queryset.filter(org_id=org_id)
@@ -120,7 +120,7 @@ def budget_cap_warnings(*, budget: Budget) -> list[str]:
 
 def budget_utilisation_by_org_scope(*, now: dt.datetime | None = None) -> list[tuple[str, str, float]]:
     """(org slug, scope, highest spent/cap) over active budgets with a positive cap, current period."""
-    now = now or timezone.now()
+    now = now or clock.now()
     best: dict[tuple[str, str], float] = {}
     rows = budget_usage_annotate(Budget.objects.filter(active=True, cap_usd__gt=0), now=now).values_list(
         "org__slug", "scope", "cap_usd", "spent_now"

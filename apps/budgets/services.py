@@ -21,10 +21,10 @@ import asyncpg
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.utils import timezone
 
 from apps.budgets.models import Budget, BudgetAlert, BudgetChange
 from apps.ledger.money import CAP_DECIMAL_PLACES, quantize_usd
+from finops import clock
 from finops.asyncdb import get_pool
 
 logger = logging.getLogger(__name__)
@@ -566,7 +566,7 @@ def budget_alert_dispatch(*, alert_id: int) -> bool:
                 "action": budget.action,
             },
         )
-        alert.dispatched_at = timezone.now()
+        alert.dispatched_at = clock.now()
         alert.dispatch_result = f"{routes} route(s)"
         alert.save(update_fields=["dispatched_at", "dispatch_result"])
     return True

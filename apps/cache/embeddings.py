@@ -30,6 +30,7 @@ import numpy as np
 from django.conf import settings
 
 from apps.cache.models import EMBEDDING_DIM
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -258,14 +259,13 @@ def _remote_client():
 
 
 async def _embed_remote(text: str, *, ctx: Any) -> np.ndarray | None:
-    import datetime as dt
     import time
 
     from apps.cache.selectors import price_in_force_async
     from apps.cache.services import embedding_request_record
 
     model = model_name()
-    price = await price_in_force_async(model=model, on=dt.datetime.now(dt.UTC).date())
+    price = await price_in_force_async(model=model, on=clock.today())
     if price is None:
         # Never an unbilled ($0) call: an unpriced embedding model switches the semantic tier off.
         logger.error("semantic cache: embedding model %s has no price in force; semantic tier skipped", model)

@@ -40,6 +40,7 @@ from apps.gateway.context import RequestContext
 from apps.gateway.tokens import count_tokens, message_text
 from apps.ledger.money import ZERO
 from apps.ledger.pricing import cost_compute
+from finops import clock
 from finops.asyncredis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
         state.signature = guard_signature(text)
         not_before = None
         if state.max_age_s is not None:
-            not_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=state.max_age_s)
+            not_before = clock.now() - dt.timedelta(seconds=state.max_age_s)
         candidates = await semantic_candidates(
             org_id=state.org_id,
             model_class=state.model_class,
@@ -277,7 +278,7 @@ async def _promote_to_exact(
     """A paraphrase that hit once is stored under its own exact key, so its repeats skip the embedding."""
     if not state.store or state.redis_down or state.key is None or time.monotonic() < _redis_down_until:
         return
-    remaining = int((expires_at - dt.datetime.now(dt.UTC)).total_seconds())
+    remaining = int((expires_at - clock.now()).total_seconds())
     if remaining <= 0:
         return
     try:
@@ -333,7 +334,7 @@ async def _saved_usd(ctx: RequestContext, response: dict[str, Any], answer_model
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
     cached = min(cached, prompt) if isinstance(cached, int) and cached > 0 else 0
-    today = dt.datetime.now(dt.UTC).date()
+    today = clock.today()
     catalog = ctx.extra.get("catalog")  # the gateway's price catalog, when the gateway runs the hooks
     if catalog is not None and hasattr(catalog, "price_for"):
         price = catalog.price_for(answer_model, today)

@@ -19,11 +19,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
-from django.utils import timezone
 
 from apps.ledger.money import ZERO, quantize_usd
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
+from finops import clock
 
 MARKER = "drill:runaway_loop"
 RUNBOOK_SQL = Path(settings.BASE_DIR) / "docs" / "runbook" / "sql"
@@ -158,7 +158,7 @@ def drill_run(
     from apps.anomalies.services import anomaly_scan
     from apps.ledger.services import cost_rollup_hourly
 
-    now = now or timezone.now()
+    now = now or clock.now()
     with transaction.atomic():  # committed on its own: a rolled-back drill must not bring a kept one back
         removed_rows, removed_anomalies = drill_cleanup()
     if removed_rows or removed_anomalies:

@@ -20,6 +20,7 @@ from django.conf import settings
 
 from apps.costmodel.model import AS_RECORDED, Lever, LoadRow, PriceRow, ReferenceLoad
 from apps.ledger import seed
+from finops import clock
 
 PRICES_FIXTURE = Path(settings.BASE_DIR) / "fixtures" / "prices.json"
 REFERENCE_PER_DAY = 50_000
@@ -72,7 +73,7 @@ def ladder_models() -> tuple[str, str]:
     cheap = min(default, key=lambda t: t[2])[4][0][0]
     top_rank = max(t[2] for t in default)
     premium_models = [m for t in default if t[2] == top_rank for m, _ in t[4]]
-    prices = prices_from_fixture(models=premium_models, on=dt.datetime.now(dt.UTC).date())
+    prices = prices_from_fixture(models=premium_models, on=clock.today())
     premium = min(premium_models, key=lambda m: prices[m].input_per_1m + prices[m].output_per_1m)
     return cheap, premium
 
@@ -96,7 +97,7 @@ def reference_load_build(
     measured: dict[str, Lever] | None = None,
 ) -> ReferenceLoad:  # fmt: skip
     """The reference load from the seed generator's constants and the fixture's list prices in force on `on`."""
-    on = on or dt.datetime.now(dt.UTC).date()
+    on = on or clock.today()
     cheap, premium = ladder_models()
     models = [m[0] for m in seed.MODEL_MIX]
     from apps.cache.embeddings import LOCAL_MODEL_NAME, REMOTE_DEFAULT_MODEL

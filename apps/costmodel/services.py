@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +22,7 @@ from apps.costmodel.model import (
 from apps.costmodel.reference import reference_load_build
 from apps.costmodel.selectors import LedgerMeasurement, cache_levers_measured, embedding_lever, router_measure
 from apps.ledger.money import quantize_usd
+from finops import clock
 
 COST_MODEL_DIR = Path(settings.BASE_DIR) / "docs" / "cost-model"
 REFERENCE_CSV = COST_MODEL_DIR / "reference-load.csv"
@@ -166,7 +166,7 @@ def readme_write(
     out = [
         "# Cost model: the 8-tenant reference load",
         "",
-        f"_Written by `manage.py cost_model{' --reconcile' if reconciliation else ''}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+        f"_Written by `manage.py cost_model{' --reconcile' if reconciliation else ''}` on {clock.now():%Y-%m-%d %H:%M} UTC "
         "from "
         f"[`{rel_csv}`]({rel_csv}); do not edit by hand. `manage.py cost_model --refresh` rebuilds the CSV from the seed "
         "generator, the price fixture and the `make eval` measurements (`make eval` runs both)._",

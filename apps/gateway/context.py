@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from apps.ledger.money import ZERO
+from finops import clock
 
 
 @dataclass(slots=True)
@@ -46,7 +47,7 @@ class RouteDecision:
 class RequestContext:
     endpoint: str  # "chat_completions" | "chat"
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    received_at: dt.datetime = field(default_factory=lambda: clock.now())
     started: float = field(default_factory=time.perf_counter)
 
     caller: Caller | None = None

@@ -4,11 +4,11 @@ import datetime as dt
 
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.utils import timezone
 from django.utils.functional import cached_property
 
 from apps.ledger.models import CostDailySummary, LLMRequest, ModelPrice, SeedIncident
 from apps.reports.scoping import OrgScopedAdminMixin
+from finops import clock
 
 
 @admin.register(ModelPrice)
@@ -76,7 +76,7 @@ class ReceivedWindowFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         window = self.effective()
-        now = timezone.now()
+        now = clock.now()
         if window in self.WINDOWS:
             return queryset.filter(received_at__gte=now - self.WINDOWS[window])
         month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -95,7 +95,7 @@ class DayFilter(admin.SimpleListFilter):
     parameter_name = "day"
 
     def lookups(self, request, model_admin):
-        today = timezone.now().date()
+        today = clock.today()
         return [((today - dt.timedelta(days=i)).isoformat(), f"{today - dt.timedelta(days=i):%a %b %d}") for i in range(35)]
 
     def queryset(self, request, queryset):

@@ -17,12 +17,12 @@ from decimal import Decimal
 
 import numpy as np
 from django.db import DatabaseError, connection, transaction
-from django.utils import timezone
 
 from apps.ledger.models import CostDailySummary, LLMRequest, SeedIncident
 from apps.ledger.money import COST_DECIMAL_PLACES
 from apps.tenancy.models import Organization
 from apps.tenancy.services import api_key_create, member_get_or_create, org_get_or_create, team_get_or_create
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -294,10 +294,14 @@ def incident_batches(rng, tenancy: SeedTenancy, *, start: dt.date, days: int, pe
         "premium_switch", when(days - 9, 9), 8, int(initech[0]), PREMIUM_SWITCH_MODEL, int(90 * scale),
         "A team switches its default model to claude-opus-4 for a working day.",
     )
-    # Cache outage: Acme's normally-cached traffic is served (and paid) for six hours.
+    # Cache outage: the FAQ traffic that Acme's search team serves from the cache (~40 requests an hour at
+    # this scale, none of which reach the ledger as billed rows while the cache is up) reaches gpt-4o and is
+    # paid for six hours. Sized from that traffic, not to clear the detector: at 70 requests (its first
+    # size) the outage cost about $0.10 an hour, under the scan's $0.25 minimum impact for two hours on
+    # some weekdays, so whether it was "caught" depended on the date the demo was seeded.
     add(
-        "cache_outage", when(days - 4, 10), 6, int(acme[0]), "gpt-4o", int(70 * scale),
-        "The exact/semantic cache is down; repeated prompts reach gpt-4o and are billed.", cache=(0.0, 0.0),
+        "cache_outage", when(days - 4, 10), 6, int(acme[0]), "gpt-4o", int(240 * scale),
+        "The exact/semantic cache is down; the search team's FAQ traffic reaches gpt-4o and is billed.", cache=(0.0, 0.0),
     )
     return batches, labels
 
@@ -412,7 +416,7 @@ def seed_demo(
 
     started = time.monotonic()
     rng = np.random.default_rng(seed)
-    end = end or timezone.now().date()
+    end = end or clock.today()
     start = end - dt.timedelta(days=days)
     with transaction.atomic():
         tenancy = seed_tenancy()

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from apps.ledger.models import ModelPrice
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def cost_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
     INSERT … SELECT … ON CONFLICT DO UPDATE, so two runs converge on the same rows.
     Returns the number of summary rows written (inserted or changed).
     """
-    until = until or timezone.now().date()
+    until = until or clock.today()
     params = {
         "start": _day_start(since),
         "end": _day_start(until + dt.timedelta(days=1)),
@@ -205,13 +205,13 @@ def cost_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
 
 def cost_rollup_hourly() -> int:
     """The beat job: today and yesterday (late rows for yesterday still land)."""
-    today = timezone.now().date()
+    today = clock.today()
     return cost_rollup(since=today - dt.timedelta(days=1), until=today)
 
 
 def cost_rollup_days(*, since: dt.date, until: dt.date | None = None) -> Iterable[tuple[dt.date, int]]:
     """Day-by-day backfill, so a progress bar can follow along."""
-    until = until or timezone.now().date()
+    until = until or clock.today()
     day = since
     while day <= until:
         yield day, cost_rollup(since=day, until=day)

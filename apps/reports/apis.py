@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -17,6 +16,7 @@ from rest_framework.views import APIView
 from apps.ledger.money import ZERO, usd_str
 from apps.reports.scoping import api_scope
 from apps.reports.selectors import anomaly_queryset, spend_rows
+from finops import clock
 from finops.errors import BadRequest
 
 MAX_RANGE_DAYS = 366
@@ -139,7 +139,7 @@ class SpendApi(APIView):
     def get(self, request):
         params = _validated(SpendQuerySerializer, request)
         scope = api_scope(request.user, org_slug=params.get("org"))
-        today = timezone.now().date()
+        today = clock.today()
         start = params.get("start") or today.replace(day=1)
         end = params.get("end") or today
         if end < start:

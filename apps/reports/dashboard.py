@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from apps.ledger.money import ZERO
@@ -24,6 +23,7 @@ from apps.reports.selectors import (
     routing_savings,
     spend_overview,
 )
+from finops import clock
 
 
 @dataclass
@@ -51,7 +51,7 @@ def _table(title: str, rows: list[BreakdownRow], *, link: str | None, limit: int
 
 
 def dashboard_context(*, scope: Scope, month: Month, user) -> dict:
-    today = timezone.now().date()
+    today = clock.today()
     overview = spend_overview(scope=scope, month=month, today=today)
     routing = routing_savings(scope=scope, start=month.start, end=month.end)
     in_progress = month.start <= today < month.end

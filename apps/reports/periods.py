@@ -6,8 +6,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from django.utils import timezone
-
+from finops import clock
 from finops.errors import BadRequest
 
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
@@ -71,7 +70,7 @@ def month_of(day: dt.date) -> Month:
 
 
 def current_month() -> Month:
-    return month_of(timezone.now().date())
+    return month_of(clock.today())
 
 
 def month_parse(value: str | None, *, default: Month | None = None) -> Month:

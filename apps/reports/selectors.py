@@ -17,13 +17,13 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from apps.ledger.models import CostDailySummary, ModelPrice
 from apps.ledger.money import ZERO
 from apps.reports.periods import Month
 from apps.reports.scoping import Scope
 from apps.tenancy.models import Member, Organization, Team
+from finops import clock
 
 # Strategies where the router chose the model. `pinned` and `tier` were the client's choice and
 # `downgrade` the budget's, so none of those earn (or lose) routing savings.
@@ -106,7 +106,7 @@ def month_forecast(*, spent: Decimal, month: Month, now: dt.datetime | None = No
 
     Today counts as the fraction of it that has passed, so a morning does not drag the rate down.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     if now >= month.end_at:
         return spent
     elapsed = Decimal((now - month.start_at).total_seconds()) / 86400
@@ -160,7 +160,7 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
 
     One scan of the rollup (GROUPING SETS) plus one small name lookup per dimension.
     """
-    today = today or timezone.now().date()
+    today = today or clock.today()
     previous = month.previous
     through = min(today, month.end - dt.timedelta(days=1))
     params: dict = {"cur": month.start, "prev": previous.start, "end": min(month.end, today + dt.timedelta(days=1))}
@@ -267,7 +267,7 @@ def premium_reference_model(*, on: dt.date | None = None) -> str | None:
     candidates = [model for model, rank in rows if rank == top]
     if len(candidates) == 1:
         return candidates[0]
-    on = on or timezone.now().date()
+    on = on or clock.today()
     prices = (
         ModelPrice.objects.filter(model__in=candidates, effective_from__lte=on)
         .filter(Q(effective_to__isnull=True) | Q(effective_to__gt=on))
@@ -473,7 +473,7 @@ def budget_views(*, scope: Scope, month: Month, charts: int = 4, limit: int = 25
     orgs = [v.budget.org_id for v in monthly if v.budget.scope == "org"]
     teams = [v.budget.team_id for v in monthly if v.budget.scope == "team"]
     users = [v.budget.member_id for v in monthly if v.budget.scope == "user"]
-    today = timezone.now().date()
+    today = clock.today()
     params = {
         "start": month.start,
         "end": min(month.end, today + dt.timedelta(days=1)),

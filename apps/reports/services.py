@@ -17,7 +17,6 @@ from typing import Any, TextIO
 
 from django.db import connection
 from django.db.models import Q, Sum
-from django.utils import timezone
 
 from apps.ledger.models import CostDailySummary, ModelPrice
 from apps.ledger.money import CAP_DECIMAL_PLACES, TOKENS_PER_PRICE_UNIT, ZERO, quantize_usd
@@ -26,6 +25,7 @@ from apps.reports.periods import Month, day_start
 from apps.reports.scoping import GLOBAL, Scope, org_scope
 from apps.reports.selectors import ROUTED_STRATEGIES, premium_reference_model, spend_rows
 from apps.tenancy.models import Organization, Team
+from finops import clock
 from finops.errors import BadRequest
 
 Progress = Callable[[int], None]
@@ -82,7 +82,7 @@ def route_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
     One INSERT … SELECT … ON CONFLICT DO UPDATE: idempotent, and two concurrent runs converge.
     Returns the number of summary rows written (inserted or changed).
     """
-    until = until or timezone.now().date()
+    until = until or clock.today()
     params = {
         "start": day_start(since),
         "end": day_start(until + dt.timedelta(days=1)),
@@ -96,13 +96,13 @@ def route_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
 
 def route_rollup_hourly() -> int:
     """The beat job: today and yesterday (late rows for yesterday still land)."""
-    today = timezone.now().date()
+    today = clock.today()
     return route_rollup(since=today - dt.timedelta(days=1), until=today)
 
 
 def route_rollup_days(*, since: dt.date, until: dt.date | None = None) -> Iterable[tuple[dt.date, int]]:
     """Day-by-day backfill, so a progress bar can follow along."""
-    until = until or timezone.now().date()
+    until = until or clock.today()
     day = since
     while day <= until:
         yield day, route_rollup(since=day, until=day)
@@ -286,7 +286,7 @@ def _tokens_cost(price: ModelPrice, *, prompt: int, completion: int, cached: int
 
 
 def _month_days(month: Month) -> list[dt.date]:
-    return month.days_until(timezone.now().date())
+    return month.days_until(clock.today())
 
 
 def route_report(*, month: Month, scope: Scope, progress: Progress | None = None) -> ReportTable:
@@ -362,7 +362,7 @@ def chargeback(*, month: Month, org_slug: str | None = None, refresh: bool = Fal
 
     scope = _scope_for_org(org_slug)
     if refresh:
-        last = min(month.end - dt.timedelta(days=1), timezone.now().date())
+        last = min(month.end - dt.timedelta(days=1), clock.today())
         if last >= month.start:
             cost_rollup(since=month.start, until=last)
     queryset = scope.filter(CostDailySummary.objects.filter(date__gte=month.start, date__lt=month.end))

@@ -23,7 +23,6 @@ that scores it (`apps.routing.services.router_eval_learned_scores`).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ import numpy as np
 
 from apps.gateway.tokens import message_text
 from apps.routing.engine import LearnedScore
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class RouteIndex:
             gains=np.asarray(gains, dtype=np.float32),
             keys=np.asarray(keys, dtype=np.uint64),
             k=k,
-            meta={"format": FORMAT, "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **(meta or {})},
+            meta={"format": FORMAT, "built_at": clock.now().isoformat(timespec="seconds"), **(meta or {})},
         )
 
     def loo_gains(self, progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it) -> np.ndarray:

@@ -18,11 +18,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
-from django.utils import timezone
 
 from apps.ledger.models import ModelPrice
 from apps.routing.engine import ModelSpec, PolicySpec, RouterConfig, RuleSpec, TierSpec
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex, keyword_terms
+from finops import clock
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _ttl() -> float:
 
 def prices_in_force(*, on: dt.date | None = None) -> dict[str, ModelPrice]:
     """The price row in force on `on` (default today, UTC) for every priced model."""
-    on = on or timezone.now().date()
+    on = on or clock.today()
     rows = (
         ModelPrice.objects.filter(effective_from__lte=on)
         .filter(Q(effective_to__isnull=True) | Q(effective_to__gt=on))

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from apps.ledger.pricing import Price
 from apps.ledger.selectors import price_in_force
@@ -39,6 +38,7 @@ from apps.routing.evaluation import (
 )
 from apps.routing.models import Tier, TierModel
 from apps.routing.selectors import latency_p50_by_model, router_config_invalidate, router_config_load
+from finops import clock
 from finops.errors import UnpricedModel
 
 PRICES_FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "prices.json"
@@ -51,7 +51,7 @@ def tier_latency_refresh(*, window: dt.timedelta = LATENCY_WINDOW, now: dt.datet
 
     A model without traffic in the window keeps its last figure (an idle model is not a fast one).
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     rows = list(TierModel.objects.all())
     figures = latency_p50_by_model(since=now - window, models=sorted({tm.model for tm in rows}))
     updated = 0
@@ -110,7 +110,7 @@ class RouterEvalRun:
 
 def eval_price(*, model: str, on: dt.date | None = None) -> Price:
     """The ledger's price in force; the vendored fixtures/prices.json row when the database has none (documented fallback)."""
-    on = on or timezone.now().date()
+    on = on or clock.today()
     try:
         return price_in_force(model=model, on=on)
     except UnpricedModel:

@@ -5,10 +5,10 @@ import secrets
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.utils import timezone
 from django.utils.text import slugify
 
 from apps.tenancy.models import ApiKey, Member, Organization, Team
+from finops import clock
 
 KEY_PREFIX = "fo-"
 PREFIX_LENGTH = 10
@@ -58,6 +58,6 @@ def api_key_create(*, member: Member, name: str = "", rate_limit_per_minute: int
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
-        api_key.revoked_at = timezone.now()
+        api_key.revoked_at = clock.now()
         api_key.save(update_fields=["revoked_at"])
     return api_key

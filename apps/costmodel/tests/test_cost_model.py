@@ -150,7 +150,7 @@ def test_the_reference_load_matches_the_seed_generator():
 
 
 @pytest.mark.django_db
-def test_reconcile_against_a_seeded_ledger_is_within_five_percent(prices):
+def test_reconcile_against_a_seeded_ledger_is_within_five_percent(prices, pinned_now):
     seed.seed_demo(per_day=1000, days=30)
     load = reference_load_build(per_day=1000, days=30)
     csv_path = load_render(load)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def seeded(prices):
+def seeded(prices, pinned_now):
     seed.seed_demo(per_day=400, days=30, seed=42)
     return LLMRequest.objects.count()
 

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 
 from django.core.management.base import BaseCommand
 from django.db.models import Min
-from django.utils import timezone
 from tqdm import tqdm
 
 from apps.ledger.models import LLMRequest
+from finops import clock
 
 
 class DayRangeRollupCommand(BaseCommand):
@@ -28,7 +28,7 @@ class DayRangeRollupCommand(BaseCommand):
         parser.add_argument("--all", action="store_true", help="from the first request in the ledger")
 
     def handle(self, *args, **options):
-        today = timezone.now().date()
+        today = clock.today()
         since = options["since"]
         if options["all"]:
             first = LLMRequest.objects.aggregate(first=Min("received_at"))["first"]

@@ -3,9 +3,9 @@ import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from apps.ledger.services import prices_import_litellm, prices_load_fixture
+from finops import clock
 
 
 class Command(BaseCommand):
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             created = prices_load_fixture(path=path)
             self.stdout.write(f"{created} new price rows from {path}")
             return
-        effective_from = options["effective_from"] or timezone.now().date()
+        effective_from = options["effective_from"] or clock.today()
         created, skipped = prices_import_litellm(data=data, effective_from=effective_from, source=f"litellm:{path.name}")
         self.stdout.write(f"{created} new price rows from {path} (effective {effective_from}); {len(skipped)} skipped")
         for reason in skipped[:20]:

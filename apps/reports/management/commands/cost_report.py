@@ -1,9 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 from tqdm import tqdm
 
 from apps.reports.periods import month_parse
 from apps.reports.services import COST_REPORT_DIMENSIONS, cost_report, report_write
+from finops import clock
 from finops.errors import FinopsError
 
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         try:
             month = month_parse(options["month"])
             bar = tqdm(
-                total=len(month.days_until(timezone.now().date())),
+                total=len(month.days_until(clock.today())),
                 unit="day",
                 disable=options["by"] != "route",
                 file=self.stderr._out,

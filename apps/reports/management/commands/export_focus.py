@@ -1,11 +1,11 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 from tqdm import tqdm
 
 from apps.reports.periods import month_parse
 from apps.reports.services import focus_export
+from finops import clock
 from finops.errors import FinopsError
 
 
@@ -26,7 +26,7 @@ class Command(BaseCommand):
             out = open(options["output"], "w", newline="") if options["output"] else self.stdout._out  # noqa: SIM115
             try:
                 with tqdm(
-                    total=len(month.days_until(timezone.now().date())), unit="day", file=sys.stderr, disable=not options["output"]
+                    total=len(month.days_until(clock.today())), unit="day", file=sys.stderr, disable=not options["output"]
                 ) as bar:
                     result = focus_export(month=month, out=out, org_slug=options["org"], progress=bar.update)
             finally:

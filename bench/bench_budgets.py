@@ -2,7 +2,7 @@
 
 Measured in one process, on a fresh `finops_bench_budgets` database on the shared server:
 - floor: `SELECT 1` on the same asyncpg pool (one round trip, nothing else);
-- the hot path: `apps.budgets.pipeline.budget_reserve` (one call of the `budget_reserve` SQL function
+- the hot path: `apps.gateway.stages.budget_reserve` → `apps.budgets.gate.budget_reserve` (one call of the `budget_reserve` SQL function
   against user, team and org budgets) and `budget_settle`;
 - the deprecated baseline (ADR-005): the budget rows and counters read with the Django ORM, called
   through `sync_to_async` as an async view would; plus the same reserve done with the ORM
@@ -212,9 +212,9 @@ class PausableProxy:
 async def measure_hot_path(callers, iterations: int) -> dict[str, dict[str, float]]:
     from asgiref.sync import sync_to_async
 
-    from apps.budgets.pipeline import budget_reserve, budget_settle
     from apps.budgets.services import reservation_settle
     from apps.gateway.context import RequestContext
+    from apps.gateway.stages import budget_reserve, budget_settle
     from finops.asyncdb import get_pool
 
     pool = await get_pool()
@@ -269,8 +269,8 @@ async def measure_hot_path(callers, iterations: int) -> dict[str, dict[str, floa
 
 
 async def measure_concurrent(callers, requests: int, concurrency: int) -> dict[str, float]:
-    from apps.budgets.pipeline import budget_reserve, budget_settle
     from apps.gateway.context import RequestContext
+    from apps.gateway.stages import budget_reserve, budget_settle
 
     latencies: list[float] = []
     states: set[str] = set()
@@ -299,8 +299,8 @@ async def measure_concurrent(callers, requests: int, concurrency: int) -> dict[s
 async def measure_fail_open_lock(callers, decisions: int) -> dict[str, float]:
     from django.db import connection
 
-    from apps.budgets.pipeline import budget_reserve
     from apps.gateway.context import RequestContext
+    from apps.gateway.stages import budget_reserve
     from finops.asyncdb import get_pool
     from finops.errors import RateLimited
 
@@ -330,8 +330,8 @@ async def measure_fail_open_lock(callers, decisions: int) -> dict[str, float]:
 async def measure_fail_open_proxy(callers, decisions: int) -> dict[str, float]:
     from django.db import connection
 
-    from apps.budgets.pipeline import budget_reserve
     from apps.gateway.context import RequestContext
+    from apps.gateway.stages import budget_reserve
     from finops.asyncdb import close_pools, get_pool
     from finops.errors import RateLimited
 
@@ -389,7 +389,7 @@ def main() -> None:
     setup_django()
     from django.conf import settings
 
-    from apps.budgets.limiter import local_window
+    from finops.ratelimit import local_window
 
     callers = tenants(args.users)
     local_window.clear()

@@ -7,7 +7,7 @@ database FINOPS_BENCH_CACHE_REDIS_DB (default 12). 100k unit vectors are bulk-lo
 into one org's scope: the embeddings of real GPTCache prompts (with answers and guard signatures, so
 paraphrase queries can hit) plus perturbations of them; the HNSW index is rebuilt after the load.
 
-Measured, in this process, through the real hooks of apps.cache.pipeline:
+Measured, in this process, through the gateway's cache stages (apps.gateway.stages → apps.cache.lookup):
 1. semantic lookup = embedding (MiniLM on FINOPS_CACHE_LOCAL_RUNTIME, one thread) + HNSW search + guard, with its
    parts separately;
 2. exact-hit lookup (Redis GET + savings);
@@ -162,7 +162,7 @@ def bulk_load(org, *, entries: int, texts: list[str], scope: tuple[str, str], re
 
 def make_ctx(caller, prompt: str):
     from apps.gateway.context import RequestContext
-    from apps.gateway.tokens import count_message_tokens
+    from finops.tokens import count_message_tokens
 
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
     return RequestContext(
@@ -178,9 +178,10 @@ def make_ctx(caller, prompt: str):
 async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> dict[str, dict[str, float] | int]:
     from tqdm import tqdm
 
-    from apps.cache.embeddings import embed_prompt
-    from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_state, cache_store
     from apps.cache.selectors import semantic_candidates
+    from apps.embeddings.embeddings import embed_prompt
+    from apps.gateway.stages import _cache_state as cache_state
+    from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
     from finops.asyncdb import close_pools
 
     # Warm the pool, the policy memo, the embedding thread and the index pages (a cold HNSW search reads
@@ -189,7 +190,7 @@ async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> d
         await cache_lookup_semantic(make_ctx(caller, prompt))
 
     # CPU time of one embedding on the embedding thread: what the wall time approaches on an idle core.
-    from apps.cache.embeddings import _executor, local_embedder
+    from apps.embeddings.embeddings import _executor, local_embedder
 
     def cpu_timed(text: str) -> float:
         started = time.thread_time()
@@ -201,7 +202,7 @@ async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> d
     # The same prompts through sentence-transformers on torch (the runtime before ONNX), same run, same thread.
     torch_cpu_s: list[float] = []
     if local_embedder.runtime != "torch":
-        from apps.cache.embeddings import LocalEmbedder
+        from apps.embeddings.embeddings import LocalEmbedder
 
         baseline = LocalEmbedder(runtime="torch")
         await loop.run_in_executor(_executor, baseline.load)
@@ -344,10 +345,10 @@ def main() -> int:
     if args.runtime:
         os.environ["FINOPS_CACHE_LOCAL_RUNTIME"] = args.runtime
     org, team, member, created = setup_django()
-    from apps.cache.embeddings import local_embedder
     from apps.cache.evaluation import load_pairs
     from apps.cache.keys import request_key
     from apps.cache.services import cache_invalidate
+    from apps.embeddings.embeddings import local_embedder
     from apps.gateway.context import Caller
 
     pairs, label = load_pairs(duplicate_jaccard=1.0)

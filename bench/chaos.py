@@ -350,7 +350,7 @@ def scenario_upstream(ctx, args) -> Result:
 
 def replay_twice(ctx, result: Result) -> None:
     """The outbox replay (the body of the beat task), then a second one that must insert nothing."""
-    from apps.gateway.services import ledger_outbox_replay
+    from apps.ledger.outbox import ledger_outbox_replay
 
     spool = Path(os.environ["FINOPS_LEDGER_SPOOL_DIR"])
     replay = ledger_outbox_replay(redis_url=ctx["redis_url"], directory=spool)
@@ -643,7 +643,7 @@ def prompt_hash(messages: list[dict]) -> str:
 
     import orjson
 
-    from apps.gateway.tokens import message_text
+    from finops.tokens import message_text
 
     return hashlib.sha256(orjson.dumps([[m.get("role"), message_text(m.get("content"))] for m in messages])).hexdigest()
 
@@ -715,7 +715,7 @@ def scenario_gateway_kill(ctx, args) -> Result:
 
     from django.db import connection
 
-    from apps.gateway.recorder import INTERRUPTED
+    from apps.ledger.recorder import INTERRUPTED
 
     result = Result("Gateway worker SIGKILLed mid-stream (2 workers)")
     port = free_port()

@@ -31,19 +31,3 @@ def secret_key_is_strong(app_configs, **kwargs):
             )
         ]
     return []
-
-
-@checks.register()
-def cache_local_runtime_is_known(app_configs, **kwargs):
-    """A typo in FINOPS_CACHE_LOCAL_RUNTIME would otherwise only show as a warm-up warning and a silent semantic tier."""
-    from apps.cache.embeddings import LOCAL_RUNTIMES
-
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME") or "onnx-int8"
-    if runtime not in LOCAL_RUNTIMES:
-        return [
-            checks.Error(
-                f"FINOPS_CACHE_LOCAL_RUNTIME={runtime!r} is not one of {', '.join(LOCAL_RUNTIMES)}.",
-                id="finops.E003",
-            )
-        ]
-    return []

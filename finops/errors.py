@@ -64,6 +64,16 @@ class RateLimited(FinopsError):
 class BudgetExceeded(RateLimited):
     code = "budget_exceeded"
 
+    def __init__(self, message: str, *, remaining_usd=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.remaining_usd = remaining_usd  # what is left of the level that refused (a Decimal), for the row and headers
+
+
+class BudgetDegradedRateLimited(RateLimited):
+    """Budgets could not be read (fail-open) and this user has used the fail-open limiter's minute."""
+
+    code = "budget_degraded_rate_limit"
+
 
 class UnpricedModel(FinopsError):
     """A model without a price row in force: never billed as $0."""

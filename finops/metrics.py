@@ -10,6 +10,7 @@ Labels are bounded: provider, model, tier, cache status, outcome, detector, seve
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -69,3 +70,9 @@ def _database_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(_DatabaseCollector())
     return registry
+
+
+@functools.lru_cache(maxsize=8192)
+def child(metric, *values: str):
+    """`metric.labels(*values)`, memoised: label lookup and validation cost more than the increment on the hot path."""
+    return metric.labels(*values)

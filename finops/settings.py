@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "apps.tenancy",
     "apps.ledger",
+    "apps.embeddings",
     "apps.budgets",
     "apps.cache",
     "apps.routing",
@@ -187,7 +188,7 @@ HOUR = 3600
 # waited longer than its own period in a backed-up queue.
 CELERY_BEAT_SCHEDULE = {
     "ledger-outbox-replay": {
-        "task": "apps.gateway.tasks.ledger_outbox_replay_task",
+        "task": "apps.ledger.tasks.ledger_outbox_replay_task",
         "schedule": crontab(),  # every minute
         "options": {"expires": 55},
     },

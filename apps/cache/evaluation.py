@@ -238,7 +238,7 @@ Embed = Callable[[list[str]], np.ndarray]
 
 
 def local_embed(texts: list[str], *, progress: bool = True) -> np.ndarray:
-    from apps.cache.embeddings import local_embedder
+    from apps.embeddings.embeddings import local_embedder
 
     local_embedder.load()
     local_embedder.use_all_cores()  # offline batch work
@@ -260,7 +260,7 @@ def threshold_sweep(
     started = time.monotonic()
     embedder = ""
     if embed is None:
-        from apps.cache.embeddings import LOCAL_MODEL_NAME, local_embedder
+        from apps.embeddings.embeddings import LOCAL_MODEL_NAME, local_embedder
 
         def embed(texts: list[str]) -> np.ndarray:
             return local_embed(texts, progress=progress)
@@ -532,7 +532,7 @@ def replay_workload(
     key = ApiKey.objects.filter(member=member, name="cache eval replay", revoked_at=None).first()
     key = key or api_key_create(member=member, name="cache eval replay").api_key
     cache_invalidate(org_id=org.id)
-    from apps.cache.embeddings import local_embedder
+    from apps.embeddings.embeddings import local_embedder
 
     local_embedder.load()
     stream = _workload(pairs, requests=requests, seed=seed)
@@ -572,13 +572,13 @@ def _workload(pairs: list[Pair], *, requests: int, seed: int) -> list[tuple[str,
 
 
 async def _replay(stream, *, org, team, member, key, model: str, progress: bool) -> ReplayResult:
-    from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_store
-    from apps.cache.selectors import price_in_force_async
-    from apps.gateway.context import Caller, RequestContext
-    from apps.gateway.tokens import count_message_tokens
+    from apps.cache.lookup import CacheRequest, cache_lookup_exact, cache_lookup_semantic, cache_plan, cache_store
     from apps.ledger.money import ZERO
     from apps.ledger.pricing import cost_compute
+    from apps.ledger.selectors import price_in_force_async
+    from apps.tenancy.types import Caller
     from finops.asyncdb import close_pools
+    from finops.tokens import count_message_tokens
 
     price = await price_in_force_async(model=model, on=clock.today())
     if price is None:
@@ -594,27 +594,30 @@ async def _replay(stream, *, org, team, member, key, model: str, progress: bool)
     for kind, intent, prompt in tqdm(stream, desc="replay", unit="req", disable=not progress):
         mix[kind] += 1
         messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]
-        ctx = RequestContext(
-            endpoint="chat_completions",
-            caller=caller,
-            requested_model=model,
-            body={"model": model, "messages": messages, "temperature": 0},
-            messages=messages,
-            prompt_tokens_estimate=count_message_tokens(messages),
+        prompt_tokens = count_message_tokens(messages)
+        state = await cache_plan(
+            request=CacheRequest(
+                caller=caller,
+                request_id=uuid.uuid4(),
+                requested_model=model,
+                messages=messages,
+                body={"model": model, "messages": messages, "temperature": 0},
+                prompt_tokens_estimate=prompt_tokens,
+            )
         )
         completion_tokens = answers.setdefault(intent, rng.randint(60, 400))
-        upstream_cost = cost_compute(price=price, prompt_tokens=ctx.prompt_tokens_estimate, completion_tokens=completion_tokens)
+        upstream_cost = cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         without += upstream_cost
-        response = await cache_lookup_exact(ctx)
-        if response is None:
-            response = await cache_lookup_semantic(ctx)
-        if response is not None:
-            counts[ctx.cache_status] += 1
-            saved += ctx.saved_usd
-            if response["choices"][0]["message"]["content"] != f"answer to {intent}":
+        lookup = await cache_lookup_exact(state=state)
+        if lookup.hit is None:
+            lookup = await cache_lookup_semantic(state=state)
+        if lookup.hit is not None:
+            counts[lookup.status] += 1
+            saved += lookup.hit.saved_usd
+            if lookup.hit.response["choices"][0]["message"]["content"] != f"answer to {intent}":
                 wrong += 1
             continue
-        counts["bypass" if ctx.cache_status == "bypass" else "miss"] += 1
+        counts["bypass" if lookup.status == "bypass" else "miss"] += 1
         with_cache += upstream_cost
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -625,12 +628,12 @@ async def _replay(stream, *, org, team, member, key, model: str, progress: bool)
                 {"index": 0, "message": {"role": "assistant", "content": f"answer to {intent}"}, "finish_reason": "stop"}
             ],
             "usage": {
-                "prompt_tokens": ctx.prompt_tokens_estimate,
+                "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
-                "total_tokens": ctx.prompt_tokens_estimate + completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        await cache_store(ctx, answer)
+        await cache_store(state=state, response=answer, answer_model=model)
     await close_pools()
     return ReplayResult(
         requests=len(stream),
@@ -649,7 +652,7 @@ async def _replay(stream, *, org, team, member, key, model: str, progress: bool)
 
 
 def _runtime_note() -> str:
-    from apps.cache.embeddings import local_embedder
+    from apps.embeddings.embeddings import local_embedder
 
     return f", {local_embedder.runtime} runtime" if local_embedder.runtime else ""
 

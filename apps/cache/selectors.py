@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
-from apps.ledger.pricing import Price
 from finops.asyncdb import get_pool
 
 
@@ -100,27 +99,6 @@ def cache_policy_forget(org_id: int | None = None) -> None:
         _policies.clear()
     else:
         _policies.pop(org_id, None)
-
-
-_prices: dict[tuple[str, dt.date], tuple[float, Price | None]] = {}
-_PRICE_SQL = """
-SELECT id, provider, model, input_per_1m, output_per_1m, cached_input_per_1m FROM model_prices
-WHERE model = $1 AND effective_from <= $2 AND (effective_to IS NULL OR effective_to > $2)
-ORDER BY effective_from DESC LIMIT 1
-"""
-
-
-async def price_in_force_async(*, model: str, on: dt.date) -> Price | None:
-    """`apps.ledger.selectors.price_in_force` for the event loop, memoised for a minute; None when unpriced."""
-    now = time.monotonic()
-    cached = _prices.get((model, on))
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    pool = await get_pool()
-    row = await pool.fetchrow(_PRICE_SQL, model, on)
-    price = Price.from_row(row) if row is not None else None
-    _prices[(model, on)] = (now + 60.0, price)
-    return price
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ The index sets let an admin invalidate one org (or one org's model) without SCAN
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -23,7 +22,6 @@ from django.db import connection, transaction
 
 from apps.cache.metrics import CACHE_INVALIDATED, CACHE_PURGED
 from apps.cache.selectors import cache_policy_forget, vector_literal
-from apps.ledger.pricing import Price, cost_compute
 from finops.asyncdb import get_pool
 
 logger = logging.getLogger(__name__)
@@ -125,42 +123,6 @@ async def semantic_entry_store(
 async def semantic_entry_hit(*, entry_id: int) -> None:
     pool = await get_pool()
     await pool.execute("UPDATE semantic_cache_entries SET hits = hits + 1, last_hit_at = now() WHERE id = $1", entry_id)
-
-
-# --- embedding cost row -----------------------------------------------------------------------
-
-_background: set[asyncio.Task] = set()
-
-
-async def embedding_request_record(*, ctx: Any, price: Price, prompt_tokens: int, upstream_ms: float) -> None:
-    """Bill a remote embedding call as its own `llm_requests` row (endpoint "embeddings").
-
-    The row goes through the gateway's ledger writer (group commit, outbox when Postgres is down) in
-    the background, so the lookup does not wait for the commit. It names the request it served in
-    route_reason; the chat row carries no embedding cost, so nothing is counted twice.
-    """
-    from apps.gateway.context import RequestContext
-    from apps.gateway.recorder import ledger_record
-
-    row_ctx = RequestContext(endpoint="embeddings", caller=getattr(ctx, "caller", None), requested_model=price.model)
-    row_ctx.model, row_ctx.provider, row_ctx.price_id = price.model, price.provider, price.id
-    row_ctx.prompt_tokens = prompt_tokens
-    row_ctx.cost_usd = cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=0)
-    row_ctx.upstream_ms = upstream_ms
-    row_ctx.attempts = 1
-    row_ctx.prompt_hash = getattr(ctx, "prompt_hash", "") or ""
-    row = row_ctx.ledger_row()
-    row["route_reason"] = f"semantic cache embedding for request {ctx.request_id}"
-    row["prompt_text"] = row["response_text"] = None
-    task = asyncio.get_running_loop().create_task(ledger_record(row))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def background_flush() -> None:
-    """Wait for this process's pending embedding rows (tests, and shutdown paths that need them durable)."""
-    while _background:
-        await asyncio.gather(*list(_background), return_exceptions=True)
 
 
 # --- invalidation and expiry (sync: admin and beat) --------------------------------------------

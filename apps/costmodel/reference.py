@@ -100,7 +100,7 @@ def reference_load_build(
     on = on or clock.today()
     cheap, premium = ladder_models()
     models = [m[0] for m in seed.MODEL_MIX]
-    from apps.cache.embeddings import LOCAL_MODEL_NAME, REMOTE_DEFAULT_MODEL
+    from apps.embeddings.embeddings import LOCAL_MODEL_NAME, REMOTE_DEFAULT_MODEL
 
     prices = prices_from_fixture(
         models=list(dict.fromkeys([*models, cheap, premium, LOCAL_MODEL_NAME, REMOTE_DEFAULT_MODEL])), on=on
@@ -146,7 +146,7 @@ def reference_load_build(
         "pinned_share": f"{SEED_SOURCE}: route_strategy 'pinned' share; the rest is router-chosen",
         "cheap_model": "apps/routing/defaults.py: cheap tier of the default ladder",
         "premium_model": "apps/routing/defaults.py: cheapest premium model of the default ladder (reports' premium counterfactual)",
-        "remote_embedding_model": "apps/cache/embeddings.py: the model FINOPS_CACHE_EMBEDDING_BACKEND=openai uses (README's what-if)",
+        "remote_embedding_model": "apps/embeddings/embeddings.py: the model FINOPS_CACHE_EMBEDDING_BACKEND=openai uses (README's what-if)",
         "requests_per_day": "the reference load: 50k requests/day",
         "days": "one month",
     }

@@ -98,7 +98,7 @@ def router_measure(*, progress: bool = False) -> RouterMeasurement | None:
 
 
 def embedding_lever() -> Lever:
-    from apps.cache.embeddings import backend, model_name
+    from apps.embeddings.embeddings import backend, model_name
 
     return Lever(
         model_name(), f"settings: FINOPS_CACHE_EMBEDDING_BACKEND={backend()}, the model every exact miss is embedded with"

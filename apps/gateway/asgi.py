@@ -20,8 +20,8 @@ from django.conf import settings
 
 from apps.gateway import pipeline
 from apps.gateway.providers import clients_close
-from apps.gateway.recorder import ledger_drain
 from apps.gateway.selectors import catalog_get
+from apps.ledger.recorder import ledger_drain
 from finops.asyncdb import close_pools, get_pool
 from finops.errors import FinopsError, PayloadTooLarge
 
@@ -96,7 +96,7 @@ async def _warm_semantic_cache() -> None:
     if not settings.FINOPS.get("CACHE_ENABLED", True):
         return
     try:
-        from apps.cache import embeddings
+        from apps.embeddings import embeddings
 
         if embeddings.backend() == "local":
             await asyncio.wait_for(asyncio.wrap_future(embeddings.local_embedder.warmup()), timeout=120)
@@ -107,7 +107,7 @@ async def _warm_semantic_cache() -> None:
 async def _warm_router() -> None:
     """Load the learned routing index (and the embedding model it needs, even with the cache off) before traffic."""
     try:
-        from apps.routing.pipeline import router_warmup
+        from apps.routing.decide import router_warmup
 
         await asyncio.wait_for(router_warmup(), timeout=120)
     except Exception as exc:

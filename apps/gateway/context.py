@@ -1,8 +1,9 @@
 """The state of one request as it moves through the pipeline, and the ledger row it becomes.
 
-Every stage of `apps.gateway.pipeline` reads and fills a `RequestContext`; `ledger_row()` maps it
-onto the columns of `llm_requests`. Other apps' pipeline hooks (cache, routing, budgets) receive
-the same object and fill their own section.
+Only the gateway writes a `RequestContext`: the stages of `apps.gateway.pipeline` call the other apps'
+typed functions with values (a caller, messages, an estimate) and copy their typed results (a cache
+lookup, a route decision, a budget decision) into the fields below. `ledger_row()` maps it onto the
+columns of `llm_requests` (apps.ledger.recorder.row_new).
 """
 
 from __future__ import annotations
@@ -12,35 +13,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apps.ledger.money import ZERO
+from apps.ledger.recorder import row_new
+from apps.routing.types import RouteDecision  # noqa: F401 - re-exported for tests and benches
+from apps.tenancy.types import Caller  # noqa: F401 - re-exported
 from finops import clock
 
-
-@dataclass(slots=True)
-class Caller:
-    api_key_id: int
-    api_key_prefix: str
-    org_id: int
-    team_id: int
-    member_id: int
-    store_prompts: bool = False
-    allow_model_pinning: bool = True
-    rate_limit_per_minute: int = 0
-
-
-@dataclass(slots=True)
-class RouteDecision:
-    """What the router chose. `chain` is the fallback order: this model first, then upward only."""
-
-    model: str
-    tier: str = ""
-    provider: str = ""
-    strategy: str = ""  # pinned, keyword, complexity, confidence, default, downgrade, fallback
-    reason: str = ""
-    requested_tier: str = ""
-    chain: list[tuple[str, str]] = field(default_factory=list)  # [(tier, model), ...] to try in order
+if TYPE_CHECKING:
+    from apps.cache.lookup import CacheState
+    from apps.gateway.selectors import Catalog
+    from apps.routing.types import ConfidenceCheck
 
 
 @dataclass(slots=True)
@@ -104,7 +88,18 @@ class RequestContext:
     http_status: int = 200
     error_code: str = ""
     response_text: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # per-stage scratch space
+
+    # What the stages keep for the later ones (typed: no scratch dict).
+    catalog: Catalog | None = None  # prices and upstreams as of stage 3
+    mock_headers: dict[str, str] = field(default_factory=dict)  # x-mock-* fault injection, sent to the mock only
+    cache: CacheState | None = None  # stage 4's plan, reused by stage 5 and the store
+    downgraded_from: str = ""  # stage 7: the model a downgrade budget moved the request from
+    fail_open_reason: str = ""  # stage 7: why the budgets could not be read
+    max_tokens_requested: int | None = None  # stage 7: the client's limit before a fail-open clamp
+    reserved: bool = False  # stage 7 ran to completion: settle after the response
+    confidence: ConfidenceCheck | None = None  # stage 9: the router's verdict on the first answer
+    billed_response: dict[str, Any] | None = field(default=None, repr=False)  # stage 9 billed it already
+    upstream_usage: dict[str, Any] | None = None  # a stream's usage chunk
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -116,46 +111,46 @@ class RequestContext:
         overhead = None
         if self.upstream_ms is not None:
             overhead = max(self.elapsed_ms() - self.upstream_ms, 0.0)
-        return {
-            "request_id": self.request_id,
-            "endpoint": self.endpoint,
-            "received_at": self.received_at,
-            "org_id": caller.org_id if caller else None,
-            "team_id": caller.team_id if caller else None,
-            "member_id": caller.member_id if caller else None,
-            "api_key_id": caller.api_key_id if caller else None,
-            "api_key_prefix": caller.api_key_prefix if caller else "",
-            "status": self.status,
-            "http_status": self.http_status,
-            "error_code": self.error_code,
-            "stream": self.stream,
-            "requested_model": self.requested_model,
-            "model": self.model or (route.model if route else ""),
-            "provider": self.provider or (route.provider if route else ""),
-            "tier": self.tier or (route.tier if route else ""),
-            "price_id": self.price_id,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cached_tokens": self.cached_tokens,
-            "cost_usd": self.cost_usd,
-            "saved_usd": self.saved_usd,
-            "cache_status": self.cache_status,
-            "similarity": self.similarity,
-            "requested_tier": route.requested_tier if route else "",
-            "route_strategy": route.strategy if route else "",
-            "route_reason": (route.reason if route else "")[:255],
-            "escalated": self.escalated,
-            "escalation_cost_usd": self.escalation_cost_usd,
-            "fallback_from": self.fallback_from,
-            "attempts": self.attempts,
-            "budget_state": self.budget_state,
-            "reserved_usd": self.reserved_usd,
-            "upstream_ms": self.upstream_ms,
-            "overhead_ms": overhead,
-            "prompt_hash": self.prompt_hash,
-            "prompt_text": _prompt_text(self.messages) if store else None,
-            "response_text": self.response_text if store else None,
-        }
+        return row_new(
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            received_at=self.received_at,
+            org_id=caller.org_id if caller else None,
+            team_id=caller.team_id if caller else None,
+            member_id=caller.member_id if caller else None,
+            api_key_id=caller.api_key_id if caller else None,
+            api_key_prefix=caller.api_key_prefix if caller else "",
+            status=self.status,
+            http_status=self.http_status,
+            error_code=self.error_code,
+            stream=self.stream,
+            requested_model=self.requested_model,
+            model=self.model or (route.model if route else ""),
+            provider=self.provider or (route.provider if route else ""),
+            tier=self.tier or (route.tier if route else ""),
+            price_id=self.price_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            cost_usd=self.cost_usd,
+            saved_usd=self.saved_usd,
+            cache_status=self.cache_status,
+            similarity=self.similarity,
+            requested_tier=route.requested_tier if route else "",
+            route_strategy=route.strategy if route else "",
+            route_reason=(route.reason if route else "")[:255],
+            escalated=self.escalated,
+            escalation_cost_usd=self.escalation_cost_usd,
+            fallback_from=self.fallback_from,
+            attempts=self.attempts,
+            budget_state=self.budget_state,
+            reserved_usd=self.reserved_usd,
+            upstream_ms=self.upstream_ms,
+            overhead_ms=overhead,
+            prompt_hash=self.prompt_hash,
+            prompt_text=_prompt_text(self.messages) if store else None,
+            response_text=self.response_text if store else None,
+        )
 
 
 def _prompt_text(messages: list[dict[str, Any]]) -> str:

@@ -7,9 +7,9 @@ per-user figures live in Postgres, not here. Dollars are floats here only — th
 
 from __future__ import annotations
 
-import functools
-
 from prometheus_client import Counter, Histogram
+
+from finops.metrics import child  # noqa: F401 - the memoised .labels() of the hot path
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -48,40 +48,3 @@ FALLBACKS = Counter(
 ESCALATIONS = Counter(
     "finops_gateway_escalations_total", "Low-confidence answers re-asked one tier up, by the first tier.", ["tier"]
 )
-AUTH_STALE = Counter(
-    "finops_gateway_auth_stale_total",
-    "Requests authenticated from a key's last known state because the key lookup failed (Postgres unreachable).",
-)
-LEDGER_ROWS = Counter("finops_ledger_rows_written_total", "Ledger rows written by the gateway, by sink.", ["sink"])
-LEDGER_DEAD_LETTERS = Counter(
-    "finops_ledger_dead_letters_total", "Ledger rows Postgres refused (data or constraint error), kept in the spool's dead-*.jsonl."
-)
-LEDGER_OUTBOX = Counter(
-    "finops_ledger_outbox_rows_total",
-    "Ledger rows diverted to the outbox because Postgres failed, by sink (redis, spool).",
-    ["sink"],
-)
-
-
-@functools.lru_cache(maxsize=8192)
-def child(metric, *values: str):
-    """`metric.labels(*values)`, memoised: label lookup and validation cost more than the increment on the hot path."""
-    return metric.labels(*values)
-
-
-def ledger_dead_letters():
-    """Rows Postgres refused, waiting in the spool's dead-*.jsonl for an operator (read at scrape time, so the API
-    reports what the replay worker wrote: the spool directory is shared, see compose.yml)."""
-    from prometheus_client.core import GaugeMetricFamily
-
-    from apps.gateway.recorder import spool_dir
-
-    family = GaugeMetricFamily(
-        "finops_ledger_dead_letter_rows", "Ledger rows Postgres refused, kept in the spool's dead-*.jsonl until an operator re-inserts them."
-    )
-    rows = 0
-    for path in spool_dir().glob("dead-*.jsonl"):
-        with open(path, "rb") as fh:
-            rows += sum(1 for line in fh if line.strip())
-    family.add_metric([], rows)
-    yield family

@@ -21,7 +21,7 @@ prompt hash.  In replay mode (``replay_path``) prompts recorded in a RouteLLM-st
 fixture are answered with what the real model of the requested tier said; the
 ``X-Mock-Replay: hit|miss`` response header tells which happened.
 
-Usage is computed with :mod:`apps.gateway.tokens`, the same counter the gateway
+Usage is computed with :mod:`finops.tokens`, the same counter the gateway
 uses for its pre-call cost estimate, so estimates reconcile exactly.
 
 Per-request controls (request headers)
@@ -73,7 +73,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from apps.gateway.tokens import (
+from finops.tokens import (
     count_message_tokens,
     count_tokens,
     message_text,

@@ -1,9 +1,5 @@
 """Reads of the hot path, served from short in-process caches so a request needs no database round trip.
 
-- `caller_for_secret`: the API key behind a bearer secret (SHA-256 lookup, constant-time compare),
-  cached for FINOPS["API_KEY_CACHE_SECONDS"] — so a revoked key stops working within that window.
-  While Postgres is unreachable, a key the gateway resolved within FINOPS["API_KEY_STALE_SECONDS"]
-  keeps its last known resolution (stale-if-error); see `caller_for_secret`.
 - `catalog_get`: the price rows and the upstream providers, reloaded in the background every
   FINOPS["GATEWAY_CATALOG_CACHE_SECONDS"]; a cost is computed from the price row in force without a query.
 
@@ -14,122 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from apps.gateway import metrics
-from apps.gateway.context import Caller
-from apps.ledger.pricing import Price
+from apps.ledger.pricing import Price, PriceBook
+from apps.ledger.selectors import price_book_fetch
 from finops.asyncdb import get_pool
 
 logger = logging.getLogger(__name__)
 
 MOCK_PROVIDER = "mock"
 ALL_PRICED = "*"
-_KEY_CACHE_MAX = 50_000
 
-_KEY_SQL = """
-SELECT k.id, k.prefix, k.key_hash, k.org_id, k.team_id, k.member_id, k.revoked_at, k.rate_limit_per_minute,
-       o.store_prompts, o.allow_model_pinning
-FROM tenancy_apikey k JOIN tenancy_organization o ON o.id = k.org_id
-WHERE k.key_hash = $1
-"""
-_PRICES_SQL = """
-SELECT id, provider, model, input_per_1m, output_per_1m, cached_input_per_1m, effective_from, effective_to
-FROM model_prices ORDER BY model, effective_from DESC
-"""
 _PROVIDERS_SQL = """
 SELECT name, base_url, api_key_env, served_models, timeout_s, connect_timeout_s, max_connections, enabled
 FROM gateway_provider ORDER BY name
 """
-
-# --- API keys ---------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class _KeyEntry:
-    fresh_until: float  # monotonic: served without a query until then
-    stale_until: float  # monotonic: last confirmed by Postgres + API_KEY_STALE_SECONDS
-    caller: Caller | None
-    revoked: bool
-
-
-_key_cache: dict[str, _KeyEntry] = {}
-# During an outage a key is re-checked against Postgres at most this often; in between, its stale entry answers.
-_STALE_RECHECK_S = 1.0
-
-
-async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
-    """(caller, revoked): the key's caller, or (None, False) for an unknown key.
-
-    A revoked key still names its caller, so that the rejected request is attributed to the org it
-    belonged to (a leaked key shows up on the org's ledger), but `revoked` is True and it is refused.
-
-    Stale-if-error: when the lookup fails (Postgres down or hung) and this process resolved the key
-    within the last FINOPS["API_KEY_STALE_SECONDS"], that resolution is served again — an active key
-    keeps working, a key seen revoked stays refused. A key never seen (or seen only as unknown) raises,
-    and the gateway answers 503: it cannot tell a new key from a forged one without the database. The
-    window is bounded because a key revoked during the outage cannot be known until Postgres is back.
-    """
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    cfg = settings.FINOPS
-    ttl = cfg["API_KEY_CACHE_SECONDS"]
-    stale_s = cfg["API_KEY_STALE_SECONDS"]
-    now = time.monotonic()
-    entry = _key_cache.get(digest)
-    if entry is not None and entry.fresh_until > now:
-        return entry.caller, entry.revoked
-    fallback = entry if entry is not None and entry.caller is not None and entry.stale_until > now else None
-    try:
-        if fallback is None:
-            row = await _key_row(digest)
-        else:  # a known key: do not make it wait the full command timeout on a hung database
-            row = await asyncio.wait_for(_key_row(digest), cfg["API_KEY_REVALIDATE_TIMEOUT_MS"] / 1000)
-    except Exception as exc:
-        if fallback is None:
-            raise
-        fallback.fresh_until = now + min(_STALE_RECHECK_S, fallback.stale_until - now)
-        metrics.AUTH_STALE.inc()
-        logger.warning("API key lookup failed (%s); serving key %s… from its last known state", type(exc).__name__,
-                       fallback.caller.api_key_prefix)  # fmt: skip
-        return fallback.caller, fallback.revoked
-    caller = None
-    revoked = False
-    # The lookup is by hash; compare_digest keeps the final check constant-time all the same.
-    if row is not None and hmac.compare_digest(row["key_hash"], digest):
-        revoked = row["revoked_at"] is not None
-        caller = Caller(
-            api_key_id=row["id"],
-            api_key_prefix=row["prefix"],
-            org_id=row["org_id"],
-            team_id=row["team_id"],
-            member_id=row["member_id"],
-            store_prompts=row["store_prompts"],
-            allow_model_pinning=row["allow_model_pinning"],
-            rate_limit_per_minute=row["rate_limit_per_minute"],
-        )
-    # Unknown keys are cached only for the fresh TTL (0: not at all): they are never served stale.
-    if ttl > 0 or (caller is not None and stale_s > 0):
-        if len(_key_cache) >= _KEY_CACHE_MAX:
-            _key_cache.clear()  # bounded memory: a flood of random keys cannot grow it forever
-        _key_cache[digest] = _KeyEntry(now + ttl, now + max(stale_s, ttl), caller, revoked)
-    return caller, revoked
-
-
-async def _key_row(digest: str):
-    pool = await get_pool()
-    return await pool.fetchrow(_KEY_SQL, digest)
-
-
-def caller_cache_clear() -> None:
-    _key_cache.clear()
-
 
 # --- catalog: prices and upstreams ---------------------------------------------------------------
 
@@ -147,26 +49,16 @@ class Upstream:
     models: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _PriceWindow:
-    effective_from: dt.date
-    effective_to: dt.date | None
-    price: Price
-
-
 @dataclass(slots=True)
 class Catalog:
     loaded_at: float
-    prices: dict[str, list[_PriceWindow]] = field(default_factory=dict)  # newest window first
+    prices: PriceBook = field(default_factory=PriceBook)
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     model_upstream: dict[str, Upstream] = field(default_factory=dict)
     router_models: frozenset[str] = frozenset()
 
     def price_for(self, model: str, on: dt.date) -> Price | None:
-        for window in self.prices.get(model, ()):
-            if window.effective_from <= on and (window.effective_to is None or window.effective_to > on):
-                return window.price
-        return None
+        return self.prices.price_for(model, on)
 
     def upstream_for(self, model: str) -> Upstream | None:
         return self.model_upstream.get(model)
@@ -211,23 +103,22 @@ async def catalog_refresh() -> Catalog:
     global _catalog
     pool = await get_pool()
     async with pool.acquire() as conn:
-        price_rows = await conn.fetch(_PRICES_SQL)
+        prices = await price_book_fetch(conn)
         try:
             provider_rows = await conn.fetch(_PROVIDERS_SQL)
         except Exception as exc:  # the gateway migration is not applied yet: settings providers only
             logger.warning("gateway_provider unreadable (%s); using FINOPS_UPSTREAMS only", exc)
             provider_rows = []
-    _catalog = catalog_build(price_rows=price_rows, provider_rows=provider_rows)
+    _catalog = catalog_build(price_rows=prices, provider_rows=provider_rows)
     return _catalog
 
 
-def catalog_build(*, price_rows, provider_rows) -> Catalog:
-    catalog = Catalog(loaded_at=time.monotonic(), router_models=frozenset(settings.FINOPS["GATEWAY_ROUTER_MODELS"]))
-    for row in price_rows:
-        window = _PriceWindow(row["effective_from"], row["effective_to"], Price.from_row(row))
-        catalog.prices.setdefault(row["model"], []).append(window)
-    for windows in catalog.prices.values():
-        windows.sort(key=lambda w: w.effective_from, reverse=True)
+def catalog_build(*, price_rows: PriceBook | Iterable, provider_rows) -> Catalog:
+    """The catalog from price rows (or a PriceBook of them) and provider rows; pure, for tests too."""
+    prices = price_rows if isinstance(price_rows, PriceBook) else PriceBook(price_rows)
+    catalog = Catalog(
+        loaded_at=time.monotonic(), prices=prices, router_models=frozenset(settings.FINOPS["GATEWAY_ROUTER_MODELS"])
+    )
 
     catalog.upstreams = _upstreams(provider_rows)
     explicit: dict[str, Upstream] = {}
@@ -235,8 +126,8 @@ def catalog_build(*, price_rows, provider_rows) -> Catalog:
     for upstream in catalog.upstreams.values():
         for model in upstream.models:
             if model == ALL_PRICED:
-                for priced_model, windows in catalog.prices.items():
-                    if upstream.name == MOCK_PROVIDER or windows[0].price.provider == upstream.name:
+                for priced_model in prices.models():
+                    if upstream.name == MOCK_PROVIDER or prices.latest(priced_model).provider == upstream.name:
                         wildcard.setdefault(priced_model, upstream)
             else:
                 explicit.setdefault(model, upstream)

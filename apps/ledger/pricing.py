@@ -1,7 +1,15 @@
-"""The one cost function. Pure: token counts × a dated price row, in Decimal."""
+"""The one cost function and the one price-in-force rule. Pure: token counts × a dated price row, in Decimal.
+
+- `cost_compute`: (prompt − cached) × input + cached × cached_input + completion × output, per 1M tokens.
+- `PriceBook.price_for(model, on)`: the row in force on a day, `effective_from ≤ on < effective_to` (open-ended
+  when effective_to is empty), the newest window first. Every reader of prices (the gateway's catalog, the
+  ledger's selectors, the cache's savings, reports) goes through it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -30,6 +38,43 @@ class Price:
             output_per_1m=Decimal(_get(row, "output_per_1m")),
             cached_input_per_1m=None if _get(row, "cached_input_per_1m") is None else Decimal(_get(row, "cached_input_per_1m")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PriceWindow:
+    effective_from: dt.date
+    effective_to: dt.date | None
+    price: Price
+
+    def in_force(self, on: dt.date) -> bool:
+        return self.effective_from <= on and (self.effective_to is None or self.effective_to > on)
+
+
+class PriceBook:
+    """Price rows (dicts, asyncpg records or ModelPrice instances) by model, newest window first."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self, rows: Iterable = ()) -> None:
+        self.windows: dict[str, list[PriceWindow]] = {}
+        for row in rows:
+            window = PriceWindow(_get(row, "effective_from"), _get(row, "effective_to"), Price.from_row(row))
+            self.windows.setdefault(window.price.model, []).append(window)
+        for windows in self.windows.values():
+            windows.sort(key=lambda w: w.effective_from, reverse=True)
+
+    def price_for(self, model: str, on: dt.date) -> Price | None:
+        for window in self.windows.get(model, ()):
+            if window.in_force(on):
+                return window.price
+        return None
+
+    def latest(self, model: str) -> Price | None:
+        windows = self.windows.get(model)
+        return windows[0].price if windows else None
+
+    def models(self) -> list[str]:
+        return list(self.windows)
 
 
 def _get(row, name):

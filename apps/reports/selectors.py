@@ -15,11 +15,12 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 
-from apps.ledger.models import CostDailySummary, ModelPrice
+from apps.ledger.models import CostDailySummary
 from apps.ledger.money import ZERO
+from apps.ledger.selectors import prices_in_force
 from apps.reports.periods import Month
 from apps.reports.scoping import Scope
 from apps.tenancy.models import Member, Organization, Team
@@ -267,13 +268,8 @@ def premium_reference_model(*, on: dt.date | None = None) -> str | None:
     candidates = [model for model, rank in rows if rank == top]
     if len(candidates) == 1:
         return candidates[0]
-    on = on or clock.today()
-    prices = (
-        ModelPrice.objects.filter(model__in=candidates, effective_from__lte=on)
-        .filter(Q(effective_to__isnull=True) | Q(effective_to__gt=on))
-        .values_list("model", "input_per_1m", "output_per_1m")
-    )
-    priced = sorted(((i + o, m) for m, i, o in prices), key=lambda pair: pair[0])
+    prices = prices_in_force(on=on or clock.today(), models=candidates)
+    priced = sorted(((p.input_per_1m + p.output_per_1m, m) for m, p in prices.items()), key=lambda pair: pair[0])
     return priced[0][1] if priced else candidates[0]
 
 
@@ -290,18 +286,11 @@ WITH agg AS (
 )
 SELECT a.route_strategy, a.tier,
        sum(a.requests), sum(a.answered), sum(a.escalations), sum(a.cost_usd), sum(a.escalation_cost_usd),
-       sum(((a.prompt_tokens - a.cached_tokens) * p.input_per_1m
-            + a.cached_tokens * coalesce(p.cached_input_per_1m, p.input_per_1m)
-            + a.completion_tokens * p.output_per_1m) / 1000000),
+       sum(finops_cost_usd(a.prompt_tokens, a.completion_tokens, a.cached_tokens,
+                           p.input_per_1m, p.cached_input_per_1m, p.output_per_1m)),
        bool_or(p.id IS NULL AND a.answered > 0)
 FROM agg a
-LEFT JOIN LATERAL (
-    SELECT mp.id, mp.input_per_1m, mp.cached_input_per_1m, mp.output_per_1m
-    FROM model_prices mp
-    WHERE mp.model = %(premium)s AND mp.effective_from <= a.date AND (mp.effective_to IS NULL OR mp.effective_to > a.date)
-    ORDER BY mp.effective_from DESC
-    LIMIT 1
-) p ON true
+LEFT JOIN LATERAL finops_price_in_force(%(premium)s, a.date) p ON true
 GROUP BY 1, 2
 """
 

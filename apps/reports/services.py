@@ -19,7 +19,9 @@ from django.db import connection
 from django.db.models import Q, Sum
 
 from apps.ledger.models import CostDailySummary, ModelPrice
-from apps.ledger.money import CAP_DECIMAL_PLACES, TOKENS_PER_PRICE_UNIT, ZERO, quantize_usd
+from apps.ledger.money import CAP_DECIMAL_PLACES, ZERO, quantize_usd
+from apps.ledger.pricing import PriceBook, cost_compute
+from apps.ledger.selectors import price_book
 from apps.reports import focus
 from apps.reports.periods import Month, day_start
 from apps.reports.scoping import GLOBAL, Scope, org_scope
@@ -271,20 +273,6 @@ GROUP BY 1, 2, 3
 """
 
 
-def _price_on(rows: list[ModelPrice], day: dt.date) -> ModelPrice | None:
-    for row in rows:  # newest first
-        if row.effective_from <= day and (row.effective_to is None or row.effective_to > day):
-            return row
-    return None
-
-
-def _tokens_cost(price: ModelPrice, *, prompt: int, completion: int, cached: int) -> Decimal:
-    cached_rate = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
-    return (
-        (prompt - cached) * price.input_per_1m + cached * cached_rate + completion * price.output_per_1m
-    ) / TOKENS_PER_PRICE_UNIT
-
-
 def _month_days(month: Month) -> list[dt.date]:
     return month.days_until(clock.today())
 
@@ -292,7 +280,7 @@ def _month_days(month: Month) -> list[dt.date]:
 def route_report(*, month: Month, scope: Scope, progress: Progress | None = None) -> ReportTable:
     """Cost by routing decision, read day by day from llm_requests, with the premium counterfactual."""
     premium = premium_reference_model(on=month.start)
-    premium_prices = list(ModelPrice.objects.filter(model=premium).order_by("-effective_from")) if premium else []
+    premium_prices = price_book(models=[premium]) if premium else PriceBook()
     acc: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0, 0, 0, ZERO, ZERO, ZERO, False])
     params: dict = {}
     scope_sql = ""
@@ -305,7 +293,7 @@ def route_report(*, month: Month, scope: Scope, progress: Progress | None = None
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        price = _price_on(premium_prices, day)
+        price = premium_prices.price_for(premium, day) if premium else None
         for strategy, tier, _model, n, answered, escalations, prompt, completion, cached, cost, escalation_cost in rows:
             a = acc[(strategy or "(none)", tier or "")]
             a[0] += n
@@ -316,7 +304,7 @@ def route_report(*, month: Month, scope: Scope, progress: Progress | None = None
             a[5] += cost
             a[6] += escalation_cost
             if price is not None:
-                a[7] += _tokens_cost(price, prompt=int(prompt), completion=int(completion), cached=int(cached))
+                a[7] += cost_compute(price=price, prompt_tokens=int(prompt), completion_tokens=int(completion), cached_tokens=int(cached))
             elif answered:
                 a[8] = True  # a day without a premium price: no counterfactual
         if progress:

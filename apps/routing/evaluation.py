@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from apps.gateway.tokens import count_message_tokens, count_tokens
 from apps.ledger.money import ZERO, quantize_usd
 from apps.ledger.pricing import Price, cost_compute
 from apps.routing.engine import (
@@ -54,6 +53,7 @@ from apps.routing.engine import (
     route_plan,
 )
 from apps.routing.features import answer_confidence, complexity_features, complexity_score, escalation_risk
+from finops.tokens import count_message_tokens, count_tokens
 
 EVAL_ROUTE = "eval"
 # RouteLLM generated GSM8K 8-shot, every example answer ending "#### <number>" (its generate_responses.py).
@@ -920,7 +920,7 @@ def markdown_report(
     )
     out.append(
         "- **Cost** of an answer = prompt tokens × input price + answer tokens × output price, counted with "
-        "`apps.gateway.tokens.count_tokens` on the recorded texts (GSM8K answers; MT-Bench turn-1 answers cut out of the "
+        "`finops.tokens.count_tokens` on the recorded texts (GSM8K answers; MT-Bench turn-1 answers cut out of the "
         "judge prompts). MMLU has no answer text: RouteLLM generated it with `max_new_tokens=1`, so 1 output token. "
         "The few-shot prefixes RouteLLM prepended (8-shot GSM8K, 5-shot MMLU) are not in the data and not counted."
     )

@@ -1,6 +1,6 @@
 """Text features the router decides on: prompt complexity (before the call) and answer confidence (after it).
 
-Pure functions of text, no Django: the gateway hot path (`apps.routing.pipeline`) and the offline A/B
+Pure functions of text, no Django: the gateway hot path (`apps.routing.decide`) and the offline A/B
 harness (`apps.routing.evaluation`) call exactly these, so what the harness measures is what runs.
 
 Complexity: six features, each scaled to 0..1, combined with the documented weights in
@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from apps.gateway.tokens import count_tokens, message_text
+from finops.tokens import count_tokens, message_text
 
 __all__ = [
     "COMPLEXITY_WEIGHTS",
@@ -479,7 +479,7 @@ def answer_confidence(
 ) -> Confidence:
     """`confidence_assess` with what the request itself implies: the asked-for answer format and JSON.
 
-    The one entry point of the hot path (`apps.routing.pipeline.confidence_escalate`) and of the
+    The one entry point of the hot path (`apps.routing.decide.confidence_escalate`) and of the
     offline harness, so both read an answer the same way.
     """
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)

@@ -17,9 +17,9 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
 
-from apps.ledger.models import ModelPrice
+from apps.ledger.pricing import Price
+from apps.ledger.selectors import prices_in_force as ledger_prices_in_force
 from apps.routing.engine import ModelSpec, PolicySpec, RouterConfig, RuleSpec, TierSpec
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex, keyword_terms
 from finops import clock
@@ -34,18 +34,9 @@ def _ttl() -> float:
     return float(settings.FINOPS.get("ROUTER_CONFIG_TTL_S", 10.0))
 
 
-def prices_in_force(*, on: dt.date | None = None) -> dict[str, ModelPrice]:
-    """The price row in force on `on` (default today, UTC) for every priced model."""
-    on = on or clock.today()
-    rows = (
-        ModelPrice.objects.filter(effective_from__lte=on)
-        .filter(Q(effective_to__isnull=True) | Q(effective_to__gt=on))
-        .order_by("model", "-effective_from")
-    )
-    current: dict[str, ModelPrice] = {}
-    for row in rows:
-        current.setdefault(row.model, row)
-    return current
+def prices_in_force(*, on: dt.date | None = None) -> dict[str, Price]:
+    """The price in force on `on` (default today, UTC) for every priced model (the ledger's rule)."""
+    return ledger_prices_in_force(on=on or clock.today())
 
 
 def router_config_load() -> RouterConfig:

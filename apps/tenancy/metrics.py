@@ -9,3 +9,8 @@ RATE_LIMITED = Counter(
     "Requests refused by a per-key rate limit (ApiKey.rate_limit_per_minute), by limiter (redis, local).",
     ["limiter"],
 )
+
+AUTH_STALE = Counter(
+    "finops_gateway_auth_stale_total",
+    "Requests authenticated from a key's last known state because the key lookup failed (Postgres unreachable).",
+)

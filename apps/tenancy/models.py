@@ -66,7 +66,7 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    # Enforced by the gateway (apps.tenancy.pipeline) on chat requests, within FINOPS_API_KEY_CACHE_SECONDS of an edit.
+    # Enforced by the gateway (apps.tenancy.keys.api_key_rate_admit) on chat requests, within FINOPS_API_KEY_CACHE_SECONDS of an edit.
     rate_limit_per_minute = models.PositiveIntegerField(
         default=0, help_text="Chat requests per minute through the gateway (a sliding window); 0 = unlimited."
     )

@@ -96,7 +96,7 @@ def test_the_gateway_fast_path_compares_with_compare_digest_too(make_tenant, mon
     database compares digests, never secrets), and its final check is hmac.compare_digest as well."""
     import asyncio
 
-    from apps.gateway import selectors
+    from apps.tenancy import keys as selectors
     from finops.asyncdb import close_pools
 
     tenant = make_tenant()

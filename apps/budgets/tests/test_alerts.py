@@ -9,10 +9,10 @@ from django.utils import timezone
 
 from apps.anomalies.models import AlertDelivery, AlertRoute
 from apps.budgets.models import BudgetAlert
-from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.budgets.selectors import period_start
 from apps.budgets.services import budget_alerts_dispatch_pending
 from apps.budgets.tests.conftest import ctx_for, run
+from apps.gateway.stages import budget_reserve, budget_settle
 from finops.errors import BudgetExceeded
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,8 +15,8 @@ from decimal import Decimal
 import pytest
 
 from apps.budgets.models import Reservation
-from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
+from apps.gateway.stages import budget_reserve, budget_settle
 from finops.errors import BudgetExceeded
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -66,7 +66,7 @@ def test_concurrent_reservations_never_overshoot_the_cap(level, make_tenant, mak
         ctx.cost_usd = actual
         await budget_settle(ctx)
         if ctx.budget_state == "fail_open":
-            failures.append(ctx.extra["budget_fail_open"])
+            failures.append(ctx.fail_open_reason)
         return i, ctx.budget_state
 
     async def all_at_once():

@@ -17,13 +17,14 @@ from django.db import connection
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from apps.budgets.limiter import limiter_key, local_window
-from apps.budgets.pipeline import budget_reserve
+from apps.budgets.limiter import limiter_key
 from apps.budgets.services import budget_reconcile
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
+from apps.gateway.stages import budget_reserve
 from apps.ledger.models import LLMRequest
 from finops.asyncdb import get_pool
 from finops.errors import BudgetExceeded, RateLimited
+from finops.ratelimit import local_window
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +158,7 @@ def test_postgres_down_fails_open(make_tenant, make_budget, degraded_settings, r
     finally:
         db["HOST"], db["PORT"] = saved
     assert ctx.budget_state == "fail_open"
-    assert ctx.extra["budget_fail_open"]["reason"] == "unavailable"
+    assert ctx.fail_open_reason == "unavailable"
 
 
 def test_fail_open_spend_reaches_the_counters_on_reconcile(make_tenant, make_budget, budget_settings):

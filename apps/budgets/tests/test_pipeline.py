@@ -9,9 +9,9 @@ import pytest
 from django.utils import timezone
 
 from apps.budgets.models import BudgetCounter, Reservation
-from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
 from apps.gateway.context import RouteDecision
+from apps.gateway.stages import budget_reserve, budget_settle
 from finops.errors import BudgetExceeded
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -103,8 +103,8 @@ def test_downgrade_reroutes_to_the_cheapest_and_reserves(make_tenant, make_budge
     ctx.prompt_tokens_estimate = 1000
     ctx.route = RouteDecision(model="gpt-4o", tier="premium", strategy="pinned")
     run(lambda: budget_reserve(ctx))
-    assert ctx.extra["downgrade"] is True
-    assert ctx.extra["downgraded_from"] == "gpt-4o"
+    assert ctx.route.strategy == "downgrade"
+    assert ctx.downgraded_from == "gpt-4o"
     assert ctx.route.model == "gpt-4o-mini"
     assert ctx.budget_state == "downgraded"
     assert ctx.reservation_id is not None

@@ -10,10 +10,10 @@ import pytest
 from django.utils import timezone
 
 from apps.budgets.models import BudgetCounter
-from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.budgets.services import budget_reconcile
 from apps.budgets.tasks import budget_reconcile_task
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
+from apps.gateway.stages import budget_reserve, budget_settle
 from apps.ledger.models import LLMRequest
 from finops.models import JobRun
 

@@ -9,10 +9,10 @@ import pytest
 from django.utils import timezone
 
 from apps.budgets.models import Reservation
-from apps.budgets.pipeline import budget_reserve
 from apps.budgets.services import reservation_sweep
 from apps.budgets.tasks import budget_sweep_task
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
+from apps.gateway.stages import budget_reserve
 from finops.errors import BudgetExceeded
 from finops.models import JobRun
 

@@ -35,7 +35,7 @@ def run(loop):
 @pytest.fixture(scope="session")
 def embedder():
     """The local MiniLM, loaded once (seconds) for the whole session."""
-    from apps.cache.embeddings import local_embedder
+    from apps.embeddings.embeddings import local_embedder
 
     local_embedder.load()
     return local_embedder
@@ -44,14 +44,15 @@ def embedder():
 @pytest.fixture(autouse=True)
 def _fresh_memos():
     from apps.cache import selectors
-    from apps.cache.pipeline import redis_breaker_reset
+    from apps.cache.lookup import redis_breaker_reset
+    from apps.ledger import selectors as prices
 
     selectors.cache_policy_forget()
-    selectors._prices.clear()
+    prices._prices.clear()
     redis_breaker_reset()
     yield
     selectors.cache_policy_forget()
-    selectors._prices.clear()
+    prices._prices.clear()
     redis_breaker_reset()
 
 

@@ -8,8 +8,8 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from apps.cache.models import CacheSettings, SemanticCacheEntry
-from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.cache.tests.conftest import completion, make_ctx
+from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.cache import onnx_export
-from apps.cache.embeddings import local_runtime
+from apps.embeddings import onnx_export
+from apps.embeddings.embeddings import local_runtime
 
 PROMPTS = [
     "What is the capital of France?",

@@ -10,9 +10,9 @@ import pytest
 from django.db import connection
 
 from apps.cache.models import CacheRouteOverride, CacheSettings, SemanticCacheEntry
-from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.cache.services import ORGS_KEY, cache_invalidate, cache_purge_expired
 from apps.cache.tests.conftest import chat_pairs, completion, make_ctx
+from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from apps.cache import embeddings
-from apps.cache.pipeline import cache_lookup_exact, cache_lookup_semantic, cache_store
-from apps.cache.services import background_flush
 from apps.cache.tests.conftest import completion, make_ctx
+from apps.embeddings import embeddings
+from apps.embeddings.embeddings import background_flush
+from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.ledger.models import LLMRequest
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force

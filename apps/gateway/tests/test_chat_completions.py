@@ -103,7 +103,7 @@ def test_it_streams_without_usage_and_puts_the_cost_in_the_final_chunk(gateway_u
     assert finops["cost_usd"] == format(row.cost_usd, "f")
     assert finops["completion_tokens"] == row.completion_tokens
     # The upstream was asked for usage anyway; the bill is the upstream's count, which matches the text.
-    from apps.gateway.tokens import count_message_tokens, count_tokens
+    from finops.tokens import count_message_tokens, count_tokens
 
     assert_billed(row, prompt=count_message_tokens([{"role": "user", "content": prompt}]), completion=count_tokens(text))
 

@@ -20,12 +20,12 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
-from apps.budgets.limiter import window_admit
 from apps.gateway.tests.conftest import unique_prompt, wait_for_row
 from apps.ledger.models import LLMRequest
-from apps.tenancy.pipeline import rate_limit_key
+from apps.tenancy.keys import rate_limit_key
 from apps.tenancy.services import api_key_create
 from conftest import gateway_server
+from finops.ratelimit import window_admit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,9 +25,9 @@ import openai
 import pytest
 
 from apps.gateway.mock_llm import FaultStore
-from apps.gateway.tokens import count_message_tokens, count_tokens, token_pieces, truncate_tokens
 from apps.routing.datasets import load_eval50
 from finops.processes import free_port, stop_process
+from finops.tokens import count_message_tokens, count_tokens, token_pieces, truncate_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EVAL50 = REPO_ROOT / "fixtures" / "routellm" / "eval50.jsonl"

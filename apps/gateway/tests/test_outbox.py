@@ -15,13 +15,13 @@ import redis.asyncio as aioredis
 from django.utils import timezone
 
 from apps.gateway.context import RequestContext
-from apps.gateway.recorder import INTERRUPTED, outbox_write, row_from_json, row_to_json
-from apps.gateway.services import ledger_outbox_replay
-from apps.gateway.tasks import ledger_outbox_replay_task
 from apps.gateway.tests.conftest import mini_cost, unique_prompt
 from apps.ledger.models import LLMRequest
+from apps.ledger.outbox import ledger_outbox_replay
 from apps.ledger.pricing import cost_compute
+from apps.ledger.recorder import INTERRUPTED, outbox_write, row_from_json, row_to_json
 from apps.ledger.selectors import price_in_force
+from apps.ledger.tasks import ledger_outbox_replay_task
 from conftest import ROOT, free_port, gateway_server
 from finops.models import JobRun
 
@@ -105,7 +105,7 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
 def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tmp_path, settings, redis_client):
     """A row Postgres refuses (here: an org that does not exist) goes to the outbox alone; the replay inserts what
     it can and keeps the refused row in a dead-letter file, so the outbox drains instead of failing every minute."""
-    from apps.gateway.recorder import LedgerWriter
+    from apps.ledger.recorder import LedgerWriter
     from finops.asyncdb import close_pools
 
     settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}
@@ -129,7 +129,7 @@ def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tm
     assert str(refused["request_id"]) in dead.read_text() and "foreign key constraint" in dead.read_text()
     assert ledger_outbox_replay(directory=tmp_path).dead == 0  # drained: nothing is retried forever
 
-    from apps.gateway.metrics import ledger_dead_letters  # what FinopsLedgerDeadLetters alerts on, read at scrape time
+    from apps.ledger.metrics import ledger_dead_letters  # what FinopsLedgerDeadLetters alerts on, read at scrape time
 
     (family,) = ledger_dead_letters()
     assert [sample.value for sample in family.samples] == [1]
@@ -143,8 +143,9 @@ import django
 
 django.setup()
 from apps.gateway.context import Caller, RequestContext
-from apps.gateway.recorder import _intent_journal, ledger_intent, ledger_intent_final
+from apps.gateway.pipeline import journal_intent
 from apps.gateway.selectors import catalog_build
+from apps.ledger.recorder import _intent_journal, ledger_intent_final
 from apps.ledger.models import ModelPrice
 
 org, team, member, key = map(int, sys.argv[1:5])
@@ -153,15 +154,15 @@ ids = []
 for _ in range(3):
     ctx = RequestContext(endpoint="chat_completions", requested_model="gpt-4o-mini", prompt_tokens_estimate=100)
     ctx.caller = Caller(api_key_id=key, api_key_prefix="fk", org_id=org, team_id=team, member_id=member)
-    ctx.extra["catalog"] = catalog
-    ledger_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock")  # the upstream call starts
+    ctx.catalog = catalog
+    journal_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock")  # the upstream call starts
     ids.append(ctx.request_id)
     if len(ids) == 1:  # answered and recorded: its intent is done
         ledger_intent_final(ctx.ledger_row())
         _intent_journal().done(str(ctx.request_id))
     elif len(ids) == 2:  # streaming: 7 completion tokens relayed so far
         ctx.model, ctx.tier, ctx.provider = "gpt-4o-mini", "cheap", "mock"
-        ledger_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock", completion_tokens=7, http_status=200)
+        journal_intent(ctx, model="gpt-4o-mini", tier="cheap", provider="mock", completion_tokens=7, http_status=200)
 print(" ".join(map(str, ids)), flush=True)
 sys.stdin.readline()
 os.kill(os.getpid(), signal.SIGKILL)
@@ -208,7 +209,7 @@ def test_intents_of_a_killed_gateway_process_become_interrupted_rows_exactly_onc
 
 
 def test_a_long_lived_journal_is_rotated_down_to_its_open_intents(tmp_path, monkeypatch):
-    from apps.gateway import recorder
+    from apps.ledger import recorder
 
     monkeypatch.setattr(recorder, "INTENT_ROTATE_BYTES", 4096)
     journal = recorder.IntentJournal(tmp_path)

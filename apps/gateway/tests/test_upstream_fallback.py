@@ -33,7 +33,7 @@ def mock_faults(mock_llm_url):
 @pytest.fixture(autouse=True)
 def closed_circuits():
     # The routing app's per-process breaker would open after these tests' deliberate failures.
-    from apps.routing.pipeline import breaker
+    from apps.routing.decide import breaker
 
     breaker().reset()
     yield
@@ -41,7 +41,7 @@ def closed_circuits():
 
 
 def test_an_open_circuit_is_skipped_without_a_call(catalog):
-    from apps.routing.pipeline import breaker
+    from apps.routing.decide import breaker
 
     for _ in range(breaker().failures):
         breaker().record("gpt-4o-mini", False)
@@ -61,7 +61,7 @@ def context(chain=CHAIN) -> RequestContext:
     ctx.messages = [{"role": "user", "content": "Which tier answers?"}]
     ctx.body = {"model": chain[0][1], "messages": ctx.messages}
     ctx.route = RouteDecision(model=chain[0][1], tier=chain[0][0], strategy="pinned", chain=list(chain))
-    ctx.extra["mock_headers"] = {}
+    ctx.mock_headers = {}
     return ctx
 
 

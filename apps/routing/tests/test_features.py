@@ -172,7 +172,7 @@ def test_uncertainty_is_the_strongest_signal() -> None:
     conf = confidence_assess(answer="I think 2 + 2 = 5", prompt="What is 2 + 2?", finish_reason="length")
     assert conf.uncertainty == 1.0
     assert conf.reason.startswith("truncated")
-    assert json.dumps(conf.signals)  # serialisable for ctx.extra
+    assert json.dumps(conf.signals)  # serialisable (it goes to the ledger and the logs)
 
 
 def test_escalation_risk_is_a_noisy_or_never_below_its_inputs() -> None:

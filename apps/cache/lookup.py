@@ -1,16 +1,17 @@
-"""Pipeline hooks of the dual-tier cache (stages 4 and 5).
+"""The dual-tier cache of one request (stages 4 and 5, and the store after the response), as typed functions.
 
-Contract with apps.gateway.pipeline:
-- `cache_lookup_exact(ctx)` / `cache_lookup_semantic(ctx)` return a full OpenAI chat.completion
-  response dict on a hit (and set ctx.cache_status, ctx.similarity, ctx.saved_usd), or None.
-- `cache_store(ctx, response)` stores a served answer (a full chat.completion dict, also for
-  streams, which the gateway reassembles); it must never raise into the request.
+- `cache_plan(request=CacheRequest(…))` decides once what the cache may do for this request (policy,
+  key, Cache-Control) and returns the `CacheState` that the later calls take.
+- `cache_lookup_exact(state=…)` / `cache_lookup_semantic(state=…, price_for=…)` return a `CacheLookup`:
+  the status to record (bypass, miss, exact, semantic) and, on a hit, a `CacheHit` with the full
+  OpenAI chat.completion dict, the similarity and `saved_usd` — what the upstream call would have cost:
+  the cached answer's usage at the price in force today for the model that produced it.
+- `cache_store(state=…, response=…, answer_model=…)` stores a served answer (a full chat.completion
+  dict, also for streams, which the gateway reassembles).
+- `prompt_vectors(state)`: what the semantic tier embedded for this request (text → vector), for the router.
 
-None of the hooks raises: a cache that fails is a cache that misses ("bypass" when Redis is down).
-On a hit ctx.status becomes "cached" and ctx.cost_usd stays 0; a remote embedding is billed on
-its own ledger row (endpoint "embeddings"), never on the chat row, so nothing is counted twice.
-ctx.saved_usd is what the upstream call would have cost: the cached answer's usage at the
-price in force today for the model that produced it (ctx.price_id names that price row).
+None of them raises: a cache that fails is a cache that misses ("bypass" when Redis is down). A remote
+embedding is billed on its own ledger row (endpoint "embeddings"), never on the chat row.
 
 Scope: entries are keyed on the org and the *requested* model (a concrete model or a route
 class such as "auto"), since the route is not decided yet at lookup time.
@@ -22,7 +23,9 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -31,17 +34,18 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.cache import metrics
-from apps.cache.embeddings import backend, embed_prompt
 from apps.cache.guard import Signature, choose_hit, guard_signature
 from apps.cache.keys import RequestKey, request_key, uses_tools
-from apps.cache.selectors import CachePolicy, cache_policy_for, price_in_force_async, semantic_candidates
+from apps.cache.selectors import CachePolicy, cache_policy_for, semantic_candidates
 from apps.cache.services import exact_entry_store, exact_key, semantic_entry_hit, semantic_entry_store
-from apps.gateway.context import RequestContext
-from apps.gateway.tokens import count_tokens, message_text
+from apps.embeddings.embeddings import EmbeddingCaller, backend, embed_prompt
 from apps.ledger.money import ZERO
-from apps.ledger.pricing import cost_compute
+from apps.ledger.pricing import Price, cost_compute
+from apps.ledger.selectors import price_in_force_async
+from apps.tenancy.types import Caller
 from finops import clock
 from finops.asyncredis import get_redis
+from finops.tokens import count_tokens, message_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +56,43 @@ REDIS_RETRY_AFTER_S = 1.0
 _redis_down_until = 0.0
 
 
+@dataclass(slots=True, frozen=True)
+class CacheRequest:
+    """What the cache needs to know about a request: its tenant, what it asked, and what its client allows."""
+
+    caller: Caller | None
+    request_id: uuid.UUID
+    requested_model: str
+    messages: list[dict[str, Any]]
+    body: dict[str, Any]
+    prompt_tokens_estimate: int = 0
+    prompt_hash: str = ""
+    no_cache: bool = False  # Cache-Control: no-cache
+    no_store: bool = False  # Cache-Control: no-store
+    max_age_s: int | None = None  # Cache-Control: max-age
+
+
+@dataclass(slots=True)
+class CacheHit:
+    response: dict[str, Any]  # the served chat.completion (id and created are this request's)
+    tier: str  # exact | semantic
+    similarity: float
+    saved_usd: Decimal
+    answer_model: str
+    price: Price | None
+
+
+@dataclass(slots=True)
+class CacheLookup:
+    status: str  # bypass | miss | exact | semantic
+    hit: CacheHit | None = None
+
+
 @dataclass(slots=True)
 class CacheState:
-    """What the cache decided about one request; kept in ctx.extra["cache"] between the hooks."""
+    """What the cache decided about one request (`cache_plan`); the later calls of the same request take it."""
 
+    request: CacheRequest
     org_id: int | None
     model_class: str
     policy: CachePolicy | None
@@ -70,12 +107,15 @@ class CacheState:
     vector: np.ndarray | None = None
     signature: Signature | None = None
     semantic_looked_up: bool = False
+    status: str = "none"  # the last lookup's outcome
+    served: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def _bypass_state(ctx: RequestContext, reason: str) -> CacheState:
+def _bypass_state(request: CacheRequest, reason: str) -> CacheState:
     return CacheState(
-        org_id=ctx.caller.org_id if ctx.caller else None,
-        model_class=ctx.requested_model,
+        request=request,
+        org_id=request.caller.org_id if request.caller else None,
+        model_class=request.requested_model,
         policy=None,
         key=None,
         lookup=False,
@@ -87,41 +127,36 @@ def _bypass_state(ctx: RequestContext, reason: str) -> CacheState:
     )
 
 
-async def cache_state(ctx: RequestContext) -> CacheState:
-    state = ctx.extra.get("cache")
-    if isinstance(state, CacheState):
-        return state
-    state = await _decide(ctx)
-    ctx.extra["cache"] = state
-    return state
+async def cache_plan(*, request: CacheRequest) -> CacheState:
+    """What the cache may do for this request: look up, store, use the semantic tier, for how long."""
+    return await _decide(request)
 
 
-def prompt_vector(ctx: RequestContext, text: str) -> np.ndarray | None:
-    """The local model's vector of `text` if the semantic tier already embedded it for this request, else None.
+def prompt_vectors(state: CacheState | None) -> dict[str, np.ndarray]:
+    """The local model's vector of the prompt, if the semantic tier embedded it for this request (text → vector).
 
     The router's learned strategy embeds the same last user message with the same model; reusing the
     vector keeps a request at one embedding. A remote embedding (another vector space) is never shared.
     """
-    state = ctx.extra.get("cache")
-    if not isinstance(state, CacheState) or state.vector is None or state.key is None or backend() != "local":
-        return None
-    return state.vector if state.key.prompt_text == text else None
+    if state is None or state.vector is None or state.key is None or state.key.prompt_text is None or backend() != "local":
+        return {}
+    return {state.key.prompt_text: state.vector}
 
 
-async def _decide(ctx: RequestContext) -> CacheState:
-    caller = ctx.caller
-    if caller is None or not ctx.requested_model:
-        return _bypass_state(ctx, "anonymous")
-    model_class = ctx.requested_model
+async def _decide(request: CacheRequest) -> CacheState:
+    caller = request.caller
+    if caller is None or not request.requested_model:
+        return _bypass_state(request, "anonymous")
+    model_class = request.requested_model
     try:
         policy = await cache_policy_for(org_id=caller.org_id, model_class=model_class)
     except Exception as exc:  # noqa: BLE001 - no policy, no cache; the request goes on
         logger.warning("cache: policy unavailable for org %s: %s", caller.org_id, exc)
-        return _bypass_state(ctx, "policy_unavailable")
-    key = request_key(org_id=caller.org_id, model_class=model_class, messages=ctx.messages, body=ctx.body)
-    tools = uses_tools(ctx.body, ctx.messages)
+        return _bypass_state(request, "policy_unavailable")
+    key = request_key(org_id=caller.org_id, model_class=model_class, messages=request.messages, body=request.body)
+    tools = uses_tools(request.body, request.messages)
     reason = ""
-    temperature = ctx.body.get("temperature")
+    temperature = request.body.get("temperature")
     if not policy.enabled:
         reason = "disabled"
     elif isinstance(temperature, (int, float)) and temperature > policy.max_temperature and not policy.allow_high_temperature:
@@ -130,66 +165,67 @@ async def _decide(ctx: RequestContext) -> CacheState:
         reason = "tools"
     max_ttl = settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400)
     ttl_s, max_age_s = policy.ttl_s, None
-    if ctx.cache_ttl_s is not None:
+    if request.max_age_s is not None:
         # Cache-Control max-age: the answer may be at most this old, and a stored answer lives this long.
-        max_age_s = max(0, int(ctx.cache_ttl_s))
+        max_age_s = max(0, int(request.max_age_s))
         ttl_s = min(max_age_s, max_ttl)
     ttl_s = min(ttl_s, max_ttl)
     allowed = not reason
     return CacheState(
+        request=request,
         org_id=caller.org_id,
         model_class=model_class,
         policy=policy,
         key=key,
-        lookup=allowed and not ctx.cache_no_cache and max_age_s != 0,
-        store=allowed and not ctx.cache_no_store and ttl_s > 0,
+        lookup=allowed and not request.no_cache and max_age_s != 0,
+        store=allowed and not request.no_store and ttl_s > 0,
         # Tool calls are matched exactly or not at all: a paraphrase may need a different call.
         semantic=allowed and policy.semantic_enabled and key.prompt_text is not None and not tools,
         ttl_s=ttl_s,
         max_age_s=max_age_s,
-        reason=reason or ("no-cache" if ctx.cache_no_cache else ""),
+        reason=reason or ("no-cache" if request.no_cache else ""),
     )
 
 
 # --- stage 4: exact -----------------------------------------------------------------------------
 
 
-async def cache_lookup_exact(ctx: RequestContext) -> dict[str, Any] | None:
+async def cache_lookup_exact(*, state: CacheState, price_for: PriceFor | None = None) -> CacheLookup:
     global _redis_down_until
     started = time.perf_counter()
-    state = await cache_state(ctx)
     if not state.lookup or state.key is None:
-        ctx.cache_status = "bypass"
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="bypass").inc()
-        return None
+        return _looked_up(state, "bypass")
     if time.monotonic() < _redis_down_until:
         state.redis_down = True
-        ctx.cache_status = "bypass"
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="bypass").inc()
-        return None
+        return _looked_up(state, "bypass")
     try:
         raw = await get_redis().get(exact_key(state.org_id, state.key.exact))
     except (RedisError, OSError, TimeoutError) as exc:
         _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
         state.redis_down = True
-        ctx.cache_status = "bypass"
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="bypass").inc()
         logger.warning("cache: Redis unavailable, exact tier bypassed: %s", exc)
-        return None
+        return _looked_up(state, "bypass")
     entry = _parse_entry(raw, org_id=state.org_id)
     if entry is None or not _young_enough(entry.get("t"), state.max_age_s):
-        ctx.cache_status = "miss"
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="miss").inc()
         metrics.CACHE_LOOKUP_SECONDS.labels(tier="exact").observe(time.perf_counter() - started)
-        return None
-    response = entry["r"]
-    ctx.cache_status = "exact"
-    ctx.similarity = 1.0
+        return _looked_up(state, "miss")
     # A promoted paraphrase ("p") carries the usage of the prompt it paraphrased: price this prompt instead.
-    served = await _serve(ctx, response, answer_model=entry.get("m") or "", tier="exact", own_prompt=bool(entry.get("p")))
+    hit = await _serve(
+        state, entry["r"], answer_model=entry.get("m") or "", tier="exact", similarity=1.0,
+        own_prompt=bool(entry.get("p")), price_for=price_for,
+    )  # fmt: skip
     metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="hit").inc()
     metrics.CACHE_LOOKUP_SECONDS.labels(tier="exact").observe(time.perf_counter() - started)
-    return served
+    return _looked_up(state, "exact", hit)
+
+
+def _looked_up(state: CacheState, status: str, hit: CacheHit | None = None) -> CacheLookup:
+    state.status = status
+    return CacheLookup(status=status, hit=hit)
 
 
 def _parse_entry(raw: bytes | None, *, org_id: int | None) -> dict[str, Any] | None:
@@ -214,21 +250,22 @@ def _young_enough(created_ts: Any, max_age_s: int | None) -> bool:
 # --- stage 5: semantic --------------------------------------------------------------------------
 
 
-async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
+async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None = None) -> CacheLookup:
+    """The semantic tier, after an exact miss. A bypassed exact tier (Redis down) stays "bypass" on a semantic miss."""
     started = time.perf_counter()
+    miss = "bypass" if state.status == "bypass" else "miss"
     try:
-        state = await cache_state(ctx)
-        if ctx.cache_status == "exact":
-            return None
+        if state.status == "exact":
+            return CacheLookup(status="exact")
         if not state.lookup or not state.semantic or state.key is None or state.key.prompt_text is None:
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
-            return None
+            return CacheLookup(status=state.status if state.status != "none" else "bypass")
         text = state.key.prompt_text
         state.semantic_looked_up = True
-        state.vector = await embed_prompt(text, ctx=ctx)
+        state.vector = await embed_prompt(text, caller=_embedding_caller(state.request))
         if state.vector is None:
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
-            return None
+            return CacheLookup(status=state.status)
         state.signature = guard_signature(text)
         not_before = None
         if state.max_age_s is not None:
@@ -250,31 +287,31 @@ async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
         for reason in decision.rejections:
             metrics.CACHE_GUARD_REJECTIONS.labels(reason=reason).inc()
         if decision.index is None:
-            if ctx.cache_status != "bypass":
-                ctx.cache_status = "miss"
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="miss").inc()
-            return None
-        hit = candidates[decision.index]
-        ctx.cache_status = "semantic"
-        ctx.similarity = round(hit.similarity, 6)
-        await semantic_entry_hit(entry_id=hit.id)
-        await _promote_to_exact(ctx, state, hit.response, hit.answer_model, hit.expires_at)
-        served = await _serve(ctx, hit.response, answer_model=hit.answer_model, tier="semantic")
+            return _looked_up(state, miss)
+        candidate = candidates[decision.index]
+        await semantic_entry_hit(entry_id=candidate.id)
+        await _promote_to_exact(state, candidate.response, candidate.answer_model, candidate.expires_at)
+        hit = await _serve(
+            state, candidate.response, answer_model=candidate.answer_model, tier="semantic",
+            similarity=round(candidate.similarity, 6), price_for=price_for,
+        )  # fmt: skip
         metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="hit").inc()
-        return served
+        return _looked_up(state, "semantic", hit)
     except Exception:  # noqa: BLE001 - the semantic tier is an optimisation, never an outage
         logger.exception("cache: semantic lookup failed")
         metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="error").inc()
-        if ctx.cache_status == "semantic":
-            ctx.cache_status, ctx.similarity, ctx.saved_usd = "miss", None, ZERO
-        return None
+        return _looked_up(state, miss)
     finally:
         metrics.CACHE_LOOKUP_SECONDS.labels(tier="semantic").observe(time.perf_counter() - started)
 
 
-async def _promote_to_exact(
-    ctx: RequestContext, state: CacheState, response: dict[str, Any], answer_model: str, expires_at: dt.datetime
-) -> None:
+def _embedding_caller(request: CacheRequest) -> EmbeddingCaller:
+    """Whom a remote embedding is billed to: this request's caller, on its own ledger row."""
+    return EmbeddingCaller(caller=request.caller, request_id=request.request_id, prompt_hash=request.prompt_hash)
+
+
+async def _promote_to_exact(state: CacheState, response: dict[str, Any], answer_model: str, expires_at: dt.datetime) -> None:
     """A paraphrase that hit once is stored under its own exact key, so its repeats skip the embedding."""
     if not state.store or state.redis_down or state.key is None or time.monotonic() < _redis_down_until:
         return
@@ -299,47 +336,50 @@ async def _promote_to_exact(
 # --- serving a hit ------------------------------------------------------------------------------
 
 
+PriceFor = Callable[[str, dt.date], Price | None]
+
+
 async def _serve(
-    ctx: RequestContext, response: dict[str, Any], *, answer_model: str, tier: str, own_prompt: bool = False
-) -> dict[str, Any]:
-    answer_model = answer_model or response.get("model") or ctx.requested_model
-    saved, price = await _saved_usd(ctx, response, answer_model, own_prompt=own_prompt or tier == "semantic")
-    ctx.saved_usd = saved
-    ctx.cost_usd = ZERO
-    ctx.status = "cached"
-    if not ctx.model:
-        ctx.model = answer_model
-    if price is not None:
-        ctx.provider = ctx.provider or price.provider
-        if ctx.price_id is None:
-            ctx.price_id = price.id
+    state: CacheState,
+    response: dict[str, Any],
+    *,
+    answer_model: str,
+    tier: str,
+    similarity: float,
+    own_prompt: bool = False,
+    price_for: PriceFor | None = None,
+) -> CacheHit:
+    request = state.request
+    answer_model = answer_model or response.get("model") or request.requested_model
+    saved, price = await _saved_usd(
+        request, response, answer_model, own_prompt=own_prompt or tier == "semantic", price_for=price_for
+    )
     metrics.CACHE_SAVED_USD.labels(tier=tier).inc(float(saved))
     # `response` was parsed from Redis/Postgres for this request alone: no other request shares it, no copy needed.
     served = response
-    served["id"] = f"chatcmpl-{ctx.request_id.hex}"
+    served["id"] = f"chatcmpl-{request.request_id.hex}"
     served["created"] = int(time.time())
-    return served
+    state.served = served
+    return CacheHit(response=served, tier=tier, similarity=similarity, saved_usd=saved, answer_model=answer_model, price=price)
 
 
-async def _saved_usd(ctx: RequestContext, response: dict[str, Any], answer_model: str, *, own_prompt: bool):
+async def _saved_usd(
+    request: CacheRequest, response: dict[str, Any], answer_model: str, *, own_prompt: bool, price_for: PriceFor | None
+) -> tuple[Decimal, Price | None]:
     """The upstream call avoided: the cached answer's completion tokens, and the prompt tokens of the
     cached call (exact: the same prompt) or of this prompt (a paraphrase has its own length)."""
     usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
-    if not isinstance(prompt, int) or (own_prompt and ctx.prompt_tokens_estimate > 0):
-        prompt = ctx.prompt_tokens_estimate
+    if not isinstance(prompt, int) or (own_prompt and request.prompt_tokens_estimate > 0):
+        prompt = request.prompt_tokens_estimate
     if not isinstance(completion, int):
         completion = sum(count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices", []))
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
     cached = min(cached, prompt) if isinstance(cached, int) and cached > 0 else 0
     today = clock.today()
-    catalog = ctx.extra.get("catalog")  # the gateway's price catalog, when the gateway runs the hooks
-    if catalog is not None and hasattr(catalog, "price_for"):
-        price = catalog.price_for(answer_model, today)
-    else:
-        price = await price_in_force_async(model=answer_model, on=today)
+    price = price_for(answer_model, today) if price_for is not None else await price_in_force_async(model=answer_model, on=today)
     if price is None:
         logger.warning("cache: no price in force for %s; saved_usd recorded as 0", answer_model)
         return ZERO, None
@@ -363,16 +403,16 @@ def _complete(response: Any) -> bool:
     )
 
 
-async def cache_store(ctx: RequestContext, response: dict[str, Any]) -> None:
+async def cache_store(*, state: CacheState, response: dict[str, Any], answer_model: str) -> None:
+    """Store a served answer in both tiers (never raises). Hits are not stored again."""
     global _redis_down_until
     try:
-        state = await cache_state(ctx)
-        if ctx.cache_status in ("exact", "semantic") or not state.store or state.key is None:
+        if state.status in ("exact", "semantic") or not state.store or state.key is None:
             return
         if not _complete(response):
             metrics.CACHE_STORES.labels(tier="exact", outcome="skipped").inc()
             return
-        answer_model = str(response.get("model") or ctx.model or ctx.requested_model)
+        answer_model = str(response.get("model") or answer_model or state.request.requested_model)
         if not state.redis_down and time.monotonic() >= _redis_down_until:
             try:
                 await exact_entry_store(
@@ -390,21 +430,22 @@ async def cache_store(ctx: RequestContext, response: dict[str, Any]) -> None:
                 metrics.CACHE_STORES.labels(tier="exact", outcome="error").inc()
                 logger.warning("cache: Redis unavailable, answer not stored in the exact tier: %s", exc)
         if state.semantic and state.key.prompt_text is not None:
-            await _store_semantic(ctx, state, response, answer_model)
+            await _store_semantic(state, response, answer_model)
     except Exception:  # noqa: BLE001 - storing must never fail the request
         logger.exception("cache: store failed")
         metrics.CACHE_STORES.labels(tier="semantic", outcome="error").inc()
 
 
-async def _store_semantic(ctx: RequestContext, state: CacheState, response: dict[str, Any], answer_model: str) -> None:
+async def _store_semantic(state: CacheState, response: dict[str, Any], answer_model: str) -> None:
     text = state.key.prompt_text
     if state.vector is None and not state.semantic_looked_up:
-        state.vector = await embed_prompt(text, ctx=ctx)
+        state.vector = await embed_prompt(text, caller=_embedding_caller(state.request))
     if state.vector is None:
         metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()
         return
     signature = state.signature or guard_signature(text)
-    store_text = bool(ctx.caller and ctx.caller.store_prompts)
+    caller = state.request.caller
+    store_text = bool(caller and caller.store_prompts)
     await semantic_entry_store(
         org_id=state.org_id,
         model_class=state.model_class,

@@ -49,9 +49,11 @@ import orjson
 from django.conf import settings
 from django.db import connections
 
-from apps.gateway import metrics
+from apps.ledger import metrics
 from apps.ledger.models import LLMRequest
-from apps.ledger.pricing import cost_compute
+from apps.ledger.money import ZERO
+from apps.tenancy.keys import api_keys_mark_used
+from finops import clock
 from finops.asyncdb import get_pool
 from finops.asyncredis import get_redis
 
@@ -64,15 +66,34 @@ COLUMNS: tuple[str, ...] = (
     "requested_tier", "route_strategy", "route_reason", "escalated", "escalation_cost_usd", "fallback_from", "attempts",
     "budget_state", "reserved_usd", "upstream_ms", "overhead_ms", "prompt_hash", "prompt_text", "response_text",
 )  # fmt: skip
+_COLUMN_SET = frozenset(COLUMNS)
 MONEY_COLUMNS = frozenset({"cost_usd", "saved_usd", "escalation_cost_usd", "reserved_usd"})
+def row_new(**values: Any) -> dict[str, Any]:
+    """A ledger row with every column: the defaults of a request that did nothing, then `values`.
+
+    The one place the row's shape is written down (COLUMNS); an unknown column is a programming error.
+    """
+    unknown = set(values) - _COLUMN_SET
+    if unknown:
+        raise KeyError(f"not columns of llm_requests: {sorted(unknown)}")
+    row = {
+        "request_id": uuid.uuid4(), "endpoint": "", "received_at": clock.now(), "org_id": None, "team_id": None,
+        "member_id": None, "api_key_id": None, "api_key_prefix": "", "status": "served", "http_status": 200,
+        "error_code": "", "stream": False, "requested_model": "", "model": "", "provider": "", "tier": "",
+        "price_id": None, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": ZERO,
+        "saved_usd": ZERO, "cache_status": "none", "similarity": None, "requested_tier": "", "route_strategy": "",
+        "route_reason": "", "escalated": False, "escalation_cost_usd": ZERO, "fallback_from": "", "attempts": 0,
+        "budget_state": "none", "reserved_usd": ZERO, "upstream_ms": None, "overhead_ms": None, "prompt_hash": "",
+        "prompt_text": None, "response_text": None,
+    }  # fmt: skip
+    row.update(values)
+    return row
+
+
 INSERT_SQL = (
     f"INSERT INTO llm_requests ({', '.join(COLUMNS)}, recorded_at) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}, now()) "
     "ON CONFLICT (request_id) DO NOTHING"
-)
-_LAST_USED_SQL = (
-    "UPDATE tenancy_apikey SET last_used_at = now() "
-    "WHERE id = ANY($1::bigint[]) AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
 )
 # Column widths, so an over-long client-supplied value (e.g. a 500-character model name) cannot fail the insert.
 _MAX_LENGTHS = {
@@ -292,7 +313,7 @@ class LedgerWriter:
         for key_id in due:
             self.key_seen[key_id] = now
         try:
-            await conn.execute(_LAST_USED_SQL, list(due))
+            await api_keys_mark_used(conn=conn, key_ids=list(due))
         except Exception as exc:
             logger.info("api key last_used_at not updated: %s", exc)
 
@@ -418,29 +439,18 @@ def _intent_journal() -> IntentJournal:
     return _journal
 
 
-def ledger_intent(ctx, *, model: str, tier: str, provider: str, completion_tokens: int = 0, http_status: int = 502) -> None:
-    """Journal the row `ctx` becomes if this process dies before recording it (module doc, step 5). Never raises.
+def ledger_intent(row: dict[str, Any]) -> None:
+    """Journal the row a request becomes if this process dies before recording it (module doc, step 5). Never raises.
 
-    Called before each upstream call (the prompt estimate, priced at `model`, on top of what is already
-    billed) and while a stream is relayed (`completion_tokens` so far, http_status 200: the client had its headers).
+    The caller builds the row as it would stand at death: before each upstream call, the prompt estimate priced at
+    the model being called on top of what is already billed; while a stream is relayed, the completion tokens so far.
     """
     if not settings.FINOPS["LEDGER_INTENTS"]:
         return
     try:
-        row = ctx.ledger_row()
-        catalog = ctx.extra.get("catalog")
-        price = catalog.price_for(model, ctx.received_at.date()) if catalog is not None else None
-        prompt = ctx.prompt_tokens_estimate
-        if price is not None:
-            row["cost_usd"] += cost_compute(price=price, prompt_tokens=prompt, completion_tokens=completion_tokens)
-            row["price_id"] = price.id
-        row.update(
-            status="failed", http_status=http_status, error_code=INTERRUPTED, model=model, tier=tier, provider=provider,
-            prompt_tokens=row["prompt_tokens"] + prompt, completion_tokens=row["completion_tokens"] + completion_tokens,
-        )  # fmt: skip
-        _intent_journal().intent(str(ctx.request_id), row_clean(row))
+        _intent_journal().intent(str(row["request_id"]), row_clean(row))
     except Exception:
-        logger.exception("ledger intent for %s not journaled", ctx.request_id)
+        logger.exception("ledger intent for %s not journaled", row.get("request_id"))
 
 
 def ledger_intent_final(row: dict[str, Any]) -> None:

@@ -1,0 +1,239 @@
+"""Streams: an upstream SSE stream relayed to the client and billed from its usage, and a cache hit replayed as SSE."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+
+from apps.gateway import metrics
+from apps.gateway.billing import bill, charge
+from apps.gateway.context import RequestContext
+from apps.gateway.providers import EventStream, UpstreamFailure
+from apps.gateway.reply import SSE_DONE, Reply, finalize, finops_summary, sse
+from apps.gateway.selectors import Catalog
+from apps.ledger.recorder import ledger_intent_final
+from finops.tokens import count_tokens, message_text
+
+logger = logging.getLogger(__name__)
+
+
+class ChatStream:
+    """An upstream SSE stream relayed to the client, billed from the upstream's final usage chunk.
+
+    The finish_reason chunk is held back until the usage chunk arrives, so that the client's final chunk
+    carries the `finops` figures even when it did not ask for usage. If the client leaves, `finish(disconnected=True)`
+    closes the upstream and bills what was streamed: the prompt estimate plus the tokens of the text sent so far.
+    """
+
+    def __init__(self, ctx: RequestContext, catalog: Catalog, events: EventStream, first: Any):
+        self.ctx = ctx
+        self.catalog = catalog
+        self.events = events
+        self.first = first
+        self.parts: dict[int, list[str]] = {}
+        self.roles: dict[int, str] = {}
+        self.finish_reasons: dict[int, str] = {}
+        self.template: dict[str, Any] = {}
+        self.pending_finish: dict[str, Any] | None = None
+        self.billed = False
+        self.failed: str | None = None
+        self.done = False
+        self.finished = False
+        self.first_sent_at: float | None = None
+        self.journal_at = 0.0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        event = self.first
+        try:
+            while True:
+                if isinstance(event, dict):
+                    for chunk in self._relay(event):
+                        yield chunk
+                        if self.first_sent_at is None:
+                            self.first_sent_at = time.perf_counter()
+                    if self.first_sent_at is not None and not self.billed and time.perf_counter() >= self.journal_at:
+                        self._journal()
+                try:
+                    event = await self.events.__anext__()
+                except StopAsyncIteration:
+                    break
+        except UpstreamFailure as exc:
+            self.failed = "upstream_stream_error"
+            logger.warning("upstream stream for %s broke: %s", self.ctx.request_id, exc)
+            yield sse({"error": {"message": "The upstream stream broke before the answer was complete.", "type": "upstream_error",
+                                  "param": None, "code": "upstream_stream_error"}})  # fmt: skip
+            return
+        if not self.finish_reasons:
+            self.failed = "upstream_truncated"
+            yield sse({"error": {"message": "The upstream ended the stream before the answer was complete.", "type": "upstream_error",
+                                  "param": None, "code": "upstream_truncated"}})  # fmt: skip
+            return
+        if not self.billed:  # an upstream that ignores include_usage: bill from our own count
+            self._bill_streamed()
+        if self.pending_finish is not None:
+            yield sse(self._with_summary(self.pending_finish))
+            self.pending_finish = None
+        self.done = True
+        yield SSE_DONE
+
+    def _relay(self, event: dict[str, Any]) -> list[bytes]:
+        if not self.template:
+            self.template = {k: event.get(k) for k in ("id", "object", "created", "model", "system_fingerprint") if k in event}
+        choices = event.get("choices") or []
+        finishing = False
+        for choice in choices:
+            index = choice.get("index", 0)
+            delta = choice.get("delta") or {}
+            if delta.get("role"):
+                self.roles[index] = delta["role"]
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                self.parts.setdefault(index, []).append(delta["content"])
+            if choice.get("finish_reason"):
+                self.finish_reasons[index] = choice["finish_reason"]
+                finishing = True
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.ctx.upstream_usage = usage
+            bill(self.ctx, self.catalog, {"usage": usage, "choices": []})
+            self.billed = True
+            out = []
+            if self.pending_finish is not None:
+                out.append(
+                    sse(
+                        self._with_summary(self.pending_finish)
+                        if not self.ctx.include_usage
+                        else self._client_view(self.pending_finish)
+                    )
+                )
+                self.pending_finish = None
+            if choices:
+                out.append(sse(self._with_summary(event)))
+            elif self.ctx.include_usage:
+                out.append(sse(self._with_summary(event)))
+            return out
+        if finishing:
+            self.pending_finish = event
+            return []
+        return [sse(self._client_view(event))]
+
+    def _journal(self) -> None:
+        """Refresh this request's intent with the tokens streamed so far, at most once a second (recorder step 5)."""
+        self.journal_at = time.perf_counter() + 1.0
+        if settings.FINOPS["LEDGER_INTENTS"]:
+            streamed = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+            ctx = self.ctx
+            from apps.gateway.pipeline import journal_intent  # the stage-8 journal, refreshed while streaming
+
+            journal_intent(ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200)
+
+    def _client_view(self, event: dict[str, Any]) -> dict[str, Any]:
+        if not self.ctx.include_usage and "usage" in event:
+            event = {k: v for k, v in event.items() if k != "usage"}
+        return event
+
+    def _with_summary(self, event: dict[str, Any]) -> dict[str, Any]:
+        summary = finops_summary(self.ctx)
+        event = dict(event)
+        usage = event.get("usage")
+        if self.ctx.include_usage and isinstance(usage, dict):
+            event["usage"] = {**usage, "finops": summary}
+        else:
+            event.pop("usage", None)
+        event["finops"] = summary
+        return event
+
+    def _streamed_text(self) -> str:
+        return "".join(self.parts.get(0, []))
+
+    def _bill_streamed(self) -> None:
+        completion = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+        charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0)
+        self.billed = True
+
+    def completion(self) -> dict[str, Any]:
+        """The stream reassembled as a chat.completion, for the cache."""
+        usage = self.ctx.upstream_usage or {}
+        return {
+            **{k: v for k, v in self.template.items() if k != "object"},
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": self.roles.get(index, "assistant"), "content": "".join(self.parts.get(index, []))},
+                    "finish_reason": reason,
+                    "logprobs": None,
+                }
+                for index, reason in sorted(self.finish_reasons.items())
+            ],
+            "usage": {k: v for k, v in usage.items() if k != "finops"},
+        }
+
+    async def finish(self, *, disconnected: bool) -> None:
+        """Close the upstream, bill, settle, cache and record. Called once by the transport, whatever happened."""
+        if self.finished:
+            return
+        self.finished = True
+        ctx = self.ctx
+        try:
+            await self.events.close()
+        except Exception:
+            pass
+        if not self.billed:
+            self._bill_streamed()
+        ctx.response_text = self._streamed_text()
+        if disconnected and not self.done:
+            ctx.status = "disconnected"
+        elif self.failed:
+            ctx.status, ctx.error_code = "failed", self.failed
+        reply = Reply(ctx=ctx, status=200, headers={})
+        if ctx.status == "served":
+            reply.response = self.completion()
+        row = ctx.ledger_row()
+        first_chunk_ms = ((self.first_sent_at or time.perf_counter()) - ctx.started) * 1000
+        row["overhead_ms"] = max(first_chunk_ms - (ctx.upstream_ms or 0.0), 0.0)
+        metrics.child(metrics.OVERHEAD_SECONDS, ctx.endpoint, ctx.cache_status).observe(row["overhead_ms"] / 1000)
+        ledger_intent_final(row)
+        reply.row = row
+        await finalize(reply)
+
+
+class CachedStream:
+    """A cache hit replayed as SSE chunks, for a client that asked to stream."""
+
+    def __init__(self, ctx: RequestContext, hit: dict[str, Any]):
+        self.ctx = ctx
+        self.hit = hit
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        base = {k: self.hit.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+        choices = self.hit.get("choices") or []
+        for choice in choices:
+            message = choice.get("message") or {}
+            delta = {"role": message.get("role", "assistant"), "content": message_text(message.get("content"))}
+            yield sse(
+                {**base, "choices": [{"index": choice.get("index", 0), "delta": delta, "logprobs": None, "finish_reason": None}]}
+            )
+        summary = finops_summary(self.ctx)
+        finish = {
+            **base,
+            "choices": [
+                {"index": c.get("index", 0), "delta": {}, "logprobs": None, "finish_reason": c.get("finish_reason", "stop")}
+                for c in choices
+            ],
+        }
+        if self.ctx.include_usage:
+            yield sse(finish)
+            usage = self.hit.get("usage") if isinstance(self.hit.get("usage"), dict) else {}
+            yield sse({**base, "choices": [], "usage": {**usage, "finops": summary}, "finops": summary})
+        else:
+            yield sse({**finish, "finops": summary})
+        yield SSE_DONE
+
+    async def finish(self, *, disconnected: bool) -> None:
+        reply = Reply(ctx=self.ctx, status=200, headers={})
+        await finalize(reply)

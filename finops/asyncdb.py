@@ -7,7 +7,6 @@ The DSN comes from Django's connection settings, so under pytest it points at th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -15,8 +14,8 @@ import asyncpg
 from django.conf import settings
 from django.db import connections
 
-_pools: dict[int, asyncpg.Pool] = {}
-_locks: dict[int, asyncio.Lock] = {}
+from finops.runtime import runtime
+
 _connection_inits: list[Callable[[asyncpg.Connection], Awaitable[None]]] = []
 
 
@@ -50,14 +49,17 @@ async def _no_session_reset(connection: asyncpg.Connection) -> None:
     return None
 
 
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    await pool.close()
+
+
 async def get_pool() -> asyncpg.Pool:
-    loop_id = id(asyncio.get_running_loop())
-    pool = _pools.get(loop_id)
+    rt = runtime()
+    pool = rt.get("asyncpg")
     if pool is not None:
         return pool
-    lock = _locks.setdefault(loop_id, asyncio.Lock())
-    async with lock:
-        pool = _pools.get(loop_id)
+    async with rt.lock("asyncpg"):
+        pool = rt.get("asyncpg")
         if pool is None:
             pool = await asyncpg.create_pool(
                 dsn_from_settings(),
@@ -72,12 +74,12 @@ async def get_pool() -> asyncpg.Pool:
                 reset=_no_session_reset,
                 init=_connection_init,
             )
-            _pools[loop_id] = pool
+            rt.put("asyncpg", pool, close=_close_pool)
     return pool
 
 
 async def close_pools() -> None:
-    for loop_id, pool in list(_pools.items()):
-        if loop_id == id(asyncio.get_running_loop()):
-            await pool.close()
-            _pools.pop(loop_id, None)
+    """Close this loop's pool now (tests); the lifespan shutdown closes it with the rest (finops.runtime)."""
+    pool = runtime().pop("asyncpg")
+    if pool is not None:
+        await pool.close()

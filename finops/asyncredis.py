@@ -1,25 +1,30 @@
-"""The asyncio Redis client of the hot path (exact cache, limiter, outbox), one per event loop."""
+"""The asyncio Redis client of the hot path (exact cache, limiter, outbox), one per event loop (finops.runtime)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
-_clients: dict[int, aioredis.Redis] = {}
+from finops.runtime import runtime
+
+
+async def _close(client: aioredis.Redis) -> None:
+    await client.aclose()
 
 
 def get_redis() -> aioredis.Redis:
-    loop_id = id(asyncio.get_running_loop())
-    client = _clients.get(loop_id)
+    rt = runtime()
+    client = rt.get("redis")
     if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            # Short timeouts: a Redis outage degrades the cache and limiter, it never stalls a request.
-            socket_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-            socket_connect_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-            max_connections=settings.FINOPS["REDIS_MAX_CONNECTIONS"],
+        client = rt.put(
+            "redis",
+            aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                # Short timeouts: a Redis outage degrades the cache and limiter, it never stalls a request.
+                socket_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
+                socket_connect_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
+                max_connections=settings.FINOPS["REDIS_MAX_CONNECTIONS"],
+            ),
+            close=_close,
         )
-        _clients[loop_id] = client
     return client

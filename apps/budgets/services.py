@@ -26,6 +26,7 @@ from apps.budgets.models import Budget, BudgetAlert, BudgetChange
 from apps.ledger.money import CAP_DECIMAL_PLACES, quantize_usd
 from finops import clock
 from finops.asyncdb import get_pool
+from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -92,24 +93,19 @@ async def _release_after_failure(pool: asyncpg.Pool, conn: asyncpg.Connection) -
         logger.debug("budget connection dropped on release: %r", exc)
 
 
-_pool_tasks: dict[int, asyncio.Task] = {}
-
-
 async def _pool(timeout_s: float) -> asyncpg.Pool:
     """The shared pool, waited for at most `timeout_s`.
 
     Creating the pool (connecting to a hung server) can take up to the connect timeout; it runs as
     its own task, shielded, so a request that stops waiting does not abort it half-way.
     """
-    loop = asyncio.get_running_loop()
-    task = _pool_tasks.get(id(loop))
-    stale = task is None or task.get_loop() is not loop
+    rt = runtime()
+    task = rt.get("budgets.pool_task")
+    stale = task is None
     if not stale and task.done():
         stale = task.cancelled() or task.exception() is not None or task.result().is_closing()
     if stale:
-        for key in [k for k, t in _pool_tasks.items() if t.get_loop().is_closed()]:
-            del _pool_tasks[key]
-        task = _pool_tasks[id(loop)] = loop.create_task(get_pool())
+        task = rt.put("budgets.pool_task", asyncio.get_running_loop().create_task(get_pool()))
     return await asyncio.wait_for(asyncio.shield(task), timeout_s)
 
 
@@ -253,17 +249,19 @@ class _SettleQueue:
                 logger.exception("budget settle batch failed; left to sweep and reconcile")
 
 
-_settle_queues: dict[int, _SettleQueue] = {}
+async def _close_settle_queue(queue: _SettleQueue) -> None:
+    """Shutdown: the queued settles go out before the pool closes (else reservations wait 15 minutes for the sweep)."""
+    if queue.items and (queue.worker is None or queue.worker.done()):
+        queue.worker = _spawn(queue.run())
+    await background_drain()
 
 
 def reservation_settle_later(*, reservation_id: int, actual_usd: Decimal) -> None:
     """Queue a settle for this loop's batcher; returns at once and never raises."""
-    loop = asyncio.get_running_loop()
-    queue = _settle_queues.get(id(loop))
-    if queue is None or (queue.worker is not None and queue.worker.get_loop() is not loop):
-        for key in [k for k, q in _settle_queues.items() if q.worker is not None and q.worker.get_loop().is_closed()]:
-            del _settle_queues[key]
-        queue = _settle_queues[id(loop)] = _SettleQueue()
+    rt = runtime()
+    queue = rt.get("budgets.settle_queue")
+    if queue is None:
+        queue = rt.put("budgets.settle_queue", _SettleQueue(), close=_close_settle_queue)
     queue.items.append((reservation_id, actual_usd, 0))
     if queue.worker is None or queue.worker.done():
         queue.worker = _spawn(queue.run())

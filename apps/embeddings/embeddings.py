@@ -37,6 +37,7 @@ from apps.ledger.recorder import ledger_record, row_new
 from apps.ledger.selectors import price_in_force_async
 from apps.tenancy.types import Caller
 from finops import clock
+from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +255,15 @@ async def embed_prompt(text: str, *, caller: EmbeddingCaller | None = None) -> n
     return await _embed_remote(text, caller=caller)
 
 
-_remote_clients: dict[int, Any] = {}
+async def _close_client(client: Any) -> None:
+    await client.close()
 
 
 def _remote_client():
     from openai import AsyncOpenAI
 
-    loop_id = id(asyncio.get_running_loop())
-    client = _remote_clients.get(loop_id)
+    rt = runtime()
+    client = rt.get("embeddings.remote")
     if client is None:
         client = AsyncOpenAI(
             base_url=settings.FINOPS.get("CACHE_EMBEDDING_BASE_URL") or None,
@@ -269,7 +271,7 @@ def _remote_client():
             timeout=2.0,
             max_retries=0,
         )
-        _remote_clients[loop_id] = client
+        rt.put("embeddings.remote", client, close=_close_client)
     return client
 
 

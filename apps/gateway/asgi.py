@@ -5,8 +5,9 @@ adds its own request wrapping; measured here, that is several times the whole bu
 overhead. `/v1/chat/completions` and `/v1/models` are therefore served straight from ASGI events by
 the same pipeline that backs the DRF `/chat` view (apps.gateway.pipeline). No ORM, no thread per request.
 
-This app also owns the ASGI lifespan: on shutdown it drains the ledger writer (rows of requests that
-were answered but not yet committed) before the pools close. Django does not speak lifespan.
+This app also owns the ASGI lifespan: on shutdown it closes the loop's runtime (finops.runtime), newest
+first — queued budget settles and ledger rows of answered requests drain before the clients and pools
+close. Django does not speak lifespan.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any
 from django.conf import settings
 
 from apps.gateway import pipeline
-from apps.gateway.providers import clients_close
 from apps.gateway.selectors import catalog_get
-from apps.ledger.recorder import ledger_drain
-from finops.asyncdb import close_pools, get_pool
+from apps.ledger.recorder import intent_journal_shutdown
+from finops.asyncdb import get_pool
 from finops.errors import FinopsError, PayloadTooLarge
+from finops.runtime import runtime_close
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +282,10 @@ class GatewayASGI:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
-                    await ledger_drain()
-                    await clients_close()
-                    await close_pools()
+                    # Everything this loop owns, newest first: queued budget settles and ledger rows drain
+                    # before the upstream clients, Redis and the pools they need are closed (finops.runtime).
+                    await runtime_close()
+                    intent_journal_shutdown()
                 except Exception:
                     logger.exception("gateway shutdown was not clean")
                 await send({"type": "lifespan.shutdown.complete"})

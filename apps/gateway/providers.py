@@ -29,6 +29,7 @@ from django.conf import settings
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient, DefaultAsyncHttpxClient
 
 from apps.gateway.selectors import Upstream
+from finops.runtime import runtime
 
 # httpx2 logs every request at INFO: one log line per LLM call costs more than the rest of the relay.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -52,13 +53,15 @@ def transport() -> str:
 
 # --- clients --------------------------------------------------------------------------------------
 
-_clients: dict[tuple[int, str, Upstream], Any] = {}
+async def _close_client(client: AsyncOpenAI | aiohttp.ClientSession) -> None:
+    await client.close()
 
 
 def client_for(upstream: Upstream) -> AsyncOpenAI | aiohttp.ClientSession:
     kind = transport()
-    key = (id(asyncio.get_running_loop()), kind, upstream)
-    client = _clients.get(key)
+    rt = runtime()
+    key = f"upstream:{kind}:{hash(upstream)}"
+    client = rt.get(key)
     if client is None:
         if kind == RAW:
             client = aiohttp.ClientSession(
@@ -74,19 +77,8 @@ def client_for(upstream: Upstream) -> AsyncOpenAI | aiohttp.ClientSession:
             client = AsyncOpenAI(
                 base_url=upstream.base_url, api_key=upstream.api_key, max_retries=0, timeout=timeout, http_client=http_client
             )
-        _clients[key] = client
+        rt.put(key, client, close=_close_client)
     return client
-
-
-async def clients_close() -> None:
-    """Close this loop's clients (ASGI lifespan shutdown)."""
-    loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _clients if k[0] == loop_id]:
-        client = _clients.pop(key)
-        try:
-            await client.close()
-        except Exception:  # closing is best effort at shutdown
-            pass
 
 
 # --- calls ----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from apps.tenancy.keys import api_keys_mark_used
 from finops import clock
 from finops.asyncdb import get_pool
 from finops.asyncredis import get_redis
+from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -192,20 +193,24 @@ async def outbox_write(rows: list[dict[str, Any]], *, redis=None) -> str:
 
 # --- the writer -----------------------------------------------------------------------------------
 
-_ledger_pools: dict[int, asyncpg.Pool] = {}
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    await pool.close()
 
 
 async def _ledger_pool() -> asyncpg.Pool:
     dsn = settings.FINOPS["LEDGER_DATABASE_URL"]
     if not dsn:
         return await get_pool()
-    loop_id = id(asyncio.get_running_loop())
-    pool = _ledger_pools.get(loop_id)
+    rt = runtime()
+    pool = rt.get("ledger.pool")
     if pool is None:
-        pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=4, timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"], statement_cache_size=32
-        )
-        _ledger_pools[loop_id] = pool
+        async with rt.lock("ledger.pool"):
+            pool = rt.get("ledger.pool")
+            if pool is None:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=1, max_size=4, timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"], statement_cache_size=32
+                )
+                rt.put("ledger.pool", pool, close=_close_pool)
     return pool
 
 
@@ -318,14 +323,16 @@ class LedgerWriter:
             logger.info("api key last_used_at not updated: %s", exc)
 
 
-_writers: dict[int, LedgerWriter] = {}
+async def _close_writer(writer: LedgerWriter) -> None:
+    await writer.drain()
+    writer.task.cancel()
 
 
 def _writer() -> LedgerWriter:
-    loop_id = id(asyncio.get_running_loop())
-    writer = _writers.get(loop_id)
+    rt = runtime()
+    writer = rt.get("ledger.writer")
     if writer is None or writer.task.done():
-        writer = _writers[loop_id] = LedgerWriter()
+        writer = rt.put("ledger.writer", LedgerWriter(), close=_close_writer)
     return writer
 
 
@@ -336,14 +343,19 @@ async def ledger_record(row: dict[str, Any]) -> None:
 
 
 async def ledger_drain() -> None:
-    """Flush this loop's queued rows (ASGI lifespan shutdown)."""
-    writer = _writers.get(id(asyncio.get_running_loop()))
+    """Flush this loop's queued rows and close the ledger's own pool (the ASGI lifespan shutdown does this through
+    finops.runtime.runtime_close(); tests call it directly), then close the intent journal if nothing is open."""
+    rt = runtime()
+    writer = rt.pop("ledger.writer")
     if writer is not None:
-        await writer.drain()
-        writer.task.cancel()
-    pool = _ledger_pools.pop(id(asyncio.get_running_loop()), None)
+        await _close_writer(writer)
+    pool = rt.pop("ledger.pool")
     if pool is not None:
         await pool.close()
+    intent_journal_shutdown()
+
+
+def intent_journal_shutdown() -> None:
     if _journal is not None:
         _journal.shutdown()
 

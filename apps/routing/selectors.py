@@ -23,11 +23,11 @@ from apps.ledger.selectors import prices_in_force as ledger_prices_in_force
 from apps.routing.engine import ModelSpec, PolicySpec, RouterConfig, RuleSpec, TierSpec
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex, keyword_terms
 from finops import clock
+from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
 _state: dict[str, object] = {"config": None, "expires": 0.0}
-_locks: dict[int, asyncio.Lock] = {}
 
 
 def _ttl() -> float:
@@ -168,8 +168,7 @@ async def router_config() -> RouterConfig:
             _tasks.add(task)
             task.add_done_callback(_tasks.discard)
         return config  # type: ignore[return-value]
-    lock = _locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
-    async with lock:
+    async with runtime().lock("routing.config"):
         config = _state["config"]
         if config is None or time.monotonic() >= float(_state["expires"]):  # type: ignore[arg-type]
             config = await sync_to_async(router_config_load)()

@@ -18,28 +18,23 @@ T = TypeVar("T")
 def run(factory: Callable[[], Awaitable[T]]) -> T:
     """Run on a fresh event loop, then close what the loop owned (pool, Redis client, background tasks).
 
-    finops.asyncdb / asyncredis cache per id(loop); a later loop can get the same id, so each run
-    closes its own before the loop goes away.
+    What the loop owned (finops.runtime: the pool, the Redis client, the settle queue) is closed with it.
     """
     from asgiref.sync import sync_to_async
     from django.db import connections
 
     from apps.budgets.services import background_drain
-    from finops import asyncredis
-    from finops.asyncdb import close_pools
+    from finops.runtime import runtime_close
 
     async def main() -> T:
         try:
             return await factory()
         finally:
             await background_drain()
-            await close_pools()
+            await runtime_close()  # the settle queue drains, then Redis and the pool close
             # sync_to_async(thread_sensitive=True) work (e.g. the router's config load) ran in asgiref's
             # shared thread; close the database connection it left there.
             await sync_to_async(connections.close_all)()
-            client = asyncredis._clients.pop(id(asyncio.get_running_loop()), None)
-            if client is not None:
-                await client.aclose()
 
     return asyncio.run(main())
 

@@ -19,12 +19,21 @@ CHAT_PAIRS = Path(__file__).resolve().parent.parent / "fixtures" / "chat_pairs.j
 def loop():
     loop = asyncio.new_event_loop()
     yield loop
-    from finops.asyncdb import _pools
+    from finops.runtime import runtime_close
 
-    for pool in list(_pools.values()):
-        loop.run_until_complete(pool.close())
-    _pools.clear()
+    loop.run_until_complete(runtime_close())
     loop.close()
+
+
+async def runtime_forget(name: str) -> None:
+    """Drop (and close) one of the session loop's clients, so the next use builds it from the current settings."""
+    from finops.runtime import runtime
+
+    value = runtime().pop(name)
+    if value is not None and hasattr(value, "aclose"):
+        await value.aclose()
+    elif value is not None and hasattr(value, "close"):
+        await value.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.db import connection
 
 from apps.cache.models import CacheRouteOverride, CacheSettings, SemanticCacheEntry
 from apps.cache.services import ORGS_KEY, cache_invalidate, cache_purge_expired
-from apps.cache.tests.conftest import chat_pairs, completion, make_ctx
+from apps.cache.tests.conftest import chat_pairs, completion, make_ctx, runtime_forget
 from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
@@ -171,10 +171,9 @@ def test_the_purge_job_deletes_expired_semantic_rows_only(cache_env, run, redis_
     assert cache_purge_expired().semantic_deleted == 0  # running it twice changes nothing
 
 
-def test_redis_down_bypasses_the_exact_tier_without_raising(cache_env, run, settings, monkeypatch):
+def test_redis_down_bypasses_the_exact_tier_without_raising(cache_env, run, settings, request):
     import socket
 
-    from finops import asyncredis
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,8 +182,9 @@ def test_redis_down_bypasses_the_exact_tier_without_raising(cache_env, run, sett
     tenant = cache_env()
     run(serve_and_store(make_ctx(tenant, "How do I reset my password?"), "Click 'Forgot password'."))
 
-    monkeypatch.setattr(asyncredis, "_clients", {})
+    run(runtime_forget("redis"))
     settings.REDIS_URL = f"redis://127.0.0.1:{closed_port}/0"  # nothing listens there
+    request.addfinalizer(lambda: run(runtime_forget("redis")))  # the next test's client talks to the real Redis
 
     ctx = make_ctx(tenant, "How do I reset my password?")
     assert run(cache_lookup_exact(ctx)) is None

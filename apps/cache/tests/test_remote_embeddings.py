@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.cache.tests.conftest import completion, make_ctx
-from apps.embeddings import embeddings
+from apps.cache.tests.conftest import completion, make_ctx, runtime_forget
 from apps.embeddings.embeddings import background_flush
 from apps.gateway.stages import cache_lookup_exact, cache_lookup_semantic, cache_store
 from apps.ledger.models import LLMRequest
@@ -16,14 +15,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def remote_backend(settings, mock_llm_url, monkeypatch):
+def remote_backend(settings, mock_llm_url, run):
     settings.FINOPS = {
         **settings.FINOPS,
         "CACHE_EMBEDDING_BACKEND": "openai",
         "CACHE_EMBEDDING_MODEL": "text-embedding-3-small",
         "CACHE_EMBEDDING_BASE_URL": mock_llm_url,
     }
-    monkeypatch.setattr(embeddings, "_remote_clients", {})
+    run(runtime_forget("embeddings.remote"))  # a client built from these settings
+    yield
+    run(runtime_forget("embeddings.remote"))
 
 
 def test_a_remote_embedding_is_billed_on_its_own_ledger_row(cache_env, remote_backend, run):

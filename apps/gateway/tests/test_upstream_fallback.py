@@ -70,9 +70,9 @@ def walk(ctx, catalog):
         try:
             return await pipeline.stage8_upstream(ctx, catalog, ctx.route.chain)
         finally:
-            from apps.gateway.providers import clients_close
+            from finops.runtime import runtime_close
 
-            await clients_close()
+            await runtime_close()
 
     return asyncio.run(run())
 

@@ -77,7 +77,7 @@ eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendore
 	$(MANAGE) eval_router --full-if-available --learned --bench
 	$(MANAGE) cost_model --refresh --reconcile
 
-docs-check: install ## every figure quoted in the ADRs and README has a source in the bench/eval outputs
+docs-check: install ## every figure in README.md and docs/ is generated or matches its named output by key; no dead paths
 	$(PY) bench/doc_numbers.py
 
 drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)

@@ -149,3 +149,13 @@ def test_adr_statuses_match_the_code():
             paths = [p for p in re.findall(r"`([\w./-]+\.py)`", code_line.group(1))]
             assert paths and all((ROOT / p).exists() for p in paths), f"ADR {number}: {paths}"
 
+
+
+def test_the_adr_template_and_every_adr_have_alternatives_and_how_we_would_know_we_were_wrong():
+    for path in [ADR / "000-template.md", *(p for p, _ in adrs().values())]:
+        headings = re.findall(r"^## (.+)$", path.read_text(), re.M)
+        assert "Alternatives considered" in headings, path.name
+        assert "How we'll know we were wrong" in headings, path.name
+        for heading in ("Alternatives considered", "How we'll know we were wrong"):
+            body = path.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+            assert len(body.strip()) >= 150, f"{path.name}: section {heading!r} is a stub"

@@ -26,8 +26,11 @@ def anomaly_eval_run(
     if seed_per_day is not None:
         seed_section, seed_summary = _seed_section(seed_per_day=seed_per_day, plot_path=output.parent / plot_rel)
         summary.append(seed_summary)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(_document(nab=nab, seed_section=seed_section, plot_rel=plot_rel))
+    from bench.report import write_report
+
+    # The NAB subset's figures never replace the full sets' headline: they go under their own heading.
+    subset = None if nab_source == "full" else f"NAB {nab_source} ({nab.files} files)"
+    write_report(output, _document(nab=nab, seed_section=seed_section, plot_rel=plot_rel), subset=subset)
     summary.append(f"wrote {output}")
     return "\n".join(summary)
 

@@ -74,12 +74,12 @@ class RouterMeasurement:
 
 def router_measure(*, progress: bool = False) -> RouterMeasurement | None:
     """The routing shares of the full chain (keyword → learned → confidence) on the recorded RouteLLM answers:
-    the same run `manage.py eval_router` reports. The full sets when ../shared/data has them, else the vendored 50."""
+    the same run `manage.py eval_router` reports. The full sets (vendored in fixtures/routellm), else the 50-prompt subset."""
     try:
-        from apps.routing.datasets import find_shared_dir
+        from apps.routing.datasets import full_available
         from apps.routing.services import router_eval_run
 
-        run = router_eval_run(full=find_shared_dir() is not None, progress=progress)
+        run = router_eval_run(full=full_available(), progress=progress)
     except Exception as exc:  # the eval is another app's; without it the seed's rates stand in, labelled
         logger.warning(
             "router evaluation unavailable (%s: %s); routing levers fall back to the seed configuration", type(exc).__name__, exc

@@ -71,7 +71,7 @@ bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_reports.py
 	$(PY) bench/bench_gateway.py --profile
 
-eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
+eval: migrate ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/
 	$(MANAGE) eval_anomalies
 	$(MANAGE) eval_cache
 	$(MANAGE) eval_router --full-if-available --learned --bench

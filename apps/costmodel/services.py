@@ -10,14 +10,18 @@ from pathlib import Path
 from django.conf import settings
 
 from apps.costmodel.model import (
+    ACTUAL_MIX,
+    ALL_LEVERS_SEED_CACHE,
     AS_RECORDED,
     Lever,
     Reconciliation,
     ReferenceLoad,
     ScenarioCost,
+    formulas_render,
     load_render,
     scenario_cost,
     scenarios,
+    sensitivity,
     tokens_total,
 )
 from apps.costmodel.reference import reference_load_build
@@ -26,6 +30,7 @@ from apps.ledger.money import quantize_usd
 
 COST_MODEL_DIR = Path(settings.BASE_DIR) / "docs" / "cost-model"
 REFERENCE_CSV = COST_MODEL_DIR / "reference-load.csv"
+FORMULAS_CSV = COST_MODEL_DIR / "cost-model-formulas.csv"
 
 
 @dataclass
@@ -78,17 +83,41 @@ def usd(value: Decimal) -> str:
 
 
 def results_table(results: list[ScenarioCost]) -> str:
+    """Each scenario against both baselines: always-premium routing ("no levers") and the load's actual mix."""
     base = results[0].total
+    actual = next((r.total for r in results if r.scenario.name == ACTUAL_MIX), None)
+
+    def delta(r: ScenarioCost, against: Decimal | None) -> str:
+        return "—" if against is None or r.total == against else f"{100 * (r.total - against) / against:+.1f} %"
+
     lines = [
-        "| scenario | monthly cost | vs no levers | of which escalations | embeddings | lever setting |",
-        "|---|---:|---:|---:|---:|---|",
+        "| scenario | monthly cost | vs no levers (always premium) | vs no levers (actual mix) | of which escalations | embeddings | lever setting |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        delta = "—" if r is results[0] else f"{100 * (r.total - base) / base:+.1f} %"
         lines.append(
-            f"| {r.scenario.name} | {usd(r.total)} | {delta} | {usd(r.escalations)} | {usd(r.embeddings)} | {r.scenario.note} |"
+            f"| {r.scenario.name} | {usd(r.total)} | {delta(r, base)} | {delta(r, actual)} | {usd(r.escalations)} "
+            f"| {usd(r.embeddings)} | {r.scenario.note} |"
         )
     return "\n".join(lines)
+
+
+def sensitivity_table(load: ReferenceLoad, result: ScenarioCost) -> str:
+    lines = [
+        f"| input (±10 %) | {result.scenario.name}, input −10 % | input +10 % | swing | swing, share of the total |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in sensitivity(load, result.scenario):
+        lines.append(
+            f"| {row.input} | {usd(row.low)} | {usd(row.high)} | {usd(row.swing)} | {100 * row.swing / row.base:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
+def formulas_write(load: ReferenceLoad, results: list[ScenarioCost], path: Path = FORMULAS_CSV) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(formulas_render(load, [r.scenario for r in results]))
+    return path
 
 
 def chart_write(results: list[ScenarioCost], path: Path) -> Path:
@@ -147,6 +176,7 @@ def readme_write(
     prompt, completion = tokens_total(load.rows)
     by_name = {r.scenario.name: r for r in results}
     base, all_levers = by_name["no levers"], by_name["all levers"]
+    actual, seed_cache = by_name.get(ACTUAL_MIX), by_name.get(ALL_LEVERS_SEED_CACHE)
     levers = []
     for name in ("exact_hit_rate", "semantic_hit_rate", "routing_premium_share", "escalation_rate", "embedding_model"):
         lever, lever_set = load.lever(name)
@@ -156,7 +186,10 @@ def readme_write(
         label = "measured" if lever_set == "measured" else "**seed configuration (no measurement found)**"
         levers.append(f"| {name} | {value} | {label} | {lever.source} |")
     tenants = sorted(all_levers.by_tenant, key=lambda t: -base.by_tenant[t])
-    tenant_lines = [f"| {t} | {usd(base.by_tenant[t])} | {usd(all_levers.by_tenant[t])} |" for t in tenants]
+    tenant_lines = [
+        f"| {t} | {usd(base.by_tenant[t])} | {usd(actual.by_tenant[t]) if actual else '—'} | {usd(all_levers.by_tenant[t])} |"
+        for t in tenants
+    ]
     price_lines = [
         f"| {p.model} | {p.provider} | {p.input_per_1m} | {p.cached_input_per_1m if p.cached_input_per_1m is not None else '—'} "
         f"| {p.output_per_1m} | {p.effective_from or ''} |"
@@ -177,9 +210,25 @@ def readme_write(
         "(`ORGS`, `MODEL_MIX`, the log-normal spreads), so the model and the seeded ledger describe the same workload.",
         "",
         f"**Result:** {usd(base.total)}/month with no lever, {usd(all_levers.total)}/month with all of them "
-        f"({100 * (all_levers.total - base.total) / base.total:+.1f} %).",
+        f"({100 * (all_levers.total - base.total) / base.total:+.1f} %) — against a baseline that sends every "
+        "router-chosen request to the premium model."
+        + (
+            f" The honest baseline is the load's actual model mix with no lever, {usd(actual.total)}/month: against it "
+            f"all levers save {100 * (actual.total - all_levers.total) / actual.total:.1f} %."
+            if actual is not None else ""
+        )
+        + (
+            f" With the seeded ledger's cache rates instead of the replay's, all levers cost {usd(seed_cache.total)}/month "
+            f"({100 * (seed_cache.total - actual.total) / actual.total:+.1f} % against the actual mix)."
+            if seed_cache is not None and actual is not None else ""
+        ),
         "",
         results_table(results),
+        "",
+        f"Every line above is recomputed without Python by [`{FORMULAS_CSV.name}`]({FORMULAS_CSV.name}): the inputs as "
+        "values, each cost line and total as a spreadsheet formula (open it in any spreadsheet; "
+        "`apps/costmodel/tests/test_cost_model.py` evaluates its formulas and checks every total and tenant line "
+        "against this table to the cent).",
         "",
     ]
     if chart is not None:
@@ -214,13 +263,21 @@ def readme_write(
         "both calls are paid. It adds cost: it is the price of the quality the router keeps.",
         _seed_text(load),
         "",
-        "The cache hit rates come from the eval's replayed workload (Zipf-popular intents, many verbatim repeats); a "
-        "deployment's own rates depend on how often its users repeat themselves; `docs/sql/06_cache_savings.sql` shows them.",
+        "The measured cache hit rates come from the eval's replayed workload (Zipf-popular intents, many verbatim "
+        "repeats), which flatters the cache: the seeded ledger runs at the seed's rates, and the scenario "
+        f"`{ALL_LEVERS_SEED_CACHE}` shows all levers at those. A deployment's own rates depend on how often its users "
+        "repeat themselves; `docs/sql/06_cache_savings.sql` shows them.",
+        "",
+        "## Sensitivity: which input moves the total most",
+        "",
+        "Each input moved by ±10 % (rates relative, clamped to 0..1), everything else as in the scenario; largest swing first.",
+        "",
+        sensitivity_table(load, all_levers),
         "",
         "## Per tenant",
         "",
-        "| tenant | no levers | all levers |",
-        "|---|---:|---:|",
+        "| tenant | no levers (always premium) | no levers (actual mix) | all levers |",
+        "|---|---:|---:|---:|",
         *tenant_lines,
         "",
         "## List prices used",

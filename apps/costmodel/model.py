@@ -497,7 +497,9 @@ def _col(index: int) -> str:
     return name
 
 
-def formulas_render(load: ReferenceLoad, chosen: list[Scenario]) -> str:
+def formulas_render(
+    load: ReferenceLoad, chosen: list[Scenario], infra: list[tuple[str, Decimal, Decimal, Decimal]] | None = None
+) -> str:
     """The cost model as a spreadsheet (CSV whose cells hold formulas): every cost line and total is a formula
     over the inputs in the same sheet, so a spreadsheet recomputes it without Python. The layout and each
     formula follow `scenario_cost` term by term; `apps/costmodel/tests/test_cost_model.py` recomputes it."""
@@ -564,6 +566,19 @@ def formulas_render(load: ReferenceLoad, chosen: list[Scenario]) -> str:
         numbers = [first_load + i for i, r in enumerate(load.rows) if r.tenant == tenant]
         rows.append([f"tenant: {tenant}"] + [""] * (first_cost_col - 1) + [
             "=SUM(" + ",".join(f"{_col(first_cost_col + i)}{k}" for k in numbers) + ")" for i in range(len(chosen))
+        ])  # fmt: skip
+    if infra:
+        # Infrastructure: quantity × unit price × hours (or GB-months); all-in = a scenario's LLM spend + these lines.
+        rows += [[], ["infrastructure", "quantity", "unit_price_usd", "hours_or_months", "monthly_usd"]]
+        first_infra = len(rows) + 1
+        for label, quantity, unit_price, multiplier in infra:
+            n = len(rows) + 1
+            rows.append([label, str(quantity), str(unit_price), str(multiplier), f"=B{n}*C{n}*D{n}"])
+        rows.append(["infrastructure total", "", "", "", f"=SUM(E{first_infra}:E{len(rows)})"])
+        infra_total = f"$E${len(rows)}"
+        total_row = next(i for i, row in enumerate(rows, 1) if row and row[0] == "total")
+        rows.append(["all-in (LLM spend + infrastructure)"] + [""] * (first_cost_col - 1) + [
+            f"={_col(first_cost_col + i)}{total_row}+{infra_total}" for i in range(len(chosen))
         ])  # fmt: skip
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)

@@ -183,3 +183,27 @@ def reference_database_url() -> str | None:
     except Exception as exc:
         logger.info("no reference database: %s", exc)
         return None
+
+
+def bench_cpu_measured(*, path: Path = BENCHMARKS_MD) -> dict[str, tuple[Decimal, str]]:
+    """CPU per request of the gateway workers (§ gateway, the default sdk transport's saturated run) and CPU per
+    local embedding (§ cache, p50), as `make bench` wrote them; a figure that is missing is left out."""
+    out: dict[str, tuple[Decimal, str]] = {}
+    gateway = benchmark_section("gateway", path=path)
+    found = re.search(r"^\| finops workers \| ([\d.]+) ms \|", gateway or "", re.M)
+    if found:
+        stamp = _STAMP.search(gateway or "")
+        out["cpu_ms_per_request"] = (
+            Decimal(found.group(1)),
+            f"docs/benchmarks.md#gateway ({stamp.group(1) if stamp else 'undated'}): finops workers' CPU per request, "
+            "saturated run, sdk transport",
+        )
+    cache = benchmark_section("cache", path=path)
+    found = re.search(r"^\| … embedding CPU time[^|]*\| ([\d.]+) \|", cache or "", re.M)
+    if found:
+        stamp = _STAMP.search(cache or "")
+        out["embed_cpu_ms"] = (
+            Decimal(found.group(1)),
+            f"docs/benchmarks.md#cache ({stamp.group(1) if stamp else 'undated'}): local MiniLM embedding CPU time, p50",
+        )
+    return out

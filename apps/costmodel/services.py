@@ -9,10 +9,12 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.costmodel.infra import InfraLine, Sizing, infra_lines, infra_prices, size_gateway
 from apps.costmodel.model import (
     ACTUAL_MIX,
     ALL_LEVERS_SEED_CACHE,
     AS_RECORDED,
+    ONE,
     Lever,
     Reconciliation,
     ReferenceLoad,
@@ -114,10 +116,87 @@ def sensitivity_table(load: ReferenceLoad, result: ScenarioCost) -> str:
     return "\n".join(lines)
 
 
+def infra_estimate(load: ReferenceLoad, *, bench_md: Path | None = None) -> tuple[Sizing, list[InfraLine], dict] | None:
+    """Size and price the infrastructure for the load from `make bench`'s CPU figures; None without them."""
+    from apps.costmodel.selectors import BENCHMARKS_MD, bench_cpu_measured
+
+    measured = bench_cpu_measured(path=bench_md or BENCHMARKS_MD)
+    if {"cpu_ms_per_request", "embed_cpu_ms"} - set(measured):
+        return None
+    hours, prices = infra_prices()
+    exact, _ = load.lever("exact_hit_rate")
+    seed_exact = load.levers.get(("seed", "exact_hit_rate"))
+    sizing = size_gateway(
+        requests_month=load.requests, cpu_ms_per_request=measured["cpu_ms_per_request"][0],
+        embed_cpu_ms=measured["embed_cpu_ms"][0],
+        exact_hit_rate=min(exact.rate(), seed_exact.rate()) if seed_exact else exact.rate(),  # the lower rate: more embeddings
+        hours_per_month=hours, vcpus=Decimal(prices["gateway_instance"]["vcpus"]),
+    )  # fmt: skip
+    return sizing, infra_lines(sizing), {k: v[1] for k, v in measured.items()}
+
+
+def _infra_cells(lines: list[InfraLine]) -> list[tuple[str, Decimal, Decimal, Decimal]]:
+    hours, _ = infra_prices()
+    return [(f"{line.item}: {line.sku}", line.quantity, line.unit_price, hours if line.unit == "hour" else ONE) for line in lines]
+
+
+def formulas_text(load: ReferenceLoad, results: list[ScenarioCost]) -> str:
+    infra = infra_estimate(load)
+    return formulas_render(load, [r.scenario for r in results], _infra_cells(infra[1]) if infra else None)
+
+
 def formulas_write(load: ReferenceLoad, results: list[ScenarioCost], path: Path = FORMULAS_CSV) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(formulas_render(load, [r.scenario for r in results]))
+    path.write_text(formulas_text(load, results))
     return path
+
+
+def infra_markdown(load: ReferenceLoad, results: list[ScenarioCost]) -> list[str]:
+    infra = infra_estimate(load)
+    if infra is None:
+        return ["Not sized: `docs/benchmarks.md` lacks the gateway's or the embedding's CPU figures (`make bench`).", ""]
+    sizing, lines, sources = infra
+    total = sum((line.monthly for line in lines), Decimal(0))
+    by_name = {r.scenario.name: r for r in results}
+    remote = _remote_embedding_monthly(load, results)
+    out = [
+        f"Sized for the reference load's busiest hour: {sizing.requests_month:,.0f} requests a month is "
+        f"{sizing.peak_rps / sizing.peak_factor:.2f} req/s on average and {sizing.peak_rps:.2f} req/s at the peak "
+        f"(×{sizing.peak_factor}, the seed's busiest hour of the week). Each request costs the gateway "
+        f"{sizing.cpu_ms_per_request} ms of CPU ({sources['cpu_ms_per_request']}), and each exact miss "
+        f"{sizing.embed_cpu_ms} ms more for the local embedding ({sources['embed_cpu_ms']}; at the lower of the "
+        f"replay's and the seed's exact hit rates, {100 * sizing.exact_hit_rate:.1f} %). Prices: "
+        "`fixtures/infra_prices.json`, AWS on-demand list prices (us-east-1), copied by hand from the pages it names "
+        "and not re-checked by any test.",
+        "",
+        "| line | quantity | unit price | monthly | basis |",
+        "|---|---:|---:|---:|---|",
+        *[
+            f"| {line.sku} | {line.quantity} | ${line.unit_price} / {line.unit} | {usd(line.monthly)} | {line.basis} |"
+            for line in lines
+        ],
+        f"| **infrastructure total** | | | **{usd(total)}** | |",
+        "| embeddings, local MiniLM (the default) | | | $0.00 | CPU inside the gateway instances above |",
+        f"| embeddings, remote `text-embedding-3-small` (the alternative backend) | | | {usd(remote)} | "
+        "every exact miss at the measured hit rate, whole prompts (an upper bound); not in the total |",
+        "",
+        "All-in, LLM spend plus infrastructure:",
+        "",
+        "| scenario | LLM spend | infrastructure | all-in |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("no levers", ACTUAL_MIX, "all levers", ALL_LEVERS_SEED_CACHE):
+        if name in by_name:
+            spend = by_name[name].total
+            out.append(f"| {name} | {usd(spend)} | {usd(total)} | {usd(spend + total)} |")
+    out += [
+        "",
+        "At this load the gateway is idle most of the hour: the instance count is set by redundancy, not CPU. What "
+        "decides the hardware is latency under bursts, not the monthly volume: the 200-client run in "
+        "`docs/benchmarks.md` § gateway queues for CPU on two cores (`docs/sla.yaml`).",
+        "",
+    ]
+    return out
 
 
 def chart_write(results: list[ScenarioCost], path: Path) -> Path:
@@ -268,6 +347,9 @@ def readme_write(
         f"`{ALL_LEVERS_SEED_CACHE}` shows all levers at those. A deployment's own rates depend on how often its users "
         "repeat themselves; `docs/sql/06_cache_savings.sql` shows them.",
         "",
+        "## Infrastructure",
+        "",
+        *infra_markdown(load, results),
         "## Sensitivity: which input moves the total most",
         "",
         "Each input moved by ±10 % (rates relative, clamped to 0..1), everything else as in the scenario; largest swing first.",
@@ -303,6 +385,16 @@ def readme_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out))
     return path
+
+
+def _remote_embedding_monthly(load: ReferenceLoad, results: list[ScenarioCost]) -> Decimal:
+    from apps.costmodel.model import Scenario
+
+    model = load.params.get("remote_embedding_model")
+    if not model:
+        return Decimal(0)
+    exact = next(r for r in results if r.scenario.name == "exact cache").scenario.exact
+    return scenario_cost(load, Scenario("remote embeddings", exact=exact, embedding_model=model)).embeddings
 
 
 def _remote_embedding_text(load: ReferenceLoad, results: list[ScenarioCost]) -> str:

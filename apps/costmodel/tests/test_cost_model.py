@@ -295,12 +295,12 @@ def test_the_spreadsheet_recomputes_every_scenario_and_tenant_to_the_cent(tiny):
 
 
 def test_the_published_spreadsheet_recomputes_to_the_published_cost_model():
-    from apps.costmodel.services import COST_MODEL_DIR, FORMULAS_CSV, REFERENCE_CSV, cost_model_run
+    from apps.costmodel.services import COST_MODEL_DIR, FORMULAS_CSV, REFERENCE_CSV, cost_model_run, formulas_text
 
     load = load_read(REFERENCE_CSV)
-    text = FORMULAS_CSV.read_text()
-    assert text == formulas_render(load, scenarios(load))  # the sheet is current with the CSV it was built from
-    sheet, results = Sheet(text), cost_model_run(load)
+    text, results = FORMULAS_CSV.read_text(), cost_model_run(load)
+    assert text == formulas_text(load, results)  # the sheet is current with the CSV and bench figures it was built from
+    sheet = Sheet(text)
     totals = _sheet_totals(sheet, [r.scenario.name for r in results], "total")
     readme = (COST_MODEL_DIR / "README.md").read_text()
     for result in results:
@@ -308,6 +308,37 @@ def test_the_published_spreadsheet_recomputes_to_the_published_cost_model():
         assert f"| {result.scenario.name} | ${quantize_usd(totals[result.scenario.name], places=2):,} |" in readme
         for tenant, cost in result.by_tenant.items():
             assert abs(_sheet_totals(sheet, [result.scenario.name], f"tenant: {tenant}")[result.scenario.name] - cost) < Decimal("0.01")
+    # Infrastructure lines and the all-in totals recompute to the README's too.
+    from apps.costmodel.services import infra_estimate, usd
+
+    _, lines, _ = infra_estimate(load)
+    infra_total = sheet.value(sheet.row_named("infrastructure total"), 4)
+    assert abs(infra_total - sum(line.monthly for line in lines)) < Decimal("0.01")
+    assert f"| **infrastructure total** | | | **{usd(infra_total)}** | |" in readme
+    all_in = _sheet_totals(sheet, [r.scenario.name for r in results], "all-in (LLM spend + infrastructure)")
+    for result in results:
+        assert abs(all_in[result.scenario.name] - result.total - infra_total) < Decimal("0.01")
+        if result.scenario.name in ("no levers", "all levers"):
+            assert f"| {result.scenario.name} | {usd(result.total)} | {usd(infra_total)} | {usd(all_in[result.scenario.name])} |" in readme
+
+
+def test_the_gateway_is_sized_from_the_measured_cpu_and_the_seeds_busiest_hour():
+    from apps.costmodel.infra import infra_lines, peak_factor, size_gateway
+
+    assert peak_factor() == Decimal("2.60")  # the seed's busiest hour (15:00 UTC) on its busiest weekday
+    sizing = size_gateway(
+        requests_month=Decimal(3_600_000 * 730), cpu_ms_per_request=Decimal("1.5"), embed_cpu_ms=Decimal("4"),
+        exact_hit_rate=Decimal("0.5"), hours_per_month=Decimal(730), vcpus=Decimal(2), factor=Decimal(1),
+    )  # fmt: skip
+    # 1,000 req/s × (1.5 + 0.5·4) ms = 3.5 cores; at 50 % of 2 vCPUs each, 4 instances.
+    assert (sizing.peak_rps, sizing.gateway_cores, sizing.gateway_instances) == (Decimal(1000), Decimal("3.5"), 4)
+    small = size_gateway(
+        requests_month=Decimal(1_500_000), cpu_ms_per_request=Decimal("1.5"), embed_cpu_ms=Decimal("4"),
+        exact_hit_rate=Decimal("0.08"), hours_per_month=Decimal(730), vcpus=Decimal(2),
+    )  # fmt: skip
+    assert small.gateway_instances == 2  # redundancy, not CPU, sets the floor
+    lines = {line.item: line for line in infra_lines(sizing)}
+    assert lines["gateway_instance"].monthly == 4 * lines["gateway_instance"].unit_price * 730
 
 
 def test_the_sensitivity_table_ranks_the_inputs_by_how_far_they_move_the_total(tiny):

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/doc_numbers.py        # lists stale or unsourced figures and dead paths; exit 1 if any
 
-A *figure* is a number with a unit (ms, s, µs, req/s, %, ×, MB, GB, MiB), a dollar amount, a number with
-thousands separators, a decimal with two or more places, or each number of a slash list that ends in a unit
+A *figure* is a number with a unit (ms, s, µs, req/s, %, ×, MB, GB, MiB), a dollar amount, a count of
+things (135 requests, 8 tenants, 720 summary keys), a number with thousands separators, a decimal with two or more places, or each number of a slash list that ends in a unit
 ("0.300 / 0.412 / 0.476 ms") — outside fenced and inline code, link targets and dates. Numbers written after
 "~" are figures too. A figure that is a bound (after ≤, ≥, <, >, "target", "at most", "at least", "up to",
 "within") is a requirement, not a measurement, and is not checked.
@@ -18,6 +18,7 @@ Each figure is accepted in one of two ways:
        <!--@ bench:anomalies "full `anomaly_scan`" p50 -->2.21 s
        <!--@ bench:budgets "reserve, asyncpg, three tiers" p50|p95|p99 -->0.300 / 0.412 / 0.476 ms
        <!--@ chaos "Postgres unreachable for 15 s" -->135
+       <!--@ router-eval "MMLU (n = » confidence" APGR -->0.500     (the row under the heading "MMLU (n = …")
        <!--@ setting FINOPS_BUDGET_TIMEOUT_MS -->50 ms
        <!--@ file:docs/sla.yaml "target: 0.999" -->99.9 %
        <!--@ example -->$1.00        (a worked example's input, not a measurement)
@@ -72,6 +73,10 @@ GROUP = re.compile(
     rf"(?P<approx>[~≈]\s?)?(?P<dollar>[+−-]?\$\s?)?(?P<nums>(?:(?:{NUMBER})\s?/\s?)*(?:{NUMBER}))(?:\s?(?P<unit>{UNIT}))?"
 )
 BOUND = re.compile(r"(≤|≥|<|>|\btarget|at most|at least|up to|within|limit)\s*[~+]?\$?\s*$", re.I)
+COUNT = re.compile(  # "135 requests", "8 tenants": counts of what was measured or configured are figures too
+    r"\s+(?:requests?|rows?|prompts?|pairs?|files?|incidents?|users?|tenants?|served|tokens?|exemplars|scopes|streams"
+    r"|decisions|hard negatives|summary keys|scans?)\b"
+)
 VERSION = re.compile(r"(Python|FOCUS|Postgres(?:QL)?|Redis|version|v)\s?$", re.I)
 MARKER = re.compile(r"<!--@\s*(?P<spec>.*?)\s*-->")
 SPEC = re.compile(r'^(?P<source>example|setting\s+\S+|[\w:./-]+)(?:\s+(?:"(?P<key>[^"]+)"|\'(?P<key1>[^\']+)\'))?(?:\s+(?P<cols>\S.*))?$')
@@ -127,7 +132,9 @@ def figures(text: str):
                 if not unit:
                     continue  # 5-fold, 3x3, 429s
             first = nums[0]
-            significant = bool(unit or dollar) or "," in first or re.search(r"\.\d\d", first) or len(nums) > 1 and unit
+            significant = (
+                bool(unit or dollar) or "," in first or re.search(r"\.\d\d", first) or COUNT.match(line[m.end() :])
+            )
             if not significant:
                 continue
             if unit == "s" and not re.search(r"\s", m.group(0)[len(m.group("nums")) - len(nums[-1]) :]) and "." not in nums[-1]:
@@ -192,10 +199,10 @@ def select(text: str, key: str, cols: list[str]) -> tuple[str | None, str]:
     """The selected row's cells (NUL-separated) or line; (None, why) when the key selects nothing or several.
 
     A table row is selected when its first cell contains the key, or its cells joined by " | " start with it
-    ("0.92 | on"); a prose line when it contains the key. "HEADING > KEY" looks only under that heading.
+    ("0.92 | on"); a prose line when it contains the key. "HEADING » KEY" looks only under that heading.
     """
-    if " > " in key:
-        heading, key = key.split(" > ", 1)
+    if " » " in key:
+        heading, key = key.split(" » ", 1)
         scoped = _section(text, heading)
         if scoped is None:
             return None, f'no single heading contains "{heading}"'

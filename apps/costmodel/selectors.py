@@ -123,6 +123,11 @@ class LedgerMeasurement:
     first: dt.datetime | None
     last: dt.datetime | None
     incidents: list[IncidentCost] = field(default_factory=list)
+    cache_hits: dict[str, int] = field(default_factory=dict)  # cache_status → rows ("exact", "semantic", …)
+
+    def hit_share(self, status: str) -> Decimal:
+        """The share of the ledger's requests answered by that cache tier (as the cost model's hit rates count)."""
+        return Decimal(self.cache_hits.get(status, 0)) / Decimal(self.rows) if self.rows else Decimal(0)
 
     @property
     def incident_rows(self) -> int:
@@ -146,6 +151,9 @@ INCIDENTS_SQL = (
 )
 
 
+CACHE_SQL = "SELECT cache_status, count(*) FROM llm_requests WHERE endpoint <> 'embeddings' GROUP BY cache_status"
+
+
 def ledger_measure(*, database_url: str | None = None) -> LedgerMeasurement:
     """Totals of the ledger at `database_url` (psycopg), or of Django's database when None."""
     if database_url:
@@ -164,7 +172,11 @@ def _measure(cur, *, source: str) -> LedgerMeasurement:
     rows, cost, first, last = cur.fetchone()
     cur.execute(INCIDENTS_SQL)
     incidents = [IncidentCost(kind=k, rows=int(n), cost=Decimal(c)) for k, n, c in cur.fetchall()]
-    return LedgerMeasurement(source=source, rows=int(rows), cost=Decimal(cost), first=first, last=last, incidents=incidents)
+    cur.execute(CACHE_SQL)
+    hits = {status: int(n) for status, n in cur.fetchall()}
+    return LedgerMeasurement(
+        source=source, rows=int(rows), cost=Decimal(cost), first=first, last=last, incidents=incidents, cache_hits=hits
+    )
 
 
 def _redact(url: str) -> str:

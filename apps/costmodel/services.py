@@ -245,6 +245,16 @@ def reconcile_markdown(rec: Reconciliation, measurement: LedgerMeasurement) -> s
         f"({usd(rec.incident_cost)}) are unplanned spend by design, and the seed's weekday weights make the month "
         f"{rec.baseline_rows:,} ordinary requests rather than {rec.predicted_requests:,.0f}.",
     ]
+    if measurement.rows:
+        from apps.ledger.seed import EXACT_HIT_RATE, SEMANTIC_HIT_RATE
+
+        lines += [
+            "",
+            f"Cache hit shares measured on this ledger: exact {100 * measurement.hit_share('exact'):.1f} %, semantic "
+            f"{100 * measurement.hit_share('semantic'):.1f} % of its requests: near the rates the seed generates with "
+            f"({100 * EXACT_HIT_RATE:.1f} % and {100 * SEMANTIC_HIT_RATE:.1f} % of ordinary requests; this share counts every row), which "
+            f"the scenario `{ALL_LEVERS_SEED_CACHE}` prices, and far from the replay's (the `exact cache` and `all levers` rows).",
+        ]
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/doc_numbers.py        # lists stale or unsourced figures and dead paths; exit 1 if any
 
-A *figure* is a number with a unit (ms, s, µs, req/s, %, ×, MB, GB, MiB), a dollar amount, a count of
+A *figure* is a number with a unit (ms, s, µs, req/s, %, ×, MB, GB, MiB, k and M for thousands and millions),
+a dollar amount, a count of
 things (135 requests, 8 tenants, 720 summary keys), a number with thousands separators, a decimal with two or more places, or each number of a slash list that ends in a unit
 ("0.300 / 0.412 / 0.476 ms") — outside fenced and inline code, link targets and dates. Numbers written after
 "~" are figures too. A figure that is a bound (after ≤, ≥, <, >, "target", "at most", "at least", "up to",
@@ -68,7 +69,7 @@ def checked_files(root: Path = ROOT) -> list[Path]:
 
 
 NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
-UNIT = r"ms\b|µs\b|s\b|req/s|requests/s|%|×|x\b|MB\b|GB\b|MiB\b"
+UNIT = r"ms\b|µs\b|s\b|req/s|requests/s|%|×|x\b|MB\b|GB\b|MiB\b|k\b|M\b"  # k, M: thousands, millions (12.6k, 1.5M)
 GROUP = re.compile(
     rf"(?P<approx>[~≈]\s?)?(?P<dollar>[+−-]?\$\s?)?(?P<nums>(?:(?:{NUMBER})\s?/\s?)*(?:{NUMBER}))(?:\s?(?P<unit>{UNIT}))?"
 )
@@ -139,6 +140,8 @@ def figures(text: str):
                 continue
             if unit == "s" and not re.search(r"\s", m.group(0)[len(m.group("nums")) - len(nums[-1]) :]) and "." not in nums[-1]:
                 continue  # "429s" (status codes in the plural), not seconds
+            if re.search(r"\bper\s*$", line[max(0, start - 6) : start]):
+                continue  # "per 1M tokens": a unit of a rate, not a figure
             if VERSION.search(line[max(0, start - 12) : start]):
                 continue  # Python 3.11, FOCUS 1.2, OpenSLO v1
             if BOUND.search(line[max(0, start - 14) : start]):
@@ -248,7 +251,7 @@ def select(text: str, key: str, cols: list[str]) -> tuple[str | None, str]:
     return "\x00".join(out), ""
 
 
-def _matches(shown: str, value: str, *, approx: bool, scaled: bool) -> bool:
+def _matches(shown: str, value: str, *, approx: bool, scaled: bool, magnitude: int = 1) -> bool:
     try:
         want = Decimal(shown.replace(",", ""))
         have = Decimal(value.replace(",", ""))
@@ -256,6 +259,8 @@ def _matches(shown: str, value: str, *, approx: bool, scaled: bool) -> bool:
         return False
     places = len(shown.split(".")[1]) if "." in shown else 0
     candidates = [have] + ([have * 100, have * 1000, have / 60, have / 1048576] if scaled else [])
+    if magnitude != 1:  # the figure is written in thousands or millions: "12.6k" for 12,656
+        candidates += [have / magnitude]
     for v in candidates:
         if approx and v and abs(v - want) <= abs(v) * Decimal("0.05"):
             return True
@@ -304,7 +309,8 @@ def check_figure(fig: Figure, root: Path = ROOT) -> str | None:
         if scaled:  # rules and SLOs: a burn rate times the error budget ("14.4 * 0.001"), and 1 − target
             found += [str(Decimal(a) * Decimal(b)) for a, b in re.findall(r"(\d+(?:\.\d+)?)\s*\*\s*(\d+(?:\.\d+)?)", cell)]
             found += [str(1 - Decimal(v)) for v in re.findall(r"target:\s*(0\.\d+)", cell)]
-        if not any(_matches(shown, v, approx=fig.approx, scaled=scaled) for v in found):
+        magnitude = {"k": 1000, "M": 1000000}.get(fig.unit, 1)
+        if not any(_matches(shown, v, approx=fig.approx, scaled=scaled, magnitude=magnitude) for v in found):
             return f'{source} "{key}"{" " + columns[i if len(columns) > 1 else 0] if columns else ""} says {cell.strip()[:120]!r}'
     return None
 

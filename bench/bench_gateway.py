@@ -507,8 +507,8 @@ round trips on the critical path (Redis lookup, budget reservation with its comm
 work; the ledger insert, budget settlement and cache store happen after the response.
 
 200 clients against a constant 500 ms upstream arrive in waves: the clients synchronise on the upstream's
-latency, so ~100 requests reach each worker within a few milliseconds and queue for its CPU; the last of a
-wave waits ~100 × the worker's CPU per request. The gateway's own timings for the served rows of these runs
+latency, so ~{200 // workers} requests (200 clients ÷ {workers} workers) reach each worker within a few milliseconds and
+queue for its CPU; the last of a wave waits ~{200 // workers} × the worker's CPU per request. The gateway's own timings for the served rows of these runs
 (from `llm_requests`): overhead p50 / p99 {cells(lambda r: f"{r['slow_rows']['overhead_p50']:.0f} / {r['slow_rows']['overhead_p99']:.0f} ms")}
 (sdk | raw), upstream p50 / p99 {cells(lambda r: f"{r['slow_rows']['upstream_p50']:.0f} / {r['slow_rows']['upstream_p99']:.0f} ms")}. {fail_open_sentence}
 Refused or failed requests of the whole run, by error code (from `llm_requests`): {results["errors_by_code"] or "none"}.

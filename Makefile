@@ -71,13 +71,13 @@ bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_reports.py
 	$(PY) bench/bench_gateway.py --profile
 
-eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data
+eval: migrate ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/
 	$(MANAGE) eval_anomalies
 	$(MANAGE) eval_cache
 	$(MANAGE) eval_router --full-if-available --learned --bench
 	$(MANAGE) cost_model --refresh --reconcile
 
-docs-check: install ## every figure quoted in the ADRs and README has a source in the bench/eval outputs
+docs-check: install ## every figure in README.md and docs/ is generated or matches its named output by key; no dead paths
 	$(PY) bench/doc_numbers.py
 
 drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)

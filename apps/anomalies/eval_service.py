@@ -38,9 +38,14 @@ def anomaly_eval_run(
         if calendar:
             calendar_section, calendar_summary = _calendar_section(seed_per_day=seed_per_day, progress=calendar_progress)
             summary.append(calendar_summary)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        _document(nab=nab, seed_section=seed_section, calendar_section=calendar_section, plot_rel=plot_rel)
+    from bench.report import write_report
+
+    # The NAB subset's figures never replace the full sets' headline: they go under their own heading.
+    subset = None if nab_source == "full" else f"NAB {nab_source} ({nab.files} files)"
+    write_report(
+        output,
+        _document(nab=nab, seed_section=seed_section, calendar_section=calendar_section, plot_rel=plot_rel),
+        subset=subset,
     )
     summary.append(f"wrote {output}")
     return "\n".join(summary)

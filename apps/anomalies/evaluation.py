@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,11 +72,21 @@ class Score:
 
 
 def nab_root(repo_root: Path) -> tuple[Path, str]:
-    """The full NAB set in ../shared/data/nab when present, else the vendored subset in fixtures/nab."""
-    full = repo_root.parent / "shared" / "data" / "nab"
-    if (full / "combined_windows.json").exists() and (full / "data").is_dir():
-        return full, "full"
+    """The full realAdExchange + realKnownCause sets: vendored (compressed) in fixtures/nab/full, else
+    ../shared/data/nab; the three-file subset in fixtures/nab only when neither is there."""
+    for full in (repo_root / "fixtures" / "nab" / "full", repo_root.parent / "shared" / "data" / "nab"):
+        if (full / "combined_windows.json").exists() and (full / "data").is_dir():
+            return full, "full"
     return repo_root / "fixtures" / "nab", "vendored subset"
+
+
+def _nab_csv(path: Path) -> list[dict[str, str]]:
+    """A NAB series file, plain or as vendored (`.csv.gz`)."""
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        with gzip.open(path.with_name(path.name + ".gz"), "rt", newline="") as fh:
+            return list(csv.DictReader(fh))
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def nab_load(root: Path, *, corpora: tuple[str, ...] = NAB_CORPORA) -> list[NabSeries]:
@@ -85,10 +96,10 @@ def nab_load(root: Path, *, corpora: tuple[str, ...] = NAB_CORPORA) -> list[NabS
     labels: dict[str, list[list[str]]] = json.loads(windows_file.read_text())
     series: list[NabSeries] = []
     for name in sorted(labels):
-        if name.split("/")[0] not in corpora or not (root / "data" / name).exists():
+        path = root / "data" / name
+        if name.split("/")[0] not in corpora or not (path.exists() or path.with_name(path.name + ".gz").exists()):
             continue
-        with open(root / "data" / name, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = _nab_csv(path)
         stamps = np.array([np.datetime64(r["timestamp"].replace(" ", "T")[:19]) for r in rows], dtype="datetime64[s]")
         values = np.array([float(r["value"]) for r in rows])
         windows = [(np.datetime64(a.replace(" ", "T")[:19]), np.datetime64(b.replace(" ", "T")[:19])) for a, b in labels[name]]

@@ -25,7 +25,7 @@ BUDGET_CHECK_SECONDS = Histogram(
     "finops_budget_check_seconds",
     "Time to reach a budget decision (reserve round trip, or the fail-open path).",
     ["path"],  # db, fail_open
-    # 0.06: the bound on a decision while the database hangs (ARCHITECTURE §3); 0.08: how far past it. bench/chaos.py.
+    # 0.06: the bound on a decision while the database hangs (FINOPS_BUDGET_DECISION_MAX_MS); 0.08: how far past it. bench/chaos.py.
     buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.06, 0.064, 0.08, 0.1, 0.25, 1.0),
 )
 BUDGET_SETTLE_FAILURES = Counter(

@@ -16,6 +16,7 @@ dedicated org; it reports the hit rate of each tier, the dollars saved and any w
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import random
 import re
@@ -35,8 +36,9 @@ from apps.cache.guard import COMMON_WORDS, NEGATIONS, Signature, choose_hit, gua
 from finops import clock
 
 ROOT = Path(settings.BASE_DIR)
-FULL_GPTCACHE = ROOT.parent / "shared" / "data" / "gptcache" / "mock_data.json"
-VENDORED_GPTCACHE = ROOT / "fixtures" / "gptcache" / "pairs200.jsonl"
+VENDORED_FULL_GPTCACHE = ROOT / "fixtures" / "gptcache" / "mock_data.json.gz"  # bench/vendor_eval_data.py
+SHARED_GPTCACHE = ROOT.parent / "shared" / "data" / "gptcache" / "mock_data.json"
+VENDORED_GPTCACHE = ROOT / "fixtures" / "gptcache" / "pairs200.jsonl"  # the 200-pair subset (tests)
 CHAT_PAIRS = ROOT / "apps" / "cache" / "fixtures" / "chat_pairs.jsonl"
 RUNBOOK = ROOT / "docs" / "cache-threshold-runbook.md"
 DEFAULT_THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(18)]  # 0.80 … 0.97
@@ -57,7 +59,7 @@ class Pair:
 def load_pairs(
     path: Path | None = None, *, limit: int | None = None, include_chat: bool = True, duplicate_jaccard: float = 0.5
 ) -> tuple[list[Pair], str]:
-    """GPTCache pairs (the full set in ../shared/data when present, else the vendored 200) + our chat pairs.
+    """GPTCache pairs (the full 999, vendored compressed, else ../shared/data, else the 200-pair subset) + our chat pairs.
 
     GPTCache's origins repeat the same documentation fact in different words (about a quarter of the
     999). A paraphrase served the answer of such a twin got the right answer, but would count as a
@@ -65,12 +67,12 @@ def load_pairs(
     one is dropped (a lexical rule, independent of the embedding and the guard under test).
     """
     if path is None:
-        path = FULL_GPTCACHE if FULL_GPTCACHE.exists() else VENDORED_GPTCACHE
+        path = default_pairs_path()
     raw = [Pair(origin=o, similar=s, source="gptcache") for o, s in _read_pairs(path)]
     if limit:
         raw = raw[:limit]
     pairs = _drop_lexical_twins(raw, duplicate_jaccard) if duplicate_jaccard < 1 else raw
-    label = f"{path.name} ({len(pairs)} GPTCache pairs after dropping {len(raw) - len(pairs)} lexical twins"
+    label = f"{path.name.removesuffix('.gz')} ({len(pairs)} GPTCache pairs after dropping {len(raw) - len(pairs)} lexical twins"
     if include_chat and CHAT_PAIRS.exists():
         chat = [
             Pair(
@@ -87,9 +89,25 @@ def load_pairs(
     return _dedupe(pairs), label + ")"
 
 
+def default_pairs_path() -> Path:
+    for path in (VENDORED_FULL_GPTCACHE, SHARED_GPTCACHE):
+        if path.exists():
+            return path
+    return VENDORED_GPTCACHE
+
+
+def pairs_are_full(path: Path | None, *, limit: int | None = None) -> bool:
+    """Whether a sweep over these pairs gives the headline figures (all 999 GPTCache pairs), not a subset's."""
+    path = path or default_pairs_path()
+    return not limit and path.name.removesuffix(".gz") == "mock_data.json"
+
+
 def _read_pairs(path: Path) -> Iterable[tuple[str, str]]:
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+    if path.suffix == ".gz":
+        text, inner = gzip.decompress(path.read_bytes()).decode("utf-8"), Path(path.stem)
+    else:
+        text, inner = path.read_text(encoding="utf-8"), path
+    rows = json.loads(text) if inner.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
     for row in rows:
         if row.get("origin") and row.get("similar"):
             yield row["origin"].strip(), row["similar"].strip()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +40,8 @@ from apps.ledger.money import TOKENS_PER_PRICE_UNIT, quantize_usd
 ZERO = Decimal(0)
 ONE = Decimal(1)
 AS_RECORDED = "as_recorded"
+ACTUAL_MIX = "no levers, actual mix"
+ALL_LEVERS_SEED_CACHE = "all levers, seed cache rates"
 
 CSV_COLUMNS = [
     "kind", "name", "set", "tenant", "model", "provider", "tier", "requests_month", "prompt_tokens", "cached_tokens",
@@ -223,8 +225,10 @@ def scenarios(load: ReferenceLoad) -> list[Scenario]:
     p = AS_RECORDED if routing.value == AS_RECORDED else routing.rate()
     routing_text = "as recorded" if p == AS_RECORDED else f"premium {_pct(p)}, cheap {_pct(ONE - p)}"
     base = Scenario("no levers", note="no cache; router-chosen traffic at the premium model")
+    actual = Scenario(ACTUAL_MIX, routing=AS_RECORDED, note="no cache; every request at the model the load records")
     out = [
         base,
+        actual,
         replace(base, name="exact cache", exact=exact.rate(), note=f"{_pct(exact.rate())} hits ({labels[exact_set]})"),
         replace(
             base, name="semantic cache", semantic=semantic.rate(), embedding_model=embedding.value,
@@ -240,10 +244,77 @@ def scenarios(load: ReferenceLoad) -> list[Scenario]:
             embedding_model=embedding.value, note="every lever above at once",
         ),
     ]  # fmt: skip
+    seed_exact, seed_semantic = load.levers.get(("seed", "exact_hit_rate")), load.levers.get(("seed", "semantic_hit_rate"))
+    if seed_exact is not None and seed_semantic is not None and exact_set == "measured":
+        out.append(
+            replace(
+                out[-1], name=ALL_LEVERS_SEED_CACHE, exact=seed_exact.rate(), semantic=seed_semantic.rate(),
+                note=f"as all levers, with seed_demo's cache rates ({_pct(seed_exact.rate())} exact, "
+                f"{_pct(seed_semantic.rate())} semantic: what the seeded ledger runs at) instead of the replay's",
+            )
+        )  # fmt: skip
     seed = seed_scenario(load)
     if seed is not None:
         out.append(seed)
     return out
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    input: str
+    low: Decimal  # the scenario's total with the input 10 % lower
+    high: Decimal  # … 10 % higher
+    base: Decimal
+
+    @property
+    def swing(self) -> Decimal:
+        return abs(self.high - self.low)
+
+
+def _scaled_prices(load: ReferenceLoad, model: str, factor: Decimal) -> ReferenceLoad:
+    price = load.price(model)
+    scaled = replace(
+        price,
+        input_per_1m=price.input_per_1m * factor,
+        cached_input_per_1m=None if price.cached_input_per_1m is None else price.cached_input_per_1m * factor,
+        output_per_1m=price.output_per_1m * factor,
+    )
+    return replace(load, prices={**load.prices, model: scaled})
+
+
+def _scaled_rows(load: ReferenceLoad, factor: Decimal, *fields: str) -> ReferenceLoad:
+    rows = [replace(r, **{f: getattr(r, f) * factor for f in fields}) for r in load.rows]
+    return replace(load, rows=rows)
+
+
+def sensitivity(load: ReferenceLoad, scenario: Scenario, *, step: Decimal = Decimal("0.1")) -> list[Sensitivity]:
+    """The scenario's total with each input moved by ±step (relative), largest swing first: which input moves
+    the total most. Rates are clamped to 0..1."""
+
+    def rate(value: Decimal, factor: Decimal) -> Decimal:
+        return min(ONE, max(ZERO, value * factor))
+
+    cases: list[tuple[str, Callable[[Decimal], tuple[ReferenceLoad, Scenario]]]] = [
+        ("requests per month", lambda f: (_scaled_rows(load, f, "requests"), scenario)),
+        ("prompt tokens per request", lambda f: (_scaled_rows(load, f, "prompt_tokens", "cached_tokens"), scenario)),
+        ("completion tokens per request", lambda f: (_scaled_rows(load, f, "completion_tokens"), scenario)),
+        (f"{load.param('premium_model')} list prices", lambda f: (_scaled_prices(load, load.param("premium_model"), f), scenario)),
+        (f"{load.param('cheap_model')} list prices", lambda f: (_scaled_prices(load, load.param("cheap_model"), f), scenario)),
+        ("exact-cache hit rate", lambda f: (load, replace(scenario, exact=rate(scenario.exact, f)))),
+        ("semantic-cache hit rate", lambda f: (load, replace(scenario, semantic=rate(scenario.semantic, f)))),
+        ("escalation rate", lambda f: (load, replace(scenario, escalation=rate(scenario.escalation, f)))),
+    ]
+    if isinstance(scenario.routing, Decimal):
+        cases.append(("routing premium share", lambda f: (load, replace(scenario, routing=rate(scenario.routing, f)))))
+    base = scenario_cost(load, scenario).total
+    out = []
+    for name, vary in cases:
+        low, high = (scenario_cost(*vary(ONE + sign * step)).total for sign in (-1, 1))
+        out.append(Sensitivity(input=name, low=low, high=high, base=base))
+    return sorted(out, key=lambda s: (-s.swing, s.input))
 
 
 def seed_scenario(load: ReferenceLoad) -> Scenario | None:
@@ -411,3 +482,104 @@ class Reconciliation:
     @property
     def within(self) -> bool:
         return abs(self.gap) <= self.tolerance
+
+
+# --------------------------------------------------------------------------- spreadsheet
+
+
+def _col(index: int) -> str:
+    """0 → A, 25 → Z, 26 → AA."""
+    name = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        name = chr(65 + rem) + name
+    return name
+
+
+def formulas_render(
+    load: ReferenceLoad, chosen: list[Scenario], infra: list[tuple[str, Decimal, Decimal, Decimal]] | None = None
+) -> str:
+    """The cost model as a spreadsheet (CSV whose cells hold formulas): every cost line and total is a formula
+    over the inputs in the same sheet, so a spreadsheet recomputes it without Python. The layout and each
+    formula follow `scenario_cost` term by term; `apps/costmodel/tests/test_cost_model.py` recomputes it."""
+    rows: list[list[str]] = [
+        ["finops cost model: inputs (values) and costs (formulas, USD per month); written by manage.py cost_model"],
+        [],
+        ["parameter", "value"],
+    ]
+    param_cell = {}
+    for name in ("failed_rate", "rejected_rate", "pinned_share"):
+        rows.append([name, str(load.rate(name))])
+        param_cell[name] = f"$B${len(rows)}"
+    rows += [[], ["model", "input_per_1m", "cached_input_per_1m (input when no discount)", "output_per_1m"]]
+    price_row = {}
+    for price in load.prices.values():
+        rows.append([price.model, str(price.input_per_1m), str(price.cached_or_input), str(price.output_per_1m)])
+        price_row[price.model] = len(rows)
+    rows += [[], ["scenario", "exact_hit_rate", "semantic_hit_rate", "routing_premium_share", "escalation_rate",
+                  "embedding_price_per_1m", "routing"]]  # fmt: skip
+    scen_row = {}
+    for sc in chosen:
+        share = str(sc.routing) if isinstance(sc.routing, Decimal) else ""
+        routing = "premium" if sc.routing is None else "as recorded" if sc.routing == AS_RECORDED else "share"
+        embed = load.price(sc.embedding_model).input_per_1m if sc.embedding_model else ZERO
+        rows.append([sc.name, str(sc.exact), str(sc.semantic), share, str(sc.escalation), str(embed), routing])
+        scen_row[sc.name] = len(rows)
+    cheap, premium = load.param("cheap_model"), load.param("premium_model")
+    head = ["tenant", "model", "tier", "requests_month", "prompt_tokens", "cached_tokens", "completion_tokens",
+            "u_own", "u_cheap", "u_premium", "u_cheap_uncached"]  # fmt: skip
+    first_cost_col = len(head)
+    rows += [[], head + [f"cost: {sc.name}" for sc in chosen]]
+    first_load = len(rows) + 1
+    p, f, r = param_cell["pinned_share"], param_cell["failed_rate"], param_cell["rejected_rate"]
+
+    def unit(n: int, model: str, cached: bool = True) -> str:
+        pr = price_row[model]
+        if not cached:
+            return f"=(E{n}*$B${pr}+G{n}*$D${pr})/1000000"
+        return f"=((E{n}-F{n})*$B${pr}+F{n}*$C${pr}+G{n}*$D${pr})/1000000"
+
+    for row in load.rows:
+        n = len(rows) + 1
+        line = [row.tenant, row.model, row.tier, str(row.requests), str(row.prompt_tokens), str(row.cached_tokens),
+                str(row.completion_tokens), unit(n, row.model), unit(n, cheap), unit(n, premium), unit(n, cheap, False)]  # fmt: skip
+        for sc in chosen:
+            s = scen_row[sc.name]
+            billed = f"D{n}*(1-$B${s}-$C${s})*(1-{f}-{r})"
+            routed = f"J{n}" if sc.routing is None else f"H{n}" if sc.routing == AS_RECORDED else f"((1-$D${s})*I{n}+$D${s}*J{n})"
+            terms = [f"{billed}*({p}*H{n}+(1-{p})*{routed})"]
+            if sc.escalation:
+                if sc.routing == AS_RECORDED and row.tier == "premium":
+                    terms.append(f"{billed}*$E${s}*K{n}")
+                elif sc.routing is not None and sc.routing != AS_RECORDED:
+                    terms.append(f"{billed}*(1-{p})*$E${s}*J{n}")
+            terms.append(f"D{n}*(1-$B${s})*E{n}*$F${s}/1000000")
+            line.append("=" + "+".join(terms))
+        rows.append(line)
+    last_load = len(rows)
+    rows.append([])
+    rows.append(["total"] + [""] * (first_cost_col - 1) + [
+        f"=SUM({_col(first_cost_col + i)}{first_load}:{_col(first_cost_col + i)}{last_load})" for i in range(len(chosen))
+    ])  # fmt: skip
+    for tenant in dict.fromkeys(r.tenant for r in load.rows):
+        numbers = [first_load + i for i, r in enumerate(load.rows) if r.tenant == tenant]
+        rows.append([f"tenant: {tenant}"] + [""] * (first_cost_col - 1) + [
+            "=SUM(" + ",".join(f"{_col(first_cost_col + i)}{k}" for k in numbers) + ")" for i in range(len(chosen))
+        ])  # fmt: skip
+    if infra:
+        # Infrastructure: quantity × unit price × hours (or GB-months); all-in = a scenario's LLM spend + these lines.
+        rows += [[], ["infrastructure", "quantity", "unit_price_usd", "hours_or_months", "monthly_usd"]]
+        first_infra = len(rows) + 1
+        for label, quantity, unit_price, multiplier in infra:
+            n = len(rows) + 1
+            rows.append([label, str(quantity), str(unit_price), str(multiplier), f"=B{n}*C{n}*D{n}"])
+        rows.append(["infrastructure total", "", "", "", f"=SUM(E{first_infra}:E{len(rows)})"])
+        infra_total = f"$E${len(rows)}"
+        total_row = next(i for i, row in enumerate(rows, 1) if row and row[0] == "total")
+        rows.append(["all-in (LLM spend + infrastructure)"] + [""] * (first_cost_col - 1) + [
+            f"={_col(first_cost_col + i)}{total_row}+{infra_total}" for i in range(len(chosen))
+        ])  # fmt: skip
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()

@@ -74,12 +74,12 @@ class RouterMeasurement:
 
 def router_measure(*, progress: bool = False) -> RouterMeasurement | None:
     """The routing shares of the full chain (keyword → learned → confidence) on the recorded RouteLLM answers:
-    the same run `manage.py eval_router` reports. The full sets when ../shared/data has them, else the vendored 50."""
+    the same run `manage.py eval_router` reports. The full sets (vendored in fixtures/routellm), else the 50-prompt subset."""
     try:
-        from apps.routing.datasets import find_shared_dir
+        from apps.routing.datasets import full_available
         from apps.routing.services import router_eval_run
 
-        run = router_eval_run(full=find_shared_dir() is not None, progress=progress)
+        run = router_eval_run(full=full_available(), progress=progress)
     except Exception as exc:  # the eval is another app's; without it the seed's rates stand in, labelled
         logger.warning(
             "router evaluation unavailable (%s: %s); routing levers fall back to the seed configuration", type(exc).__name__, exc
@@ -123,6 +123,11 @@ class LedgerMeasurement:
     first: dt.datetime | None
     last: dt.datetime | None
     incidents: list[IncidentCost] = field(default_factory=list)
+    cache_hits: dict[str, int] = field(default_factory=dict)  # cache_status → rows ("exact", "semantic", …)
+
+    def hit_share(self, status: str) -> Decimal:
+        """The share of the ledger's requests answered by that cache tier (as the cost model's hit rates count)."""
+        return Decimal(self.cache_hits.get(status, 0)) / Decimal(self.rows) if self.rows else Decimal(0)
 
     @property
     def incident_rows(self) -> int:
@@ -146,6 +151,9 @@ INCIDENTS_SQL = (
 )
 
 
+CACHE_SQL = "SELECT cache_status, count(*) FROM llm_requests WHERE endpoint <> 'embeddings' GROUP BY cache_status"
+
+
 def ledger_measure(*, database_url: str | None = None) -> LedgerMeasurement:
     """Totals of the ledger at `database_url` (psycopg), or of Django's database when None."""
     if database_url:
@@ -164,7 +172,11 @@ def _measure(cur, *, source: str) -> LedgerMeasurement:
     rows, cost, first, last = cur.fetchone()
     cur.execute(INCIDENTS_SQL)
     incidents = [IncidentCost(kind=k, rows=int(n), cost=Decimal(c)) for k, n, c in cur.fetchall()]
-    return LedgerMeasurement(source=source, rows=int(rows), cost=Decimal(cost), first=first, last=last, incidents=incidents)
+    cur.execute(CACHE_SQL)
+    hits = {status: int(n) for status, n in cur.fetchall()}
+    return LedgerMeasurement(
+        source=source, rows=int(rows), cost=Decimal(cost), first=first, last=last, incidents=incidents, cache_hits=hits
+    )
 
 
 def _redact(url: str) -> str:
@@ -183,3 +195,27 @@ def reference_database_url() -> str | None:
     except Exception as exc:
         logger.info("no reference database: %s", exc)
         return None
+
+
+def bench_cpu_measured(*, path: Path = BENCHMARKS_MD) -> dict[str, tuple[Decimal, str]]:
+    """CPU per request of the gateway workers (§ gateway, the default sdk transport's saturated run) and CPU per
+    local embedding (§ cache, p50), as `make bench` wrote them; a figure that is missing is left out."""
+    out: dict[str, tuple[Decimal, str]] = {}
+    gateway = benchmark_section("gateway", path=path)
+    found = re.search(r"^\| finops workers \| ([\d.]+) ms \|", gateway or "", re.M)
+    if found:
+        stamp = _STAMP.search(gateway or "")
+        out["cpu_ms_per_request"] = (
+            Decimal(found.group(1)),
+            f"docs/benchmarks.md#gateway ({stamp.group(1) if stamp else 'undated'}): finops workers' CPU per request, "
+            "saturated run, sdk transport",
+        )
+    cache = benchmark_section("cache", path=path)
+    found = re.search(r"^\| … embedding CPU time[^|]*\| ([\d.]+) \|", cache or "", re.M)
+    if found:
+        stamp = _STAMP.search(cache or "")
+        out["embed_cpu_ms"] = (
+            Decimal(found.group(1)),
+            f"docs/benchmarks.md#cache ({stamp.group(1) if stamp else 'undated'}): local MiniLM embedding CPU time, p50",
+        )
+    return out

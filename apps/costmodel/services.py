@@ -8,15 +8,21 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.costmodel.infra import InfraLine, Sizing, infra_lines, infra_prices, size_gateway
 from apps.costmodel.model import (
+    ACTUAL_MIX,
+    ALL_LEVERS_SEED_CACHE,
     AS_RECORDED,
+    ONE,
     Lever,
     Reconciliation,
     ReferenceLoad,
     ScenarioCost,
+    formulas_render,
     load_render,
     scenario_cost,
     scenarios,
+    sensitivity,
     tokens_total,
 )
 from apps.costmodel.reference import reference_load_build
@@ -26,6 +32,7 @@ from finops import clock
 
 COST_MODEL_DIR = Path(settings.BASE_DIR) / "docs" / "cost-model"
 REFERENCE_CSV = COST_MODEL_DIR / "reference-load.csv"
+FORMULAS_CSV = COST_MODEL_DIR / "cost-model-formulas.csv"
 
 
 @dataclass
@@ -78,17 +85,118 @@ def usd(value: Decimal) -> str:
 
 
 def results_table(results: list[ScenarioCost]) -> str:
+    """Each scenario against both baselines: always-premium routing ("no levers") and the load's actual mix."""
     base = results[0].total
+    actual = next((r.total for r in results if r.scenario.name == ACTUAL_MIX), None)
+
+    def delta(r: ScenarioCost, against: Decimal | None) -> str:
+        return "—" if against is None or r.total == against else f"{100 * (r.total - against) / against:+.1f} %"
+
     lines = [
-        "| scenario | monthly cost | vs no levers | of which escalations | embeddings | lever setting |",
-        "|---|---:|---:|---:|---:|---|",
+        "| scenario | monthly cost | vs no levers (always premium) | vs no levers (actual mix) | of which escalations | embeddings | lever setting |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        delta = "—" if r is results[0] else f"{100 * (r.total - base) / base:+.1f} %"
         lines.append(
-            f"| {r.scenario.name} | {usd(r.total)} | {delta} | {usd(r.escalations)} | {usd(r.embeddings)} | {r.scenario.note} |"
+            f"| {r.scenario.name} | {usd(r.total)} | {delta(r, base)} | {delta(r, actual)} | {usd(r.escalations)} "
+            f"| {usd(r.embeddings)} | {r.scenario.note} |"
         )
     return "\n".join(lines)
+
+
+def sensitivity_table(load: ReferenceLoad, result: ScenarioCost) -> str:
+    lines = [
+        f"| input (±10 %) | {result.scenario.name}, input −10 % | input +10 % | swing | swing, share of the total |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in sensitivity(load, result.scenario):
+        lines.append(
+            f"| {row.input} | {usd(row.low)} | {usd(row.high)} | {usd(row.swing)} | {100 * row.swing / row.base:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
+def infra_estimate(load: ReferenceLoad, *, bench_md: Path | None = None) -> tuple[Sizing, list[InfraLine], dict] | None:
+    """Size and price the infrastructure for the load from `make bench`'s CPU figures; None without them."""
+    from apps.costmodel.selectors import BENCHMARKS_MD, bench_cpu_measured
+
+    measured = bench_cpu_measured(path=bench_md or BENCHMARKS_MD)
+    if {"cpu_ms_per_request", "embed_cpu_ms"} - set(measured):
+        return None
+    hours, prices = infra_prices()
+    exact, _ = load.lever("exact_hit_rate")
+    seed_exact = load.levers.get(("seed", "exact_hit_rate"))
+    sizing = size_gateway(
+        requests_month=load.requests, cpu_ms_per_request=measured["cpu_ms_per_request"][0],
+        embed_cpu_ms=measured["embed_cpu_ms"][0],
+        exact_hit_rate=min(exact.rate(), seed_exact.rate()) if seed_exact else exact.rate(),  # the lower rate: more embeddings
+        hours_per_month=hours, vcpus=Decimal(prices["gateway_instance"]["vcpus"]),
+    )  # fmt: skip
+    return sizing, infra_lines(sizing), {k: v[1] for k, v in measured.items()}
+
+
+def _infra_cells(lines: list[InfraLine]) -> list[tuple[str, Decimal, Decimal, Decimal]]:
+    hours, _ = infra_prices()
+    return [(f"{line.item}: {line.sku}", line.quantity, line.unit_price, hours if line.unit == "hour" else ONE) for line in lines]
+
+
+def formulas_text(load: ReferenceLoad, results: list[ScenarioCost]) -> str:
+    infra = infra_estimate(load)
+    return formulas_render(load, [r.scenario for r in results], _infra_cells(infra[1]) if infra else None)
+
+
+def formulas_write(load: ReferenceLoad, results: list[ScenarioCost], path: Path = FORMULAS_CSV) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(formulas_text(load, results))
+    return path
+
+
+def infra_markdown(load: ReferenceLoad, results: list[ScenarioCost]) -> list[str]:
+    infra = infra_estimate(load)
+    if infra is None:
+        return ["Not sized: `docs/benchmarks.md` lacks the gateway's or the embedding's CPU figures (`make bench`).", ""]
+    sizing, lines, sources = infra
+    total = sum((line.monthly for line in lines), Decimal(0))
+    by_name = {r.scenario.name: r for r in results}
+    remote = _remote_embedding_monthly(load, results)
+    out = [
+        f"Sized for the reference load's busiest hour: {sizing.requests_month:,.0f} requests a month is "
+        f"{sizing.peak_rps / sizing.peak_factor:.2f} req/s on average and {sizing.peak_rps:.2f} req/s at the peak "
+        f"(×{sizing.peak_factor}, the seed's busiest hour of the week). Each request costs the gateway "
+        f"{sizing.cpu_ms_per_request} ms of CPU ({sources['cpu_ms_per_request']}), and each exact miss "
+        f"{sizing.embed_cpu_ms} ms more for the local embedding ({sources['embed_cpu_ms']}; at the lower of the "
+        f"replay's and the seed's exact hit rates, {100 * sizing.exact_hit_rate:.1f} %). Prices: "
+        "`fixtures/infra_prices.json`, AWS on-demand list prices (us-east-1), copied by hand from the pages it names "
+        "and not re-checked by any test.",
+        "",
+        "| line | quantity | unit price | monthly | basis |",
+        "|---|---:|---:|---:|---|",
+        *[
+            f"| {line.sku} | {line.quantity} | ${line.unit_price} / {line.unit} | {usd(line.monthly)} | {line.basis} |"
+            for line in lines
+        ],
+        f"| **infrastructure total** | | | **{usd(total)}** | |",
+        "| embeddings, local MiniLM (the default) | | | $0.00 | CPU inside the gateway instances above |",
+        f"| embeddings, remote `text-embedding-3-small` (the alternative backend) | | | {usd(remote)} | "
+        "every exact miss at the measured hit rate, whole prompts (an upper bound); not in the total |",
+        "",
+        "All-in, LLM spend plus infrastructure:",
+        "",
+        "| scenario | LLM spend | infrastructure | all-in |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("no levers", ACTUAL_MIX, "all levers", ALL_LEVERS_SEED_CACHE):
+        if name in by_name:
+            spend = by_name[name].total
+            out.append(f"| {name} | {usd(spend)} | {usd(total)} | {usd(spend + total)} |")
+    out += [
+        "",
+        "At this load the gateway is idle most of the hour: the instance count is set by redundancy, not CPU. What "
+        "decides the hardware is latency under bursts, not the monthly volume: the 200-client run in "
+        "`docs/benchmarks.md` § gateway queues for CPU on two cores (`docs/sla.yaml`).",
+        "",
+    ]
+    return out
 
 
 def chart_write(results: list[ScenarioCost], path: Path) -> Path:
@@ -137,6 +245,16 @@ def reconcile_markdown(rec: Reconciliation, measurement: LedgerMeasurement) -> s
         f"({usd(rec.incident_cost)}) are unplanned spend by design, and the seed's weekday weights make the month "
         f"{rec.baseline_rows:,} ordinary requests rather than {rec.predicted_requests:,.0f}.",
     ]
+    if measurement.rows:
+        from apps.ledger.seed import EXACT_HIT_RATE, SEMANTIC_HIT_RATE
+
+        lines += [
+            "",
+            f"Cache hit shares measured on this ledger: exact {100 * measurement.hit_share('exact'):.1f} %, semantic "
+            f"{100 * measurement.hit_share('semantic'):.1f} % of its requests: near the rates the seed generates with "
+            f"({100 * EXACT_HIT_RATE:.1f} % and {100 * SEMANTIC_HIT_RATE:.1f} % of ordinary requests; this share counts every row), which "
+            f"the scenario `{ALL_LEVERS_SEED_CACHE}` prices, and far from the replay's (the `exact cache` and `all levers` rows).",
+        ]
     return "\n".join(lines)
 
 
@@ -147,6 +265,7 @@ def readme_write(
     prompt, completion = tokens_total(load.rows)
     by_name = {r.scenario.name: r for r in results}
     base, all_levers = by_name["no levers"], by_name["all levers"]
+    actual, seed_cache = by_name.get(ACTUAL_MIX), by_name.get(ALL_LEVERS_SEED_CACHE)
     levers = []
     for name in ("exact_hit_rate", "semantic_hit_rate", "routing_premium_share", "escalation_rate", "embedding_model"):
         lever, lever_set = load.lever(name)
@@ -156,7 +275,10 @@ def readme_write(
         label = "measured" if lever_set == "measured" else "**seed configuration (no measurement found)**"
         levers.append(f"| {name} | {value} | {label} | {lever.source} |")
     tenants = sorted(all_levers.by_tenant, key=lambda t: -base.by_tenant[t])
-    tenant_lines = [f"| {t} | {usd(base.by_tenant[t])} | {usd(all_levers.by_tenant[t])} |" for t in tenants]
+    tenant_lines = [
+        f"| {t} | {usd(base.by_tenant[t])} | {usd(actual.by_tenant[t]) if actual else '—'} | {usd(all_levers.by_tenant[t])} |"
+        for t in tenants
+    ]
     price_lines = [
         f"| {p.model} | {p.provider} | {p.input_per_1m} | {p.cached_input_per_1m if p.cached_input_per_1m is not None else '—'} "
         f"| {p.output_per_1m} | {p.effective_from or ''} |"
@@ -177,9 +299,25 @@ def readme_write(
         "(`ORGS`, `MODEL_MIX`, the log-normal spreads), so the model and the seeded ledger describe the same workload.",
         "",
         f"**Result:** {usd(base.total)}/month with no lever, {usd(all_levers.total)}/month with all of them "
-        f"({100 * (all_levers.total - base.total) / base.total:+.1f} %).",
+        f"({100 * (all_levers.total - base.total) / base.total:+.1f} %) — against a baseline that sends every "
+        "router-chosen request to the premium model."
+        + (
+            f" The honest baseline is the load's actual model mix with no lever, {usd(actual.total)}/month: against it "
+            f"all levers save {100 * (actual.total - all_levers.total) / actual.total:.1f} %."
+            if actual is not None else ""
+        )
+        + (
+            f" With the seeded ledger's cache rates instead of the replay's, all levers cost {usd(seed_cache.total)}/month "
+            f"({100 * (seed_cache.total - actual.total) / actual.total:+.1f} % against the actual mix)."
+            if seed_cache is not None and actual is not None else ""
+        ),
         "",
         results_table(results),
+        "",
+        f"Every line above is recomputed without Python by [`{FORMULAS_CSV.name}`]({FORMULAS_CSV.name}): the inputs as "
+        "values, each cost line and total as a spreadsheet formula (open it in any spreadsheet; "
+        "`apps/costmodel/tests/test_cost_model.py` evaluates its formulas and checks every total and tenant line "
+        "against this table to the cent).",
         "",
     ]
     if chart is not None:
@@ -214,13 +352,24 @@ def readme_write(
         "both calls are paid. It adds cost: it is the price of the quality the router keeps.",
         _seed_text(load),
         "",
-        "The cache hit rates come from the eval's replayed workload (Zipf-popular intents, many verbatim repeats); a "
-        "deployment's own rates depend on how often its users repeat themselves; `docs/sql/06_cache_savings.sql` shows them.",
+        "The measured cache hit rates come from the eval's replayed workload (Zipf-popular intents, many verbatim "
+        "repeats), which flatters the cache: the seeded ledger runs at the seed's rates, and the scenario "
+        f"`{ALL_LEVERS_SEED_CACHE}` shows all levers at those. A deployment's own rates depend on how often its users "
+        "repeat themselves; `docs/sql/06_cache_savings.sql` shows them.",
+        "",
+        "## Infrastructure",
+        "",
+        *infra_markdown(load, results),
+        "## Sensitivity: which input moves the total most",
+        "",
+        "Each input moved by ±10 % (rates relative, clamped to 0..1), everything else as in the scenario; largest swing first.",
+        "",
+        sensitivity_table(load, all_levers),
         "",
         "## Per tenant",
         "",
-        "| tenant | no levers | all levers |",
-        "|---|---:|---:|",
+        "| tenant | no levers (always premium) | no levers (actual mix) | all levers |",
+        "|---|---:|---:|---:|",
         *tenant_lines,
         "",
         "## List prices used",
@@ -246,6 +395,16 @@ def readme_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out))
     return path
+
+
+def _remote_embedding_monthly(load: ReferenceLoad, results: list[ScenarioCost]) -> Decimal:
+    from apps.costmodel.model import Scenario
+
+    model = load.params.get("remote_embedding_model")
+    if not model:
+        return Decimal(0)
+    exact = next(r for r in results if r.scenario.name == "exact cache").scenario.exact
+    return scenario_cost(load, Scenario("remote embeddings", exact=exact, embedding_model=model)).embeddings
 
 
 def _remote_embedding_text(load: ReferenceLoad, results: list[ScenarioCost]) -> str:

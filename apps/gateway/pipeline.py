@@ -1,4 +1,4 @@
-"""The gateway hot path: one chat request through the numbered stages of docs/architecture.md.
+"""The gateway hot path: one chat request through the numbered stages of docs/architecture.md, "One request, end to end".
 
 Read `chat()` top to bottom: each stage is a small async function that fills the `RequestContext`,
 and `ctx.ledger_row()` is the `llm_requests` row it becomes. Transports (the lean ASGI app for

@@ -24,7 +24,7 @@ from apps.ledger.money import COST_DECIMAL_PLACES, TOKENS_PER_PRICE_UNIT, ZERO
 
 FOCUS_VERSION = "1.2"
 
-# The mandatory columns of FOCUS v1.2 (docs: ARCHITECTURE.md §5), in the order the spec lists them.
+# The mandatory columns of FOCUS v1.2 (the FinOps Open Cost & Usage Specification), in the order the spec lists them.
 MANDATORY_COLUMNS = [
     "BilledCost",
     "BillingAccountId",

@@ -4,9 +4,11 @@ Two sources:
 
 * ``fixtures/routellm/eval50.jsonl`` -- 50 GSM8K prompts vendored into the repo so
   tests and the replay upstream work on a fresh clone (see that folder's README).
-* the full RouteLLM ``evals`` export under ``../shared/data/routellm`` (GSM8K,
-  40 MMLU subjects, MT-Bench).  It is optional: :func:`load_full` returns ``None``
-  when it is absent so callers can skip instead of fail.
+* the full sets (GSM8K, 40 MMLU subjects, MT-Bench): vendored, compressed, in
+  ``fixtures/routellm/full.jsonl.gz`` (+ ``mt_bench_answers.json.gz``), written by
+  ``bench/vendor_eval_data.py`` from the RouteLLM ``evals`` export; :func:`load_full`
+  prefers them, so a clone without ``../shared`` evaluates on the full sets.  An
+  explicit folder (or ``$FINOPS_ROUTELLM_DIR``) reads that export instead.
 
 Every record uses one shape so routing evaluations do not care about the source::
 
@@ -23,6 +25,7 @@ This module only uses the standard library so it can be imported without Django.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import random
@@ -39,11 +42,15 @@ __all__ = [
     "find_shared_dir",
     "load_contaminated",
     "load_eval50",
+    "full_available",
     "load_full",
+    "load_mt_bench_answers",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL50_PATH = REPO_ROOT / "fixtures" / "routellm" / "eval50.jsonl"
+VENDORED_FULL_PATH = REPO_ROOT / "fixtures" / "routellm" / "full.jsonl.gz"
+VENDORED_MT_ANSWERS_PATH = REPO_ROOT / "fixtures" / "routellm" / "mt_bench_answers.json.gz"
 
 # Column/model names exactly as they appear in the RouteLLM export.
 WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -199,16 +206,38 @@ def _load_mt_bench(shared_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _vendored_preferred(shared_dir: str | os.PathLike[str] | None) -> bool:
+    return shared_dir is None and not os.environ.get(SHARED_DIR_ENV) and VENDORED_FULL_PATH.is_file()
+
+
+def full_available(shared_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether :func:`load_full` has the full sets: vendored in fixtures/, or the export it is pointed at."""
+    return _vendored_preferred(shared_dir) or find_shared_dir(shared_dir) is not None
+
+
 def load_full(shared_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]] | None:
     """All RouteLLM eval records (GSM8K + MMLU + MT-Bench), or ``None`` if the data is absent.
 
-    ``shared_dir`` is the ``routellm`` folder; by default ``../shared/data/routellm``
-    next to the repo root (see :func:`find_shared_dir`).
+    By default the vendored copy (``fixtures/routellm/full.jsonl.gz``, the same records in the same order);
+    ``shared_dir`` (the ``routellm`` folder) or ``$FINOPS_ROUTELLM_DIR`` reads an export instead, and without
+    the vendored file ``../shared/data/routellm`` next to the repo root (see :func:`find_shared_dir`).
     """
+    if _vendored_preferred(shared_dir):
+        with gzip.open(VENDORED_FULL_PATH, "rt", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
     resolved = find_shared_dir(shared_dir)
     if resolved is None:
         return None
     return _load_gsm8k(resolved) + _load_mmlu(resolved) + _load_mt_bench(resolved)
+
+
+def load_mt_bench_answers(shared_dir: str | os.PathLike[str] | None = None) -> dict[str, dict[str, str]] | None:
+    """The vendored turn-1 MT-Bench answers ({record id: {"weak", "strong"}}) when :func:`load_full` reads the
+    vendored sets; ``None`` otherwise (the caller cuts them out of the export's judge prompts)."""
+    if not _vendored_preferred(shared_dir) or not VENDORED_MT_ANSWERS_PATH.is_file():
+        return None
+    with gzip.open(VENDORED_MT_ANSWERS_PATH, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 def load_eval50(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:

@@ -1013,8 +1013,8 @@ def markdown_report(
     out.append("")
     out.append("## Reproduce\n")
     out.append(
-        "```sh\n.venv/bin/python manage.py eval_router            # 50 vendored prompts (part of make test via the tests)\n"
-        ".venv/bin/python manage.py build_router_index   # the served index from ../shared/data/routellm (embeds ~8.7k prompts once)\n"
+        "```sh\n.venv/bin/python manage.py eval_router            # the 50-prompt subset, written under its own heading (the tests run it)\n"
+        ".venv/bin/python manage.py build_router_index   # the served index from the full sets vendored in fixtures/routellm (embeds ~8.7k prompts once)\n"
         ".venv/bin/python manage.py eval_router --full     # GSM8K + MMLU + MT-Bench, learned scores by 5-fold cross-validation\n"
         ".venv/bin/python manage.py eval_router --full --learned   # + the out-of-distribution experiment\n```\n"
     )

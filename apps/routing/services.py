@@ -106,6 +106,7 @@ class RouterEvalRun:
     extra_results: dict[str, list[PolicyResult]] = field(default_factory=dict)
     learned_note: str = ""  # how the learned scores were held out; empty when they were not evaluated
     learned_index: learned.RouteIndex | None = None  # the index that scored the prompts (custom / eval50 sets)
+    limited: bool = False  # only the first --limit records were evaluated: a subset even of the full sets
 
 
 def eval_price(*, model: str, on: dt.date | None = None) -> Price:
@@ -144,7 +145,7 @@ def router_eval_run(
     full chain uses when the route has `use_learned`, as the gateway does. Off, the learned rows are absent
     and the full chain is what the gateway serves without an index.
     """
-    from apps.routing.datasets import find_shared_dir, load_eval50, load_full
+    from apps.routing.datasets import find_shared_dir, load_eval50, load_full, load_mt_bench_answers
 
     dataset = "custom" if records is not None else ("full" if full else "eval50")
     mt_answers: dict[str, dict[str, str]] = {}
@@ -153,10 +154,13 @@ def router_eval_run(
             records = load_full(shared_dir)
             if records is None:
                 raise FileNotFoundError("RouteLLM data not found (../shared/data/routellm or $FINOPS_ROUTELLM_DIR); drop --full")
-            found = find_shared_dir(shared_dir)
-            mt_answers = mt_bench_answers_load(found) if found else {}
+            mt_answers = load_mt_bench_answers(shared_dir)
+            if mt_answers is None:
+                found = find_shared_dir(shared_dir)
+                mt_answers = mt_bench_answers_load(found) if found else {}
         else:
             records = load_eval50()
+    limited = bool(limit and limit < len(records))
     if limit:
         records = records[:limit]
     config = router_config_load()
@@ -191,6 +195,7 @@ def router_eval_run(
             learned_attach(items, scores, config=config)
     reports = evaluate(items, config=config, policy=policy)
     return RouterEvalRun(
+        limited=limited,
         dataset=dataset,
         route=route,
         policy=policy,
@@ -394,6 +399,12 @@ def router_eval_write(
     """Write the markdown report and its plot (and the benchmarks section when asked); returns the paths written."""
     import os
 
+    from bench.report import BENCHMARKS_MD, subset_heading, write_report, write_section
+
+    # Only a run on the full sets writes the headline figures; any other run goes under its own heading (and plot).
+    subset = None if run.dataset == "full" and not run.limited else f"{run.dataset} ({len(run.items)} prompts)"
+    if subset is not None:
+        plot_path = plot_path.with_name(f"{plot_path.stem}-subset{plot_path.suffix}")
     plot_write(run.reports, plot_path, run.extra_results)
     rel = os.path.relpath(plot_path, doc_path.parent)
     command = "manage.py eval_router" + (" --full" if run.dataset == "full" else "") + (" --learned" if run.extra_results else "")
@@ -412,13 +423,14 @@ def router_eval_write(
     )
     if live:
         md += f"\n## End to end through the gateway\n\n{live['markdown']}\n"
-    doc_path.parent.mkdir(parents=True, exist_ok=True)
-    doc_path.write_text(md)
+    write_report(doc_path, md, subset=subset)
     written = [doc_path, plot_path]
     if bench:
-        from bench.report import BENCHMARKS_MD, write_section
-
-        write_section("router-eval", _bench_markdown(run, live))
+        bench_md = _bench_markdown(run, live)
+        if subset is None:
+            write_section("router-eval", bench_md)
+        else:
+            write_section("router-eval-subset", subset_heading(bench_md, subset))
         written.append(BENCHMARKS_MD)
     return written
 

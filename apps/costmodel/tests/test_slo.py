@@ -127,3 +127,47 @@ def test_promtool_runs_the_slo_unit_tests():
     for args in (["check", "rules", str(SLO_RULES)], ["test", "rules", str(SLO_TESTS)]):
         result = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=PROMETHEUS)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- every objective rests on bench rows, the loaded runs included, and says whether it is met there ----------
+
+LOADED_ROWS = ("200 clients", "saturated", "64 concurrent", "overhead p50 / p99", "Refused or failed", "(cumulative)", "fail_open path")
+
+
+def objectives():
+    for name, slo in slos().items():
+        for index, objective in enumerate(slo["spec"]["objectives"]):
+            yield pytest.param(name, objective, id=f"{name}[{index}]")
+
+
+@pytest.mark.parametrize(("slo", "objective"), list(objectives()))
+def test_each_objective_names_the_bench_rows_it_rests_on_and_they_say_what_it_quotes(slo, objective):
+    from bench.doc_numbers import NUMBER, Figure, check_figure
+
+    evidence = objective.get("x-finops-evidence")
+    assert evidence, f"{slo}: {objective['displayName']!r} names no bench row (x-finops-evidence)"
+    for item in evidence:
+        measured = str(item["measured"])
+        figure = Figure(0, measured, re.findall(NUMBER, measured), False, "", item["rests-on"])
+        assert check_figure(figure) is None, f"{slo}: {item['rests-on']} → {check_figure(figure)}"
+    assert isinstance(objective.get("x-finops-status"), str) and objective["x-finops-status"].strip()
+
+
+@pytest.mark.parametrize(("slo", "objective"), list(objectives()))
+def test_each_latency_objective_rests_on_a_loaded_run_and_its_status_agrees_with_the_figures(slo, objective):
+    evidence, status = objective["x-finops-evidence"], objective["x-finops-status"]
+    if slo in {"gateway-availability", "gateway-overhead", "budget-check-latency", "ledger-completeness"}:
+        assert any(any(row in item["rests-on"] for row in LOADED_ROWS) for item in evidence), (
+            f"{slo}: {objective['displayName']!r} rests only on single-client figures"
+        )
+    if objective.get("op") != "lte":
+        return
+    quantile = f"p{Decimal(str(objective['target'])) * 100:.0f}"
+    at_quantile = [item for item in evidence if item.get("at") == quantile]
+    assert at_quantile, f"{slo}: no evidence at {quantile} for {objective['displayName']!r}"
+    bound_ms = Decimal(str(objective["value"])) * 1000
+    missed = [item for item in at_quantile if Decimal(re.match(r"[\d.]+", str(item["measured"])).group(0)) > bound_ms]
+    if missed:
+        assert "not met" in status, f"{slo}: {objective['displayName']!r} is missed by {missed} but says {status!r}"
+    else:
+        assert status.startswith("met") and "not met" not in status, f"{slo}: {objective['displayName']!r}: {status!r}"

@@ -1,4 +1,4 @@
-"""The cost function against hand-computed prices (ARCHITECTURE §1 stage 10)."""
+"""The cost function against hand-computed prices (docs/architecture.md, "One request, end to end", stage 10)."""
 
 import datetime as dt
 from decimal import Decimal

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from apps.routing.datasets import (
+    VENDORED_FULL_PATH,
     build_eval50,
     find_shared_dir,
+    full_available,
     load_contaminated,
     load_eval50,
     load_full,
+    load_mt_bench_answers,
 )
 
 SHARED = find_shared_dir()
@@ -59,8 +62,7 @@ def test_eval50_excludes_contaminated_and_is_reproducible() -> None:
     assert build_eval50(SHARED) == stored
 
 
-@needs_shared
-def test_load_full_records() -> None:
+def test_load_full_records() -> None:  # the vendored full sets: no ../shared needed
     records = load_full()
     assert records is not None
     by_source = Counter(r["source"] for r in records)
@@ -92,3 +94,19 @@ def test_load_full_accepts_explicit_dir() -> None:
     assert SHARED is not None
     explicit = load_full(SHARED)
     assert explicit is not None and len(explicit) == len(load_full() or [])
+
+
+def test_the_full_sets_are_vendored_and_preferred() -> None:
+    assert VENDORED_FULL_PATH.is_file() and full_available()
+    answers = load_mt_bench_answers()
+    assert answers is not None and len(answers) == 80
+    assert all(set(a) == {"weak", "strong"} for a in answers.values())
+
+
+@needs_shared
+def test_the_vendored_full_sets_equal_the_export_record_for_record() -> None:
+    from apps.routing.evaluation import mt_bench_answers_load
+
+    assert SHARED is not None
+    assert load_full() == load_full(SHARED)  # same records, same order, same scores: the same evaluation
+    assert load_mt_bench_answers() == mt_bench_answers_load(SHARED)

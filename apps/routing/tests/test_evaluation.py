@@ -219,14 +219,23 @@ def test_eval50_learned_scores_come_from_an_index_without_the_evaluated_prompts(
 
 @pytest.mark.django_db
 def test_eval_router_command_writes_the_report_and_plot(routing_seed, tmp_path: Path) -> None:
+    # The 50 vendored prompts are a subset: the report goes under its own heading, below the headline figures
+    # of the full sets, which it leaves alone (and its plot beside the headline plot, not over it).
     doc, plot = tmp_path / "router-eval.md", tmp_path / "img" / "router-eval.png"
+    doc.write_text("# Router evaluation\n\nHeadline: APGR 0.710 on the full sets.\n")
     call_command(
         "eval_router", "--output", str(doc), "--plot", str(plot), "--no-progress", stdout=open(tmp_path / "out.txt", "w")
     )
     text = doc.read_text()
+    assert text.startswith("# Router evaluation\n\nHeadline: APGR 0.710 on the full sets.\n")
+    assert "## Subset run: eval50 (50 prompts) (not the headline figures)" in text
     assert "| policy | premium calls |" in text and "| full chain |" in text and "| perfect |" in text
-    assert "![quality against premium share](img/router-eval.png)" in text
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![quality against premium share](img/router-eval-subset.png)" in text
+    assert not plot.exists() and plot.with_name("router-eval-subset.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    call_command(  # a second subset run replaces the first subset block, never piles up
+        "eval_router", "--output", str(doc), "--plot", str(plot), "--no-progress", "--no-learned", stdout=open(tmp_path / "o2.txt", "w")
+    )
+    assert doc.read_text().count("## Subset run") == 1 and "Headline: APGR 0.710" in doc.read_text()
     out = (tmp_path / "out.txt").read_text()
     assert "always-premium" in out and "APGR=" in out
 

@@ -15,7 +15,7 @@ from apps.cache.keys import request_key
 from apps.cache.lookup import CacheRequest, CacheState
 from apps.embeddings.embeddings import embed_for_routing
 from apps.routing import learned
-from apps.routing.datasets import find_shared_dir
+from apps.routing.datasets import full_available
 from apps.routing.engine import LearnedScore, PolicySpec, escalation_decide, learned_apply, route_plan
 from apps.routing.models import RoutePolicy
 from apps.routing.tests.factories import config, model, tier
@@ -200,7 +200,7 @@ def test_the_vendored_index_is_the_documented_one() -> None:
     assert isinstance(index.score(np.ones(384, dtype=np.float32) / np.sqrt(384)), LearnedScore)
 
 
-@pytest.mark.skipif(find_shared_dir() is None, reason="needs ../shared/data/routellm (RouteLLM evals)")
+@pytest.mark.skipif(not full_available(), reason="needs the RouteLLM full sets (fixtures/routellm/full.jsonl.gz)")
 def test_build_router_index_command_writes_a_loadable_index(tmp_path: Path) -> None:
     out = tmp_path / "index.npz"
     with open(tmp_path / "o", "w") as stdout:

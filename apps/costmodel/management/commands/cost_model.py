@@ -8,6 +8,7 @@ from apps.costmodel.services import (
     REFERENCE_CSV,
     chart_write,
     cost_model_run,
+    formulas_write,
     readme_write,
     reconcile,
     reconcile_markdown,
@@ -84,6 +85,7 @@ class Command(BaseCommand):
         if not opts["no_write"]:
             out = opts["output_dir"]
             chart = chart_write(results, out / "chart.png")
+            sheet = formulas_write(load, results, out / "cost-model-formulas.csv")
             readme = readme_write(
                 load=load,
                 results=results,
@@ -93,6 +95,6 @@ class Command(BaseCommand):
                 reconciliation=reconciled,
                 fallbacks=fallbacks,
             )
-            self.stdout.write(self.style.SUCCESS(f"wrote {chart} and {readme}"))
+            self.stdout.write(self.style.SUCCESS(f"wrote {chart}, {sheet} and {readme}"))
         if reconciled is not None and not reconciled[0].within:
             self.stdout.write(self.style.WARNING(f"reconcile gap {100 * reconciled[0].gap:+.2f} % is outside ±5 %"))

@@ -10,13 +10,13 @@ from apps.routing import learned
 class Command(BaseCommand):
     help = (
         "Build the learned strategy's kNN index (FINOPS_ROUTER_INDEX_PATH, vendored as fixtures/routellm/router-index.npz) "
-        "from the RouteLLM evals in ../shared/data/routellm: MiniLM embeddings of every prompt (minutes of CPU the first "
+        "from the RouteLLM evals (the full sets vendored in fixtures/routellm): MiniLM embeddings of every prompt (minutes of CPU the first "
         "time; kept in .finops/cache), PCA-projected, int8, labelled with the premium-minus-cheap score, calibrated."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--data", default=None, help="the routellm folder (default ../shared/data/routellm or $FINOPS_ROUTELLM_DIR)"
+            "--data", default=None, help="a RouteLLM export folder to read instead of the vendored full sets (or $FINOPS_ROUTELLM_DIR)"
         )
         parser.add_argument(
             "--records",
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         else:
             records = load_full(opts["data"])
         if records is None:
-            raise CommandError("RouteLLM data not found (../shared/data/routellm or $FINOPS_ROUTELLM_DIR)")
+            raise CommandError("RouteLLM data not found (fixtures/routellm/full.jsonl.gz, --data or $FINOPS_ROUTELLM_DIR)")
         if opts["limit"]:
             records = records[: opts["limit"]]
         output = Path(opts["output"]) if opts["output"] else learned.index_path()

@@ -18,13 +18,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--full", action="store_true", help="use the full GSM8K + MMLU + MT-Bench sets from ../shared/data/routellm"
+            "--full", action="store_true", help="use the full GSM8K + MMLU + MT-Bench sets (vendored in fixtures/routellm, or --data)"
         )
         parser.add_argument(
             "--full-if-available", action="store_true", help="--full when the RouteLLM data is found, else the 50 prompts"
         )
         parser.add_argument(
-            "--data", default=None, help="the routellm folder (default ../shared/data/routellm or $FINOPS_ROUTELLM_DIR)"
+            "--data", default=None, help="a RouteLLM export folder to read instead of the vendored sets (or $FINOPS_ROUTELLM_DIR)"
         )
         parser.add_argument("--route", default="eval", help="route policy to evaluate (default: eval)")
         parser.add_argument("--limit", type=int, default=None, help="only the first N records (smoke runs)")
@@ -48,10 +48,10 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **opts) -> None:
-        from apps.routing.datasets import find_shared_dir
+        from apps.routing.datasets import full_available
         from apps.routing.services import router_eval_run
 
-        full = opts["full"] or (opts["full_if_available"] and find_shared_dir(opts["data"]) is not None)
+        full = opts["full"] or (opts["full_if_available"] and full_available(opts["data"]))
         try:
             run = router_eval_run(
                 full=full,

@@ -16,8 +16,8 @@ from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
 from apps.reports.models import RouteDailySummary
 from apps.reports.periods import Month, month_parse
+from apps.reports.routing_savings import routing_savings
 from apps.reports.scoping import GLOBAL
-from apps.reports.selectors import routing_savings
 from apps.reports.services import chargeback, cost_report, route_rollup
 from apps.reports.tests.conftest import at
 from finops.errors import BadRequest
@@ -180,7 +180,7 @@ def test_routing_savings_credit_only_the_router(usage, settings):
 
 
 def test_the_premium_reference_defaults_to_the_routing_top_tier(db, prices, settings):
-    from apps.reports.selectors import premium_reference_model
+    from apps.reports.routing_savings import premium_reference_model
     from apps.routing.models import Tier, TierModel
 
     settings.FINOPS = {**settings.FINOPS, "REPORTS_PREMIUM_MODEL": ""}

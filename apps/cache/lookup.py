@@ -34,7 +34,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.cache import metrics
-from apps.cache.guard import Signature, choose_hit, guard_signature
+from apps.cache.guard import GUARD_MAX_CHARS, Signature, choose_hit, guard_signature
 from apps.cache.keys import RequestKey, request_key, uses_tools
 from apps.cache.selectors import CachePolicy, cache_policy_for, semantic_candidates
 from apps.cache.services import exact_entry_store, exact_key, semantic_entry_hit, semantic_entry_store
@@ -143,6 +143,23 @@ def prompt_vectors(state: CacheState | None) -> dict[str, np.ndarray]:
     return {state.key.prompt_text: state.vector}
 
 
+PROVIDER_DEFAULT_TEMPERATURE = 1.0  # what OpenAI-compatible providers sample at when the request names none
+
+
+def sampling_temperature(body: dict[str, Any]) -> float:
+    """The temperature the upstream will sample at: the request's, else the providers' default (1.0).
+
+    An omitted temperature is not "deterministic": the answer is one sample of many, so under the default
+    policy (max 0.7) it is not cached. `top_p` only narrows sampling, so it never makes a request less
+    deterministic than its temperature says; it is part of the cache key, so answers sampled under different
+    `top_p` never share an entry.
+    """
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        return float(temperature)
+    return PROVIDER_DEFAULT_TEMPERATURE
+
+
 async def _decide(request: CacheRequest) -> CacheState:
     caller = request.caller
     if caller is None or not request.requested_model:
@@ -156,20 +173,19 @@ async def _decide(request: CacheRequest) -> CacheState:
     key = request_key(org_id=caller.org_id, model_class=model_class, messages=request.messages, body=request.body)
     tools = uses_tools(request.body, request.messages)
     reason = ""
-    temperature = request.body.get("temperature")
     if not policy.enabled:
         reason = "disabled"
-    elif isinstance(temperature, (int, float)) and temperature > policy.max_temperature and not policy.allow_high_temperature:
+    elif not policy.allow_high_temperature and sampling_temperature(request.body) > policy.max_temperature:
         reason = "temperature"  # a sampled answer is one of many; replaying it changes what the client asked for
     elif tools and not policy.allow_tools:
         reason = "tools"
     max_ttl = settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400)
-    ttl_s, max_age_s = policy.ttl_s, None
+    ttl_s, max_age_s = min(policy.ttl_s, max_ttl), None
     if request.max_age_s is not None:
-        # Cache-Control max-age: the answer may be at most this old, and a stored answer lives this long.
+        # Cache-Control max-age: the answer may be at most this old, and a stored answer lives at most this long.
+        # A client may shorten its org's TTL, never lengthen it: the org's policy is the ceiling.
         max_age_s = max(0, int(request.max_age_s))
-        ttl_s = min(max_age_s, max_ttl)
-    ttl_s = min(ttl_s, max_ttl)
+        ttl_s = min(max_age_s, ttl_s)
     allowed = not reason
     return CacheState(
         request=request,
@@ -180,7 +196,11 @@ async def _decide(request: CacheRequest) -> CacheState:
         lookup=allowed and not request.no_cache and max_age_s != 0,
         store=allowed and not request.no_store and ttl_s > 0,
         # Tool calls are matched exactly or not at all: a paraphrase may need a different call.
-        semantic=allowed and policy.semantic_enabled and key.prompt_text is not None and not tools,
+        semantic=allowed
+        and policy.semantic_enabled
+        and key.prompt_text is not None
+        and len(key.prompt_text) <= GUARD_MAX_CHARS
+        and not tools,
         ttl_s=ttl_s,
         max_age_s=max_age_s,
         reason=reason or ("no-cache" if request.no_cache else ""),

@@ -90,7 +90,9 @@ def make_ctx(
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
     cache_fields = {k: params.pop(k) for k in ("cache_no_cache", "cache_no_store", "cache_ttl_s") if k in params}
-    body = {"model": model, "messages": messages, **params}
+    # temperature 0 unless the test says otherwise: an omitted temperature samples at the provider's 1.0 and is
+    # not cacheable under the default policy (apps.cache.lookup.sampling_temperature).
+    body = {"model": model, "messages": messages, "temperature": 0, **params}
     return RequestContext(
         endpoint="chat_completions",
         caller=caller_of(tenant),

@@ -64,7 +64,7 @@ def test_it_serves_a_completion_with_cost_headers_and_one_ledger_row(gateway_url
 
     with httpx2.Client() as http:
         scraped = http.get(f"{gateway_url}/metrics").text
-    assert 'finops_gateway_requests_total{cache_status="miss",endpoint="chat_completions",outcome="served"}' in scraped
+    assert 'finops_gateway_requests_total{cache_status="bypass",endpoint="chat_completions",outcome="served"}' in scraped
     assert 'finops_gateway_upstream_seconds_count{model="gpt-4o-mini",outcome="ok",provider="mock"}' in scraped
 
 

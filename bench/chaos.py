@@ -959,7 +959,7 @@ def main() -> int:
     try:
         ctx["redis"] = start_redis(redis_port)
         mock_port = free_port()
-        mock = subprocess.Popen([sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT,
+        mock = subprocess.Popen([sys.executable, "-m", "demo.mock_llm", "--port", str(mock_port)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         procs.append(mock)
         wait_for_port(mock_port, timeout=60, proc=mock)

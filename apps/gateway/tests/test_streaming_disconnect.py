@@ -8,9 +8,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from apps.gateway.mock_llm import mock_answer
 from apps.gateway.tests.conftest import mini_cost, only_row, unique_prompt
 from apps.gateway.tokens import count_message_tokens, count_tokens
+from demo.mock_llm import mock_answer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -117,7 +117,7 @@ def mock_llm_url():
     """The OpenAI-compatible mock LLM, over real HTTP, in its own process."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(port)],
+        [sys.executable, "-m", "demo.mock_llm", "--port", str(port)],
         cwd=ROOT,
         env={**os.environ},
     )

@@ -1,6 +1,6 @@
 """Anomaly scan time on the reference month (1.5M ledger rows, `seed_demo --per-day 50000 --days 30`).
 
-Uses the benchmark database of bench/refdb.py (FINOPS_BENCH_DB, default finops_bench): seeds it when it does
+Uses the benchmark database of evals/refdb.py (FINOPS_BENCH_DB, default finops_bench): seeds it when it does
 not already hold the month, migrates it, then times `anomaly_scan` (one SQL query over the 29-day look-back,
 numpy detection, upserts) against the last hour of the data. The direct comparison is the bare aggregate
 query alone, measured in the same run. Writes the `anomalies` section of docs/benchmarks.md.
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import refdb  # noqa: E402
+from evals import refdb  # noqa: E402
 
 RUNS = 5
 
@@ -37,7 +37,7 @@ def main() -> None:
     from apps.anomalies.models import Anomaly
     from apps.anomalies.selectors import hourly_series
     from apps.ledger.models import LLMRequest
-    from bench.report import write_section
+    from evals.report import write_section
 
     last = LLMRequest.objects.order_by("-received_at").values_list("received_at", flat=True).first()
     rows = LLMRequest.objects.count()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.report import percentile, write_section  # noqa: E402
+from evals.report import percentile, write_section  # noqa: E402
 from finops.envfile import load_env_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

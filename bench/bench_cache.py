@@ -85,7 +85,7 @@ def setup_django():
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
-    from bench.report import percentile
+    from evals.report import percentile
 
     ms = [s * 1000 for s in samples_s]
     return {"p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99), "n": len(ms)}
@@ -101,9 +101,9 @@ def bulk_load(org, *, entries: int, texts: list[str], scope: tuple[str, str], re
     from psycopg.types.json import Jsonb
     from tqdm import tqdm
 
-    from apps.cache.evaluation import local_embed
     from apps.cache.guard import guard_signature
     from apps.cache.keys import sha256_hex
+    from evals.cache.evaluation import local_embed
 
     context_hash, params_hash = scope
     with connection.cursor() as cur:
@@ -291,7 +291,7 @@ def timed_posts(port: int, path: str, body: bytes, headers: dict[str, str], n: i
 def measure_end_to_end(secret: str, n: int) -> dict[str, dict[str, float]]:
     mock_port, gw_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # single-process metrics, no *.db files
-    mock = subprocess.Popen([sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT, env=env)
+    mock = subprocess.Popen([sys.executable, "-m", "demo.mock_llm", "--port", str(mock_port)], cwd=ROOT, env=env)
     gateway = None
     try:
         wait_for_port(mock_port, timeout=120)
@@ -345,11 +345,11 @@ def main() -> int:
     if args.runtime:
         os.environ["FINOPS_CACHE_LOCAL_RUNTIME"] = args.runtime
     org, team, member, created = setup_django()
-    from apps.cache.evaluation import load_pairs
     from apps.cache.keys import request_key
     from apps.cache.services import cache_invalidate
     from apps.embeddings.embeddings import local_embedder
     from apps.gateway.context import Caller
+    from evals.cache.evaluation import load_pairs
 
     pairs, label = load_pairs(duplicate_jaccard=1.0)
     texts = [p.origin for p in pairs]
@@ -435,7 +435,7 @@ def main() -> int:
     markdown = "\n".join(lines)
     print(markdown)
     if not args.no_write:
-        from bench.report import write_section
+        from evals.report import write_section
 
         write_section("cache", markdown)
     return 0

@@ -376,7 +376,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     mock_port = free_port()
     mock = subprocess.Popen(
-        [sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(mock_port)], cwd=ROOT, stdout=logs, stderr=logs
+        [sys.executable, "-m", "demo.mock_llm", "--port", str(mock_port)], cwd=ROOT, stdout=logs, stderr=logs
     )
     try:
         mock_url = f"http://127.0.0.1:{mock_port}/v1"
@@ -427,7 +427,7 @@ def main() -> int:
     if args.no_write:
         print(md)
     else:
-        from bench.report import write_section
+        from evals.report import write_section
 
         write_section("gateway", md)
         print(md)

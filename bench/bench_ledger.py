@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.refdb import REFERENCE_DAYS, REFERENCE_PER_DAY, bench_database_url, ensure_reference_month  # noqa: E402
-from bench.report import write_section  # noqa: E402
+from evals.refdb import REFERENCE_DAYS, REFERENCE_PER_DAY, bench_database_url, ensure_reference_month  # noqa: E402
+from evals.report import write_section  # noqa: E402
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.refdb import bench_database_url, ensure_reference_month, manage  # noqa: E402
-from bench.report import percentile, write_section  # noqa: E402
+from evals.refdb import bench_database_url, ensure_reference_month, manage  # noqa: E402
+from evals.report import percentile, write_section  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_REPORTS_RUNS", "20"))
 TARGET_MS = 300

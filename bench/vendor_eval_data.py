@@ -4,10 +4,10 @@
 
 Writes (gzip with a zero timestamp, so a re-run on the same data is byte-identical):
 
-- fixtures/routellm/full.jsonl.gz — every record `apps.routing.datasets.load_full` reads from the RouteLLM export
+- fixtures/routellm/full.jsonl.gz — every record `evals.router.datasets.load_full` reads from the RouteLLM export
   (GSM8K, 40 MMLU subjects, MT-Bench; contaminated prompts already excluded), only the fields the router
   evaluation uses; fixtures/routellm/mt_bench_answers.json.gz — the two models' turn-1 MT-Bench answers
-  (`apps.routing.evaluation.mt_bench_answers_load`), which price those answers.
+  (`evals.router.evaluation.mt_bench_answers_load`), which price those answers.
 - fixtures/nab/full/ — the 13 realAdExchange + realKnownCause series as .csv.gz and their labelled windows.
 - fixtures/gptcache/mock_data.json.gz — GPTCache's 999 paraphrase pairs.
 
@@ -46,8 +46,8 @@ def build(shared: Path) -> dict[Path, bytes]:
     import django
 
     django.setup()
-    from apps.routing.datasets import load_full
-    from apps.routing.evaluation import mt_bench_answers_load
+    from evals.router.datasets import load_full
+    from evals.router.evaluation import mt_bench_answers_load
 
     out: dict[Path, bytes] = {}
     records = load_full(shared / "routellm")

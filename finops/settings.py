@@ -85,7 +85,8 @@ INSTALLED_APPS = [
     "apps.anomalies",
     "apps.reports",
     "apps.gateway",
-    "apps.costmodel",
+    "evals",
+    "demo",
     "finops",
 ]
 

@@ -2,7 +2,7 @@
 
 `apps.routing.selectors.router_config()` builds a `RouterConfig` from the database (tiers, models with
 their price / latency / quality, keyword rules, policies); everything here is plain Python over it, so
-the gateway hot path and the offline A/B harness (`apps.routing.evaluation`) run the same code.
+the gateway hot path and the offline A/B harness (`evals.router.evaluation`) run the same code.
 
 Order of strategies in `route_plan` (the first that decides wins):
 

@@ -1,7 +1,7 @@
 """Text features the router decides on: prompt complexity (before the call) and answer confidence (after it).
 
 Pure functions of text, no Django: the gateway hot path (`apps.routing.decide`) and the offline A/B
-harness (`apps.routing.evaluation`) call exactly these, so what the harness measures is what runs.
+harness (`evals.router.evaluation`) call exactly these, so what the harness measures is what runs.
 
 Complexity: six features, each scaled to 0..1, combined with the documented weights in
 `COMPLEXITY_WEIGHTS` (they sum to 1, so the score is 0..1 too):

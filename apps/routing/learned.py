@@ -18,7 +18,7 @@ The index is plain numpy in each worker's memory: exact brute-force cosine over 
 vectors takes well under a millisecond, and the hot path makes no query (docs/adr/010-learned-router-index.md).
 `manage.py build_router_index` builds the vendored file from ../shared/data/routellm; the evaluation
 builds its own per-fold indexes with the same `RouteIndex.build`, so no evaluated prompt is in the index
-that scores it (`apps.routing.services.router_eval_learned_scores`).
+that scores it (`evals.router.harness.router_eval_learned_scores`; the builder is `evals.router.index`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Sum
 
-from apps.anomalies import evaluation
 from apps.anomalies.models import Anomaly, Severity
 from apps.anomalies.services import anomaly_scan
 from apps.ledger.models import CostDailySummary, LLMRequest, SeedIncident
+from evals.anomalies import evaluation
 from finops import clock
 
 FAR_DAY = dt.datetime(2027, 3, 1, 0, 30, tzinfo=dt.UTC)

@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from apps.gateway.mock_llm import mock_answer
 from apps.gateway.tests.conftest import mini_cost, only_row, unique_prompt
+from demo.mock_llm import mock_answer
 from finops.tokens import count_message_tokens, count_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,15 +20,15 @@ import pytest
 
 from apps.embeddings.embeddings import embed_for_routing
 from apps.ledger.models import LLMRequest
-from apps.routing.datasets import EVAL50_PATH, load_eval50
 from apps.routing.engine import escalation_decide, learned_apply, learned_wanted, route_plan
-from apps.routing.evaluation import GSM8K_INSTRUCTION
 from apps.routing.features import answer_confidence
 from apps.routing.learned import prompt_key, route_text, served_index
 from apps.routing.models import TierModel
 from apps.routing.selectors import router_config_load
 from apps.routing.services import routing_defaults_ensure
 from conftest import ROOT, free_port, gateway_server, wait_for_port
+from evals.router.datasets import EVAL50_PATH, load_eval50
+from evals.router.evaluation import GSM8K_INSTRUCTION
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def route_mock():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.gateway.mock_llm", "--port", str(port), "--replay", str(EVAL50_PATH)],
+        [sys.executable, "-m", "demo.mock_llm", "--port", str(port), "--replay", str(EVAL50_PATH)],
         cwd=ROOT,
         env={**os.environ},
     )
@@ -209,7 +209,7 @@ def test_a_pin_is_served_as_asked(client) -> None:
 
 def test_live_replay_matches_the_offline_harness_prompt_for_prompt(route_gateway, make_tenant, prices, redis_client) -> None:
     """`eval_router --live`: the 50 prompts through the gateway decide, cost and score exactly as offline."""
-    from apps.routing.services import router_eval_live, router_eval_run
+    from evals.router.harness import router_eval_live, router_eval_run
 
     routing_defaults_ensure()
     tenant = make_tenant()

@@ -15,11 +15,11 @@ from apps.cache.keys import request_key
 from apps.cache.lookup import CacheRequest, CacheState
 from apps.embeddings.embeddings import embed_for_routing
 from apps.routing import learned
-from apps.routing.datasets import full_available
 from apps.routing.engine import LearnedScore, PolicySpec, escalation_decide, learned_apply, route_plan
 from apps.routing.models import RoutePolicy
 from apps.routing.tests.factories import config, model, tier
 from apps.routing.tests.test_pipeline import ctx_for, reprime, select
+from evals.router.datasets import full_available
 
 # Premium-win labels: +1 where the strong model was needed, -1 where the cheap one did as well or better.
 HARD = [

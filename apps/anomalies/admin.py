@@ -6,7 +6,7 @@ from django.http import HttpRequest
 
 from apps.anomalies import services
 from apps.anomalies.models import AlertDelivery, AlertRoute, Anomaly
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 
 
 @admin.register(Anomaly)

@@ -14,7 +14,6 @@ from django.utils.safestring import mark_safe
 from apps.ledger.money import ZERO
 from apps.reports import charts
 from apps.reports.periods import Month
-from apps.reports.scoping import Scope, is_finance
 from apps.reports.selectors import (
     BreakdownRow,
     budget_views,
@@ -23,6 +22,7 @@ from apps.reports.selectors import (
     routing_savings,
     spend_overview,
 )
+from apps.tenancy.access import Scope, is_finance
 from finops import clock
 
 

@@ -22,8 +22,8 @@ from apps.ledger.models import CostDailySummary, ModelPrice
 from apps.ledger.money import CAP_DECIMAL_PLACES, TOKENS_PER_PRICE_UNIT, ZERO, quantize_usd
 from apps.reports import focus
 from apps.reports.periods import Month, day_start
-from apps.reports.scoping import GLOBAL, Scope, org_scope
 from apps.reports.selectors import ROUTED_STRATEGIES, premium_reference_model, spend_rows
+from apps.tenancy.access import GLOBAL, Scope, org_scope
 from apps.tenancy.models import Organization, Team
 from finops import clock
 from finops.errors import BadRequest

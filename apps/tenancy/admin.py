@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 from apps.tenancy.models import ApiKey, Member, Organization, Team
 from apps.tenancy.services import api_key_create, api_key_revoke
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from apps.anomalies.models import AlertDelivery, AlertRoute
+from apps.alerts.models import AlertDelivery, AlertRoute
 from apps.budgets.models import BudgetAlert
 from apps.budgets.pipeline import budget_reserve, budget_settle
 from apps.budgets.selectors import period_start

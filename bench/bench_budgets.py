@@ -389,7 +389,7 @@ def main() -> None:
     setup_django()
     from django.conf import settings
 
-    from apps.budgets.limiter import local_window
+    from finops.limiter import local_window
 
     callers = tenants(args.users)
     local_window.clear()

@@ -7,6 +7,8 @@ import asyncio
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from finops.conf import conf
+
 _clients: dict[int, aioredis.Redis] = {}
 
 
@@ -17,9 +19,9 @@ def get_redis() -> aioredis.Redis:
         client = aioredis.Redis.from_url(
             settings.REDIS_URL,
             # Short timeouts: a Redis outage degrades the cache and limiter, it never stalls a request.
-            socket_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-            socket_connect_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-            max_connections=settings.FINOPS["REDIS_MAX_CONNECTIONS"],
+            socket_timeout=conf().redis_timeout_s,
+            socket_connect_timeout=conf().redis_timeout_s,
+            max_connections=conf().redis_max_connections,
         )
         _clients[loop_id] = client
     return client

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core import checks
 
+from finops.conf import LOCAL_RUNTIMES, conf
+
 WEAK_KEY_MIN_LENGTH = 50
 
 
@@ -36,9 +38,7 @@ def secret_key_is_strong(app_configs, **kwargs):
 @checks.register()
 def cache_local_runtime_is_known(app_configs, **kwargs):
     """A typo in FINOPS_CACHE_LOCAL_RUNTIME would otherwise only show as a warm-up warning and a silent semantic tier."""
-    from apps.cache.embeddings import LOCAL_RUNTIMES
-
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME") or "onnx-int8"
+    runtime = conf().cache_local_runtime
     if runtime not in LOCAL_RUNTIMES:
         return [
             checks.Error(

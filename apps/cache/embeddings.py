@@ -27,10 +27,10 @@ import threading
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from apps.cache.models import EMBEDDING_DIM
 from finops import clock
+from finops.conf import LOCAL_RUNTIMES, conf
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +45,20 @@ _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pre
 
 
 def backend() -> str:
-    return settings.FINOPS.get("CACHE_EMBEDDING_BACKEND", "local") or "local"
+    return conf().cache_embedding_backend
 
 
 def model_name() -> str:
-    configured = settings.FINOPS.get("CACHE_EMBEDDING_MODEL", "")
+    configured = conf().cache_embedding_model
     if configured:
         return configured
     return LOCAL_MODEL_NAME if backend() == "local" else REMOTE_DEFAULT_MODEL
 
 
-LOCAL_RUNTIMES = ("onnx-int8", "onnx", "torch")
 
 
 def local_runtime() -> str:
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "onnx-int8") or "onnx-int8"
+    runtime = conf().cache_local_runtime
     if runtime not in LOCAL_RUNTIMES:
         raise ValueError(f"FINOPS_CACHE_LOCAL_RUNTIME={runtime!r}: expected one of {', '.join(LOCAL_RUNTIMES)}")
     return runtime
@@ -113,7 +112,7 @@ class LocalEmbedder:
             return self._loading
 
     def _threads(self) -> int:
-        return max(1, int(settings.FINOPS.get("CACHE_EMBED_THREADS", 1)))
+        return max(1, conf().cache_embed_threads)
 
     def _load_torch(self) -> Any:
         import torch
@@ -249,8 +248,8 @@ def _remote_client():
     client = _remote_clients.get(loop_id)
     if client is None:
         client = AsyncOpenAI(
-            base_url=settings.FINOPS.get("CACHE_EMBEDDING_BASE_URL") or None,
-            api_key=settings.FINOPS.get("CACHE_EMBEDDING_API_KEY") or "unused",
+            base_url=conf().cache_embedding_base_url or None,
+            api_key=conf().cache_embedding_api_key or "unused",
             timeout=2.0,
             max_retries=0,
         )

@@ -13,7 +13,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
@@ -24,6 +23,7 @@ from apps.reports.periods import Month
 from apps.tenancy.access import Scope
 from apps.tenancy.models import Member, Organization, Team
 from finops import clock
+from finops.conf import conf
 
 # Strategies where the router chose the model. `pinned` and `tier` were the client's choice and
 # `downgrade` the budget's, so none of those earn (or lose) routing savings.
@@ -253,7 +253,7 @@ def premium_reference_model(*, on: dt.date | None = None) -> str | None:
     list price) of the highest tier of the `default` routing ladder, so the savings are never overstated
     by picking the priciest premium model.
     """
-    configured = settings.FINOPS.get("REPORTS_PREMIUM_MODEL")
+    configured = conf().reports_premium_model
     if configured:
         return configured
     from apps.routing.models import TierModel

@@ -39,6 +39,7 @@ from apps.routing.evaluation import (
 from apps.routing.models import Tier, TierModel
 from apps.routing.selectors import latency_p50_by_model, router_config_invalidate, router_config_load
 from finops import clock
+from finops.conf import conf
 from finops.errors import UnpricedModel
 
 PRICES_FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "prices.json"
@@ -211,7 +212,7 @@ EVAL_FOLDS = 5
 
 def embedding_cache_file() -> Path:
     """Where the RouteLLM prompts' vectors are kept between runs (per local runtime: their vectors differ slightly)."""
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    runtime = conf().cache_local_runtime
     return Path(settings.BASE_DIR) / ".finops" / "cache" / f"router-minilm-{runtime}.npz"
 
 
@@ -282,7 +283,7 @@ _single_vectors: dict[tuple[str, int], np.ndarray] = {}
 
 def _embed_one_by_one(texts: list[str]) -> np.ndarray:
     """Vectors computed exactly as the gateway computes one (one prompt per call), memoised per process."""
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    runtime = conf().cache_local_runtime
     out = []
     for text in texts:
         key = (runtime, learned.prompt_key(text))

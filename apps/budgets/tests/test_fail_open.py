@@ -17,13 +17,14 @@ from django.db import connection
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from apps.budgets.limiter import limiter_key, local_window
+from apps.budgets.limiter import limiter_key
 from apps.budgets.pipeline import budget_reserve
 from apps.budgets.services import budget_reconcile
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
 from apps.ledger.models import LLMRequest
 from finops.asyncdb import get_pool
 from finops.errors import BudgetExceeded, RateLimited
+from finops.limiter import local_window
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -31,7 +31,7 @@ SOURCES = [
     DOCS / "cost-model" / "README.md",  # make eval: cost_model --refresh --reconcile
     DOCS / "reliability.md",  # make chaos / make soak
 ]
-CONFIG = [ROOT / "finops" / "settings.py"]
+CONFIG = [ROOT / "finops" / "settings.py", ROOT / "finops" / "conf.py"]  # conf.py: every FINOPS default
 
 NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 FIGURE = re.compile(

@@ -189,7 +189,7 @@ async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> d
         await cache_lookup_semantic(make_ctx(caller, prompt))
 
     # CPU time of one embedding on the embedding thread: what the wall time approaches on an idle core.
-    from apps.cache.embeddings import _executor, local_embedder
+    from finops.embeddings import _executor, local_embedder
 
     def cpu_timed(text: str) -> float:
         started = time.thread_time()
@@ -201,7 +201,7 @@ async def measure_in_process(caller, queries: list[str], warmup: list[str]) -> d
     # The same prompts through sentence-transformers on torch (the runtime before ONNX), same run, same thread.
     torch_cpu_s: list[float] = []
     if local_embedder.runtime != "torch":
-        from apps.cache.embeddings import LocalEmbedder
+        from finops.embeddings import LocalEmbedder
 
         baseline = LocalEmbedder(runtime="torch")
         await loop.run_in_executor(_executor, baseline.load)
@@ -344,11 +344,11 @@ def main() -> int:
     if args.runtime:
         os.environ["FINOPS_CACHE_LOCAL_RUNTIME"] = args.runtime
     org, team, member, created = setup_django()
-    from apps.cache.embeddings import local_embedder
     from apps.cache.evaluation import load_pairs
     from apps.cache.keys import request_key
     from apps.cache.services import cache_invalidate
     from apps.gateway.context import Caller
+    from finops.embeddings import local_embedder
 
     pairs, label = load_pairs(duplicate_jaccard=1.0)
     texts = [p.origin for p in pairs]

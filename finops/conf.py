@@ -29,7 +29,7 @@ from django.dispatch import receiver
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# How the local embedding model runs (apps/cache/embeddings.py); the first one is the default.
+# How the local embedding model runs (finops/embeddings.py); the first one is the default.
 LOCAL_RUNTIMES = ("onnx-int8", "onnx", "torch")
 
 

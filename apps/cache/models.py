@@ -4,7 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
-EMBEDDING_DIM = 384
+from finops.embeddings import EMBEDDING_DIM
 
 _threshold_validators = [MinValueValidator(0.5), MaxValueValidator(1.0)]
 

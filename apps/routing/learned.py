@@ -4,7 +4,7 @@ Each exemplar is a prompt with its **premium-win score**, gain = premium answer'
 score (RouteLLM's recorded Mixtral-8x7B / GPT-4-1106 answers: correctness 0/1, MT-Bench judge / 10), so
 gain > 0 where the premium model was needed and ≤ 0 where the cheap one was good enough.
 
-A prompt is embedded with the semantic cache's model (`apps.cache.embeddings`, all-MiniLM-L6-v2, unit
+A prompt is embedded with the semantic cache's model (`finops.embeddings`, all-MiniLM-L6-v2, unit
 vectors; the router reuses the cache's vector when the cache already embedded the prompt). Its score:
 
 1. project onto the index's principal axes (PCA fitted on the exemplars, no labels; 384 → 128 dims keeps
@@ -339,7 +339,7 @@ def prompts_embed(
     (the text's first 256 word pieces). `cache_file` keeps vectors by prompt key across runs, because
     embedding the ~8.7k RouteLLM prompts takes minutes of CPU.
     """
-    from apps.cache.embeddings import MAX_LOCAL_CHARS, local_embedder
+    from finops.embeddings import MAX_LOCAL_CHARS, local_embedder
 
     keys = np.array([prompt_key(t) for t in texts], dtype=np.uint64)
     known: dict[int, np.ndarray] = {}

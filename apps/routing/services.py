@@ -234,7 +234,7 @@ def router_index_build(
     texts = [r["prompt"] for r in records]
     vectors = learned.prompts_embed(texts, progress=progress, cache_file=embedding_cache_file())
     gains = [float(r["strong_score"]) - float(r["weak_score"]) for r in records]
-    from apps.cache.embeddings import local_embedder
+    from finops.embeddings import local_embedder
 
     index = learned.RouteIndex.build(
         vectors,
@@ -245,7 +245,7 @@ def router_index_build(
         meta={
             "source": source,
             "label": "premium-win score: gpt-4-1106-preview score minus Mixtral-8x7B-Instruct score (correctness 0/1, MT-Bench judge/10)",
-            "embedding": "all-MiniLM-L6-v2 (apps.cache.embeddings), last user message, first 256 word pieces",
+            "embedding": "all-MiniLM-L6-v2 (finops.embeddings), last user message, first 256 word pieces",
             "runtime": getattr(local_embedder, "runtime", "") or "torch",
             "prompts": dict(Counter(r["source"] for r in records)),
         },

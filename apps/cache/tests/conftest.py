@@ -35,7 +35,7 @@ def run(loop):
 @pytest.fixture(scope="session")
 def embedder():
     """The local MiniLM, loaded once (seconds) for the whole session."""
-    from apps.cache.embeddings import local_embedder
+    from finops.embeddings import local_embedder
 
     local_embedder.load()
     return local_embedder

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.cache import onnx_export
-from apps.cache.embeddings import local_runtime
+from finops import onnx_export
+from finops.embeddings import local_runtime
 
 PROMPTS = [
     "What is the capital of France?",

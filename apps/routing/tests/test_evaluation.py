@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from apps.cache.embeddings import embed_for_routing
 from apps.gateway.tokens import count_message_tokens, count_tokens
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
@@ -21,6 +20,7 @@ from apps.routing.features import answer_confidence
 from apps.routing.learned import prompt_key, route_text, served_index
 from apps.routing.selectors import router_config_load
 from apps.routing.services import router_eval_run, routing_defaults_ensure
+from finops.embeddings import embed_for_routing
 
 # Hand-made set: A needs the premium model, B and C are right either way, D is wrong either way.
 W = np.array([0.0, 1.0, 1.0, 0.0])

@@ -18,7 +18,6 @@ import httpx2
 import openai
 import pytest
 
-from apps.cache.embeddings import embed_for_routing
 from apps.ledger.models import LLMRequest
 from apps.routing.datasets import EVAL50_PATH, load_eval50
 from apps.routing.engine import escalation_decide, learned_apply, learned_wanted, route_plan
@@ -29,6 +28,7 @@ from apps.routing.models import TierModel
 from apps.routing.selectors import router_config_load
 from apps.routing.services import routing_defaults_ensure
 from conftest import ROOT, free_port, gateway_server, wait_for_port
+from finops.embeddings import embed_for_routing
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

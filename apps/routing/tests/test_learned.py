@@ -11,7 +11,6 @@ import pytest
 from django.core.management import CommandError, call_command
 from prometheus_client import REGISTRY
 
-from apps.cache.embeddings import embed_for_routing
 from apps.cache.keys import request_key
 from apps.cache.pipeline import CacheState
 from apps.routing import learned
@@ -20,6 +19,7 @@ from apps.routing.engine import LearnedScore, PolicySpec, escalation_decide, lea
 from apps.routing.models import RoutePolicy
 from apps.routing.tests.factories import config, model, tier
 from apps.routing.tests.test_pipeline import ctx_for, reprime, select
+from finops.embeddings import embed_for_routing
 
 # Premium-win labels: +1 where the strong model was needed, -1 where the cheap one did as well or better.
 HARD = [

@@ -9,7 +9,7 @@ so a new wheel, recipe or ONNX Runtime builds a fresh file and an old one is nev
 
 Before a built model is kept it is checked against the PyTorch model it came from: the embeddings of a
 few probe sentences must agree to a cosine of EXPORT_MIN_COSINE, else the build fails and the caller
-falls back (see apps.cache.embeddings). Measured on the bench prompts: the int8 model stays within a
+falls back (see finops.embeddings). Measured on the bench prompts: the int8 model stays within a
 cosine of 0.999 of the float model, i.e. the same vector space as the entries already stored.
 
 Built at the first load in a process that does not find the file (a few seconds, needs torch); every

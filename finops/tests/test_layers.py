@@ -98,3 +98,7 @@ def test_every_app_is_in_a_layer():
     declared = {p for layer in LAYERS for p in layer.packages} | set(contracts.OFFLINE)
     apps = {f"apps.{p.name}" for p in (ROOT / "apps").iterdir() if (p / "__init__.py").exists()}
     assert apps <= declared, apps - declared
+
+
+def test_docs_architecture_shows_the_declared_layers():
+    assert f"```\n{contracts.layers_text()}\n```" in (ROOT / "docs" / "architecture.md").read_text()

@@ -208,12 +208,17 @@ def _parse_env(kind: Any, raw: str) -> Any:
     return raw
 
 
+def env_names() -> list[str]:
+    """The environment variables the FINOPS knobs are read from: FINOPS_<FIELD NAME IN CAPITALS>."""
+    return [f"FINOPS_{f.name.upper()}" for f in dataclasses.fields(FinopsConf)]
+
+
 def finops_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`settings.FINOPS`: the defaults of `FinopsConf`, each overridden by a non-empty `FINOPS_<NAME>`."""
     environ = os.environ if environ is None else environ
     overrides = {}
-    for f in dataclasses.fields(FinopsConf):
-        raw = environ.get(f"FINOPS_{f.name.upper()}", "")
+    for f, name in zip(dataclasses.fields(FinopsConf), env_names(), strict=True):
+        raw = environ.get(name, "")
         if raw != "":
             overrides[f.name.upper()] = _parse_env(_TYPES[f.name], raw)
     return FinopsConf.from_mapping(overrides).as_settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import urllib.request
@@ -10,7 +11,6 @@ from typing import Any
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q
-from django.utils import timezone
 
 from apps.alerts.models import AlertDelivery, AlertRoute, Severity
 from finops import clock
@@ -159,7 +159,7 @@ def _webhook_post(*, url: str, body: dict) -> None:
 
 def alert_deliveries_requeue(*, older_than_seconds: int = 300) -> int:
     """Re-enqueue deliveries left pending (broker down at dispatch) or stuck sending (worker died)."""
-    cutoff = clock.now() - timezone.timedelta(seconds=older_than_seconds)
+    cutoff = clock.now() - dt.timedelta(seconds=older_than_seconds)
     AlertDelivery.objects.filter(status=AlertDelivery.Status.SENDING, created_at__lt=cutoff).update(
         status=AlertDelivery.Status.PENDING
     )

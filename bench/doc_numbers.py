@@ -289,8 +289,14 @@ def check_figure(fig: Figure, root: Path = ROOT) -> str | None:
             return None
         return f"{source[5:]} is {size} bytes"
     if source.startswith("setting"):
+        # A FINOPS_<NAME> default is the field <name> of finops/conf.py's FinopsConf (the one place defaults live);
+        # other settings (REDIS_URL, …) are in finops/settings.py.
         name = source.split()[1]
-        source, key = "file:finops/settings.py", f'"{name}"'
+        field = name.removeprefix("FINOPS_").lower()
+        if name.startswith("FINOPS_") and re.search(rf"^\s+{field}: ", (root / "finops" / "conf.py").read_text(), re.M):
+            source, key = "file:finops/conf.py", f"    {field}: "
+        else:
+            source, key = "file:finops/settings.py", f'"{name}"'
     text = source_text(source, root)
     if text is None:
         return f"source {source} not found"
@@ -317,7 +323,7 @@ def check_figure(fig: Figure, root: Path = ROOT) -> str | None:
 
 # ---- paths -------------------------------------------------------------------------------------------------
 
-TOP = r"(?:apps|bench|docs|deploy|finops|fixtures|templates)"
+TOP = r"(?:apps|bench|demo|docs|deploy|evals|finops|fixtures|templates)"
 REPO_PATH = re.compile(rf"(?<![\w./-]){TOP}/(?:[\w.*-]+/)*(?:[\w*-]+\.[\w*]+|)(?![\w/])")
 OUTSIDE = re.compile(r"ARCHITECTURE(?:\.md)?\s*§|\.\./shared/ARCHITECTURE|ARCHITECTURE\.md")
 

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import asyncpg
-from django.conf import settings
 from django.db import connections
 
+from finops.conf import conf
 from finops.runtime import runtime
 
 _connection_inits: list[Callable[[asyncpg.Connection], Awaitable[None]]] = []
@@ -63,11 +63,11 @@ async def get_pool() -> asyncpg.Pool:
         if pool is None:
             pool = await asyncpg.create_pool(
                 dsn_from_settings(),
-                min_size=settings.FINOPS["ASYNCPG_POOL_MIN"],
-                max_size=settings.FINOPS["ASYNCPG_POOL_MAX"],
+                min_size=conf().asyncpg_pool_min,
+                max_size=conf().asyncpg_pool_max,
                 # Connection attempts are bounded too: a hung Postgres must not hang the pool.
-                timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"],
-                command_timeout=settings.FINOPS["ASYNCPG_COMMAND_TIMEOUT_S"],
+                timeout=conf().asyncpg_connect_timeout_s,
+                command_timeout=conf().asyncpg_command_timeout_s,
                 statement_cache_size=256,
                 # asyncpg's default reset costs a round trip per release (RESET ALL, UNLISTEN, advisory unlock);
                 # the hot path keeps no session state, and an open transaction is still rolled back.

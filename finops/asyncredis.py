@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from finops.conf import conf
 from finops.runtime import runtime
 
 
@@ -21,9 +22,9 @@ def get_redis() -> aioredis.Redis:
             aioredis.Redis.from_url(
                 settings.REDIS_URL,
                 # Short timeouts: a Redis outage degrades the cache and limiter, it never stalls a request.
-                socket_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-                socket_connect_timeout=settings.FINOPS["REDIS_TIMEOUT_S"],
-                max_connections=settings.FINOPS["REDIS_MAX_CONNECTIONS"],
+                socket_timeout=conf().redis_timeout_s,
+                socket_connect_timeout=conf().redis_timeout_s,
+                max_connections=conf().redis_max_connections,
             ),
             close=_close,
         )

@@ -27,7 +27,7 @@ from apps.budgets.services import (
     budget_validate,
 )
 from apps.ledger.money import quantize_usd
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 from finops import clock
 
 

@@ -1,14 +1,15 @@
-"""The budgets' fail-open limiter: while the budget database is unreachable, N requests a minute per user.
-
-The window itself is core's (`finops.ratelimit`): in Redis, shared by every gateway worker, with an
-in-process fallback of the same size when Redis does not answer.
+"""The fail-open limiter: while the budget database is unreachable, each user gets FINOPS["BUDGET_FAIL_OPEN_RPM"]
+requests a minute, counted in the shared sliding window of `finops.limiter` (Redis, in-process if Redis is down).
 """
 
 from __future__ import annotations
 
-from django.conf import settings
+from finops.conf import conf
+from finops.limiter import LocalWindow, local_window, window_admit
 
-from finops.ratelimit import window_admit
+# transitional: importers in the pipeline move in the pipeline redesign (apps/tenancy/pipeline.py and
+# apps/gateway/tests/test_limits.py import window_admit from here); new code imports finops.limiter.
+__all__ = ["LocalWindow", "fail_open_admit", "limiter_key", "local_window", "window_admit"]
 
 
 def limiter_key(*, org_id: int, member_id: int) -> str:
@@ -22,10 +23,10 @@ async def fail_open_admit(*, org_id: int, member_id: int, token: str, timeout_s:
     `timeout_s` bounds the Redis attempt (default BUDGET_LIMITER_TIMEOUT_MS); past it the in-process window decides.
     """
     if timeout_s is None:
-        timeout_s = settings.FINOPS["BUDGET_LIMITER_TIMEOUT_MS"] / 1000
+        timeout_s = conf().budget_limiter_timeout_ms / 1000
     admission = await window_admit(
         key=limiter_key(org_id=org_id, member_id=member_id),
-        limit=settings.FINOPS["BUDGET_FAIL_OPEN_RPM"],
+        limit=conf().budget_fail_open_rpm,
         token=token,
         timeout_s=timeout_s,
     )

@@ -18,14 +18,15 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
+from apps.alerts.services import alert_dispatch
 from apps.budgets.models import Budget, BudgetAlert, BudgetChange
 from apps.ledger.money import CAP_DECIMAL_PLACES, quantize_usd
 from finops import clock
 from finops.asyncdb import get_pool
+from finops.conf import conf
 from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ async def reservation_create(
     Raises BudgetUnavailable when the database does not answer within the deadline.
     """
     if timeout_ms is None:
-        timeout_ms = settings.FINOPS["BUDGET_TIMEOUT_MS"]
+        timeout_ms = conf().budget_timeout_ms
     row = await _fetchrow_bounded(
         _RESERVE_SQL,
         org_id,
@@ -173,7 +174,7 @@ async def reservation_create(
         member_id,
         request_id,
         quantize_usd(max(amount_usd, Decimal(0))),
-        float(settings.FINOPS["BUDGET_RESERVATION_TTL_S"]),
+        float(conf().budget_reservation_ttl_s),
         over_downgrade,
         int(timeout_ms),
         timeout_ms=timeout_ms,
@@ -205,7 +206,7 @@ async def reservation_settle_many(*, items: list[tuple[int, Decimal]], timeout_m
     if not items:
         return ()
     if timeout_ms is None:
-        timeout_ms = settings.FINOPS["BUDGET_SETTLE_TIMEOUT_MS"]
+        timeout_ms = conf().budget_settle_timeout_ms
     ids = [reservation_id for reservation_id, _ in items]
     actuals = [quantize_usd(max(actual, Decimal(0))) for _, actual in items]
     row = await _fetchrow_bounded(_SETTLE_MANY_SQL, ids, actuals, int(timeout_ms), timeout_ms=timeout_ms)
@@ -313,7 +314,7 @@ def budget_cap_validate(cap_usd: Decimal) -> Decimal:
     cap = quantize_usd(Decimal(cap_usd), places=CAP_DECIMAL_PLACES)
     if cap < 0:
         raise ValidationError("A cap cannot be negative.", code="negative")
-    limit = Decimal(settings.FINOPS.get("BUDGET_CAP_MAX_USD", "10000000"))
+    limit = conf().budget_cap_max_usd
     if cap > limit:
         raise ValidationError(f"A cap above ${limit:,.2f} is almost certainly a typo.", code="absurd")
     return cap
@@ -465,7 +466,7 @@ def reservation_sweep(*, batch: int = 5000) -> SweepResult:
                 WHERE state <> 'reserved' AND settled_at < now() - make_interval(days => %s)
                 LIMIT 50000)
             """,
-            [settings.FINOPS["BUDGET_RESERVATION_RETENTION_DAYS"]],
+            [conf().budget_reservation_retention_days],
         )
         purged = cursor.rowcount
     dispatched = budget_alerts_dispatch_pending()
@@ -493,7 +494,7 @@ def budget_reconcile(*, budget_ids: Iterable[int] | None = None) -> ReconcileRes
         if budget_ids is not None
         else list(Budget.objects.filter(active=True).order_by("id").values_list("id", flat=True))
     )
-    window = float(settings.FINOPS["BUDGET_RECONCILE_WINDOW_S"])
+    window = float(conf().budget_reconcile_window_s)
     corrected = 0
     delta = Decimal(0)
     alert_ids: list[int] = []
@@ -521,13 +522,11 @@ def budget_alert_severity(threshold: int) -> str:
 
 
 def budget_alert_dispatch(*, alert_id: int) -> bool:
-    """Send one threshold alert through the anomalies' severity routing, exactly once.
+    """Send one threshold alert through the alert routes (apps.alerts), exactly once.
 
     The row is claimed with a lock and marked in the same transaction as the dispatch: if routing
     fails, both roll back and the sweep retries; if another worker holds it, this one skips it.
     """
-    from apps.anomalies.services import alert_dispatch
-
     with transaction.atomic():
         alert = (
             BudgetAlert.objects.select_for_update(skip_locked=True, of=("self",))

@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from apps.cache.models import CacheRouteOverride, CacheSettings, SemanticCacheEntry
 from apps.cache.selectors import cache_policy_forget
 from apps.cache.services import cache_invalidate
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 
 
 class CacheRouteOverrideInline(admin.TabularInline):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from finops.asyncdb import get_pool
+from finops.conf import conf
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +30,13 @@ class CachePolicy:
 
 
 def default_policy() -> CachePolicy:
-    f = settings.FINOPS
+    f = conf()
     return CachePolicy(
-        enabled=f.get("CACHE_ENABLED", True),
+        enabled=f.cache_enabled,
         semantic_enabled=True,
-        threshold=f.get("CACHE_THRESHOLD", 0.92),
-        ttl_s=f.get("CACHE_TTL_S", 86400),
-        max_temperature=f.get("CACHE_MAX_TEMPERATURE", 0.7),
+        threshold=f.cache_threshold,
+        ttl_s=f.cache_ttl_s,
+        max_temperature=f.cache_max_temperature,
         allow_high_temperature=False,
         allow_tools=False,
     )
@@ -76,7 +76,7 @@ async def cache_policy_for(*, org_id: int, model_class: str) -> CachePolicy:
             raw = row["overrides"]
             for item in json.loads(raw) if isinstance(raw, str) else raw:
                 overrides[item["model_class"]] = item
-        cached = (now + settings.FINOPS.get("CACHE_SETTINGS_CACHE_S", 15.0), policy, overrides)
+        cached = (now + conf().cache_settings_cache_s, policy, overrides)
         _policies[org_id] = cached
     _, policy, overrides = cached
     override = overrides.get(model_class)

@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from apps.cache.metrics import CACHE_INVALIDATED, CACHE_PURGED
 from apps.cache.selectors import cache_policy_forget, vector_literal
 from finops.asyncdb import get_pool
+from finops.conf import conf
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ async def exact_entry_store(
     if paraphrase:
         entry["p"] = 1
     value = json.dumps(entry, separators=(",", ":"))
-    index_ttl = max(ttl_s, settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400))
+    index_ttl = max(ttl_s, conf().cache_max_ttl_s)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.set(key, value, ex=ttl_s)
         pipe.sadd(index, key)

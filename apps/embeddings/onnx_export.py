@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from finops.conf import conf
+
 logger = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe changes: the file name changes with it.
@@ -51,7 +53,7 @@ def source_dir() -> Path:
 
 
 def model_dir() -> Path:
-    configured = settings.FINOPS.get("CACHE_MODEL_DIR", "")
+    configured = conf().cache_model_dir
     return Path(configured) if configured else Path(settings.BASE_DIR) / ".finops" / "models"
 
 

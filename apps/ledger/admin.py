@@ -7,7 +7,7 @@ from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 
 from apps.ledger.models import CostDailySummary, LLMRequest, ModelPrice, SeedIncident
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 from finops import clock
 
 

@@ -10,8 +10,8 @@ from django.template.response import TemplateResponse
 
 from apps.reports.dashboard import dashboard_context
 from apps.reports.periods import Month, current_month, month_parse
-from apps.reports.scoping import admin_home_scope, admin_org_scope, admin_team_scope, is_finance
 from apps.reports.services import chargeback, focus_export, report_write
+from apps.tenancy.access import admin_home_scope, admin_org_scope, admin_team_scope, is_finance
 from apps.tenancy.models import Organization, Team
 from finops.errors import BadRequest
 

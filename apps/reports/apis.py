@@ -1,6 +1,6 @@
 """GET /api/spend/ and GET /api/anomalies/: read-only, scoped to the caller's organization.
 
-Scope (apps/reports/scoping.py): an API key sees its org; a signed-in member sees their org; a
+Scope (apps/tenancy/access.py): an API key sees its org; a signed-in member sees their org; a
 superuser sees every org, or one with `?org=<slug>`. Naming another org is a 403, never its data.
 """
 
@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.ledger.money import ZERO, usd_str
-from apps.reports.scoping import api_scope
 from apps.reports.selectors import anomaly_queryset, spend_rows
+from apps.tenancy.access import api_scope
 from finops import clock
 from finops.errors import BadRequest
 

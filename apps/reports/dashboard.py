@@ -15,8 +15,8 @@ from apps.ledger.money import ZERO
 from apps.reports import charts
 from apps.reports.periods import Month
 from apps.reports.routing_savings import routing_savings
-from apps.reports.scoping import Scope, is_finance
 from apps.reports.selectors import BreakdownRow, budget_views, month_forecast, open_anomalies, spend_overview
+from apps.tenancy.access import Scope, is_finance
 from finops import clock
 
 

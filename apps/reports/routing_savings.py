@@ -8,14 +8,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.conf import settings
 from django.db import connection
 
 from apps.ledger.money import ZERO
 from apps.ledger.selectors import prices_in_force
-from apps.reports.scoping import Scope
 from apps.reports.selectors import scope_sql
+from apps.tenancy.access import Scope
 from finops import clock
+from finops.conf import conf
 
 # Strategies where the router chose the model. `pinned` and `tier` were the client's choice and
 # `downgrade` the budget's, so none of those earn (or lose) routing savings.
@@ -29,7 +29,7 @@ def premium_reference_model(*, on: dt.date | None = None) -> str | None:
     list price) of the highest tier of the `default` routing ladder, so the savings are never overstated
     by picking the priciest premium model.
     """
-    configured = settings.FINOPS.get("REPORTS_PREMIUM_MODEL")
+    configured = conf().reports_premium_model
     if configured:
         return configured
     from apps.routing.models import TierModel

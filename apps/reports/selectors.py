@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce
 from apps.ledger.models import CostDailySummary
 from apps.ledger.money import ZERO
 from apps.reports.periods import Month
-from apps.reports.scoping import Scope
+from apps.tenancy.access import Scope
 from apps.tenancy.models import Member, Organization, Team
 from finops import clock
 

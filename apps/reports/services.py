@@ -25,8 +25,8 @@ from apps.ledger.selectors import price_book
 from apps.reports import focus
 from apps.reports.periods import Month, day_start
 from apps.reports.routing_savings import ROUTED_STRATEGIES, premium_reference_model
-from apps.reports.scoping import GLOBAL, Scope, org_scope
 from apps.reports.selectors import spend_rows
+from apps.tenancy.access import GLOBAL, Scope, org_scope
 from apps.tenancy.models import Organization, Team
 from finops import clock
 from finops.errors import BadRequest

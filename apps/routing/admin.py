@@ -4,9 +4,9 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
-from apps.reports.scoping import OrgScopedAdminMixin
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel
 from apps.routing.selectors import prices_in_force, router_config_invalidate
+from apps.tenancy.access import OrgScopedAdminMixin
 
 
 class TierModelInline(admin.TabularInline):

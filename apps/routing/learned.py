@@ -35,6 +35,7 @@ import numpy as np
 
 from apps.routing.engine import LearnedScore
 from finops import clock
+from finops.conf import conf
 from finops.tokens import message_text
 
 logger = logging.getLogger(__name__)
@@ -294,9 +295,7 @@ _served_lock = threading.Lock()
 
 
 def index_path() -> Path | None:
-    from django.conf import settings
-
-    configured = settings.FINOPS.get("ROUTER_INDEX_PATH", "")
+    configured = conf().router_index_path
     return Path(configured) if configured else None
 
 

@@ -15,7 +15,6 @@ import time
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import connection
 
 from apps.ledger.pricing import Price
@@ -23,6 +22,7 @@ from apps.ledger.selectors import prices_in_force as ledger_prices_in_force
 from apps.routing.engine import ModelSpec, PolicySpec, RouterConfig, RuleSpec, TierSpec
 from apps.routing.models import KeywordRule, RoutePolicy, Tier, TierModel, keyword_regex, keyword_terms
 from finops import clock
+from finops.conf import conf
 from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ _state: dict[str, object] = {"config": None, "expires": 0.0}
 
 
 def _ttl() -> float:
-    return float(settings.FINOPS.get("ROUTER_CONFIG_TTL_S", 10.0))
+    return conf().router_config_ttl_s
 
 
 def prices_in_force(*, on: dt.date | None = None) -> dict[str, Price]:

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.contrib import admin, messages
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from apps.reports.scoping import OrgScopedAdminMixin
+from apps.tenancy.access import OrgScopedAdminMixin
 from apps.tenancy.models import ApiKey, Member, Organization, Team
 from apps.tenancy.services import api_key_create, api_key_revoke
 
@@ -34,7 +32,6 @@ class OrganizationAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     org_field = "pk"
     list_display = ["name", "slug", "team_count", "store_prompts", "allow_model_pinning", "created_at", "dashboard"]
     readonly_fields = ["dashboard"]
-    actions = ["chargeback_previous_month"]
     search_fields = ["name", "slug"]
     list_filter = ["store_prompts", "allow_model_pinning"]
     prepopulated_fields = {"slug": ["name"]}
@@ -50,22 +47,6 @@ class OrganizationAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     @admin.display(description="cost dashboard")
     def dashboard(self, obj) -> str:
         return _dashboard_link("reports_admin:org", obj.pk) if obj.pk else "—"
-
-    @admin.action(description="Download chargeback CSV (previous month)")
-    def chargeback_previous_month(self, request: HttpRequest, queryset):
-        from apps.reports.periods import current_month
-        from apps.reports.services import chargeback, report_write
-
-        month = current_month().previous
-        rows = []
-        for org in queryset.order_by("slug"):
-            table = chargeback(month=month, org_slug=org.slug)
-            rows.extend(table.rows)
-        table.rows = rows
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="chargeback-{month.label}.csv"'
-        report_write(table, response, fmt="csv")
-        return response
 
 
 @admin.register(Team)
@@ -111,48 +92,17 @@ class ApiKeyAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
 
     list_display = [
         "prefix", "name", "member_name", "team_name", "org", "rate_limit", "created_at", "last_used_at", "revoked_at",
-        "spend_month", "requests_month",
     ]  # fmt: skip
     list_filter = ["org", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["member", "team", "org"]
     search_fields = ["prefix", "name", "member__username"]
-    fields = ["member", "name", "rate_limit_per_minute", "prefix", "created_at", "last_used_at", "revoked_at", "spend_month"]
-    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "spend_month"]
+    fields = ["member", "name", "rate_limit_per_minute", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     autocomplete_fields = ["member"]
     actions = ["revoke_keys"]
 
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, "member"] if obj else self.readonly_fields
-
-    def get_changelist_instance(self, request):
-        changelist = super().get_changelist_instance(request)
-        self._attach_spend(list(changelist.result_list))
-        return changelist
-
-    @staticmethod
-    def _attach_spend(keys: list[ApiKey]) -> None:
-        """Spend of this month for one page of keys, in a couple of queries (see apps.reports.selectors.api_key_spend)."""
-        from apps.reports.periods import current_month
-        from apps.reports.selectors import api_key_spend
-
-        spend = api_key_spend(api_keys=keys, month=current_month())
-        for key in keys:
-            key._spend_month = spend.get(key.id, (Decimal(0), 0))
-
-    def _spend(self, obj: ApiKey) -> tuple[Decimal, int]:
-        if not hasattr(obj, "_spend_month"):
-            if obj.pk is None:
-                return Decimal(0), 0
-            self._attach_spend([obj])
-        return obj._spend_month
-
-    @admin.display(description="spend this month")
-    def spend_month(self, obj: ApiKey) -> str:
-        return f"${self._spend(obj)[0]:,.2f}"
-
-    @admin.display(description="requests this month")
-    def requests_month(self, obj: ApiKey) -> str:
-        return f"{self._spend(obj)[1]:,}"
 
     @admin.display(description="rate limit", ordering="rate_limit_per_minute")
     def rate_limit(self, obj: ApiKey) -> str:

@@ -25,7 +25,7 @@ from apps.tenancy.services import api_key_hash
 from apps.tenancy.types import Caller
 from finops.asyncdb import get_pool
 from finops.errors import RateLimited
-from finops.ratelimit import window_admit
+from finops.limiter import window_admit
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ async def api_key_rate_admit(*, caller: Caller, token: str) -> None:
 
     Raises finops.errors.RateLimited (429, code `rate_limit_exceeded`, a Retry-After header) when the key
     has used its minute. Refused requests are not counted, so a client that keeps retrying is not locked
-    out for longer. The window is core's sliding window (finops.ratelimit): in Redis, shared by every
+    out for longer. The window is core's sliding window (finops.limiter): in Redis, shared by every
     worker; if Redis does not answer within FINOPS["API_KEY_RATE_LIMIT_TIMEOUT_MS"], each process keeps
     its own window of the same size (N per process while Redis is down: still bounded).
     """

@@ -502,7 +502,7 @@ def formulas_render(
 ) -> str:
     """The cost model as a spreadsheet (CSV whose cells hold formulas): every cost line and total is a formula
     over the inputs in the same sheet, so a spreadsheet recomputes it without Python. The layout and each
-    formula follow `scenario_cost` term by term; `evals/costmodel/tests/test_cost_model.py` recomputes it."""
+    formula follow `scenario_cost` term by term; `evals/tests/costmodel/test_cost_model.py` recomputes it."""
     rows: list[list[str]] = [
         ["finops cost model: inputs (values) and costs (formulas, USD per month); written by manage.py cost_model"],
         [],

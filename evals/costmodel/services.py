@@ -316,7 +316,7 @@ def readme_write(
         "",
         f"Every line above is recomputed without Python by [`{FORMULAS_CSV.name}`]({FORMULAS_CSV.name}): the inputs as "
         "values, each cost line and total as a spreadsheet formula (open it in any spreadsheet; "
-        "`evals/costmodel/tests/test_cost_model.py` evaluates its formulas and checks every total and tenant line "
+        "`evals/tests/costmodel/test_cost_model.py` evaluates its formulas and checks every total and tenant line "
         "against this table to the cent).",
         "",
     ]

@@ -46,7 +46,7 @@ def docs_copy(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     for png in (ROOT / "docs").rglob("*.png"):  # links to screenshots must still resolve
         (tmp_path / png.relative_to(ROOT)).symlink_to(png)
-    for name in ("apps", "bench", "finops", "deploy", "fixtures", "templates", "Makefile", "compose.yml", "Dockerfile", ".env.example"):
+    for name in ("apps", "bench", "demo", "evals", "finops", "deploy", "fixtures", "templates", "Makefile", "compose.yml", "Dockerfile", ".env.example"):
         (tmp_path / name).symlink_to(ROOT / name)
     assert problems(tmp_path) == []  # the copy is as current as the checkout
     return tmp_path
@@ -73,11 +73,11 @@ def test_a_figure_without_a_source_planted_in_a_runbook_page_fails_the_check(doc
 
 
 def test_a_dead_path_and_a_file_outside_the_repository_fail_the_check(docs_copy):
-    _plant(docs_copy, Path("docs/sql/README.md"), "apps/ledger/tests/test_seed_demo.py", "apps/ledger/tests/test_sql_dashboards.py")
+    _plant(docs_copy, Path("docs/sql/README.md"), "demo/tests/test_seed_demo.py", "demo/tests/test_sql_dashboards.py")
     _plant(docs_copy, RUNBOOK_PAGE, "## Mitigation", "See ARCHITECTURE §3.\n\n## Mitigation")
     with pytest.raises(AssertionError) as failed:
         assert_docs_current(docs_copy)
-    assert "no such file apps/ledger/tests/test_sql_dashboards.py" in str(failed.value)
+    assert "no such file demo/tests/test_sql_dashboards.py" in str(failed.value)
     assert "cites a file outside the repository" in str(failed.value)
 
 

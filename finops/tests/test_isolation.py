@@ -24,7 +24,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from apps.anomalies.models import AlertDelivery, AlertRoute
+from apps.alerts.models import AlertDelivery, AlertRoute
 from apps.budgets.models import Reservation
 from apps.cache.models import CacheSettings, SemanticCacheEntry
 from apps.gateway.tests.conftest import wait_for_row
@@ -94,7 +94,7 @@ def world(db, prices, make_tenant):
 
 def _staff(django_user_model, *, username: str, member=None, extra_perms: tuple[str, ...] = ()):
     user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
-    apps = ["tenancy", "ledger", "budgets", "anomalies", "cache", "routing"]
+    apps = ["tenancy", "ledger", "alerts", "budgets", "anomalies", "cache", "routing"]
     perms = Permission.objects.filter(content_type__app_label__in=apps, codename__startswith="view_")
     user.user_permissions.add(*perms, *Permission.objects.filter(codename__in=extra_perms))
     if member is not None:
@@ -114,7 +114,7 @@ ADMIN_MODELS = [
     ("tenancy", "organization"), ("tenancy", "team"), ("tenancy", "member"), ("tenancy", "apikey"),
     ("ledger", "llmrequest"), ("ledger", "costdailysummary"),
     ("budgets", "budget"), ("budgets", "budgetchange"), ("budgets", "budgetcounter"), ("budgets", "reservation"),
-    ("anomalies", "anomaly"), ("anomalies", "alertroute"), ("anomalies", "alertdelivery"),
+    ("anomalies", "anomaly"), ("alerts", "alertroute"), ("alerts", "alertdelivery"),
     ("cache", "cachesettings"), ("cache", "semanticcacheentry"),
     ("routing", "routepolicy"), ("routing", "keywordrule"),
 ]  # fmt: skip

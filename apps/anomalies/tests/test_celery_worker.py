@@ -11,8 +11,10 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from apps.anomalies.models import AlertDelivery, AlertRoute, Anomaly
-from apps.anomalies.tests.helpers import WebhookReceiver, diurnal, ledger_hours
+from apps.alerts.models import AlertDelivery, AlertRoute
+from apps.alerts.tests.helpers import WebhookReceiver
+from apps.anomalies.models import Anomaly
+from apps.anomalies.tests.helpers import diurnal, ledger_hours
 from finops.models import JobRun
 
 ROOT = settings.BASE_DIR

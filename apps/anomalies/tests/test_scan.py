@@ -3,8 +3,9 @@ from decimal import Decimal
 
 import pytest
 
+from apps.alerts.models import AlertDelivery, AlertRoute
 from apps.anomalies import services
-from apps.anomalies.models import AlertDelivery, AlertRoute, Anomaly, Severity
+from apps.anomalies.models import Anomaly, Severity
 from apps.anomalies.tests.helpers import diurnal, ledger_hours
 
 NOW = dt.datetime(2025, 3, 20, 10, 20, tzinfo=dt.UTC)  # a Thursday; the scan reads up to 10:00

@@ -112,7 +112,7 @@ def test_a_team_cap_above_its_orgs_cap_warns(client, finance_user, make_tenant, 
 def test_other_staff_can_read_but_not_change(client, staff_user, make_tenant, make_budget):
     tenant = make_tenant()
     budget = make_budget(scope="org", tenant=tenant, cap="100.00")
-    tenant.member.user = staff_user  # staff see their own org's budgets (apps.reports.scoping)
+    tenant.member.user = staff_user  # staff see their own org's budgets (apps.tenancy.access)
     tenant.member.save(update_fields=["user"])
     client.force_login(staff_user)
     url = reverse("admin:budgets_budget_change", args=[budget.id])

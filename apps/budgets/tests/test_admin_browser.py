@@ -61,7 +61,7 @@ def test_finance_edits_a_cap_and_others_cannot(live_server, make_tenant, make_bu
     finance = django_user_model.objects.create_user("fiona", password="pw-fiona-123", is_staff=True)
     finance.groups.add(finance_group_ensure())
     sam = django_user_model.objects.create_user("sam", password="pw-sam-123", is_staff=True)
-    tenant.member.user = sam  # staff see their own org's budgets (apps.reports.scoping)
+    tenant.member.user = sam  # staff see their own org's budgets (apps.tenancy.access)
     tenant.member.save(update_fields=["user"])
     change_url = f"{live_server.url}/admin/budgets/budget/{budget.id}/change/"
 

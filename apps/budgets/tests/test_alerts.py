@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from apps.anomalies.models import AlertDelivery, AlertRoute
+from apps.alerts.models import AlertDelivery, AlertRoute
 from apps.budgets.models import BudgetAlert
 from apps.budgets.selectors import period_start
 from apps.budgets.services import budget_alerts_dispatch_pending

@@ -24,7 +24,7 @@ from apps.gateway.stages import budget_reserve
 from apps.ledger.models import LLMRequest
 from finops.asyncdb import get_pool
 from finops.errors import BudgetExceeded, RateLimited
-from finops.ratelimit import local_window
+from finops.limiter import local_window
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,7 +25,7 @@ from apps.ledger.models import LLMRequest
 from apps.tenancy.keys import rate_limit_key
 from apps.tenancy.services import api_key_create
 from conftest import gateway_server
-from finops.ratelimit import window_admit
+from finops.limiter import window_admit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,7 +7,7 @@ from django import template
 from apps.reports import charts
 from apps.reports.dashboard import dashboard_context
 from apps.reports.periods import current_month, month_parse
-from apps.reports.scoping import admin_home_scope
+from apps.tenancy.access import admin_home_scope
 from finops.errors import BadRequest
 
 register = template.Library()

@@ -147,7 +147,7 @@ def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, f
         assert "not linked to a finops member" in page.inner_text("#cost-dashboard")
         page.goto(f"{base}/admin/budgets/budget/{budget.id}/change/")
         assert page.locator("#id_cap_usd").count() == 0 and page.locator("input[name=_save]").count() == 0
-        assert "12.50" not in page.content()  # no member, so no org: not even read-only (apps.reports.scoping)
+        assert "12.50" not in page.content()  # no member, so no org: not even read-only (apps.tenancy.access)
         response = page.goto(f"{base}/admin/anomalies/anomaly/")
         assert response.status == 403
         response = page.goto(f"{base}/admin/reports/org/{acme.org.id}/")

@@ -165,8 +165,8 @@ def test_the_organization_admin_links_and_exports_chargeback(client, superuser, 
 
 
 def test_the_dashboard_forecast_extrapolates_the_daily_rate(dashboard_data, today):
-    from apps.reports.scoping import GLOBAL
     from apps.reports.selectors import spend_overview
+    from apps.tenancy.access import GLOBAL
 
     overview = spend_overview(scope=GLOBAL, month=dashboard_data["month"], today=today)
     assert overview.current.cost == mtd()

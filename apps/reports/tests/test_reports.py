@@ -17,9 +17,9 @@ from apps.ledger.selectors import price_in_force
 from apps.reports.models import RouteDailySummary
 from apps.reports.periods import Month, month_parse
 from apps.reports.routing_savings import routing_savings
-from apps.reports.scoping import GLOBAL
 from apps.reports.services import chargeback, cost_report, route_rollup
 from apps.reports.tests.conftest import at
+from apps.tenancy.access import GLOBAL
 from finops.errors import BadRequest
 
 

@@ -1,4 +1,4 @@
-"""Anomaly metrics. Per-process counters here; database gauges are computed at scrape time (collectors.py)."""
+"""Alert metrics: per-process counters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who may see whose numbers.
+"""Who may see whose numbers: org scoping and the finance role (tenancy owns them; reports, the admins and the API use them).
 
 Admin (finance's UI): superusers and the `finance` group see every org; any other staff member who is
 a finops member sees their own org (and its teams) only; staff without a member see no figures. The

@@ -4,10 +4,10 @@ A sliding window (not fixed buckets, which let 2N through across a minute bounda
 so that every gateway worker shares it; when Redis is unreachable, each process falls back to an
 in-process window of the same size (so the bound becomes N per process: still bounded).
 
-Two users of `window_admit`:
-- the budgets' fail-open limiter (`apps.budgets.limiter.fail_open_admit`): while the budget database is
+Core, because more than one app limits requests with it (STYLE.md §11: siblings never import each other):
+- budgets' fail-open limiter (`apps.budgets.limiter.fail_open_admit`): while the budget database is
   unreachable, each user gets FINOPS["BUDGET_FAIL_OPEN_RPM"] requests a minute;
-- the per-key rate limit (ApiKey.rate_limit_per_minute, `apps.tenancy.keys.api_key_rate_admit`).
+- tenancy's per-key rate limit (ApiKey.rate_limit_per_minute).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 import pytest
 from django.core import mail
 
-from apps.anomalies import services
-from apps.anomalies.models import AlertDelivery, AlertRoute
-from apps.anomalies.tests.helpers import WebhookReceiver
+from apps.alerts import services
+from apps.alerts.models import AlertDelivery, AlertRoute
+from apps.alerts.tests.helpers import WebhookReceiver
 
 
 def dispatch(**overrides) -> int:

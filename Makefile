@@ -36,17 +36,18 @@ stop: ## stop what `make services` started
 migrate: services
 	$(MANAGE) migrate --noinput -v 0
 
-seed: migrate ## migrate, then seed the demo workload (skipped when already seeded)
-	$(MANAGE) seed_demo
+seed: migrate ## migrate, then seed the demo workload (skipped when already seeded) and backfill its anomalies
+	$(MANAGE) seed_demo --incident-scale 40
+	$(MANAGE) seed_anomalies
 	$(MANAGE) rollup_routes --all
 	$(MANAGE) ensure_demo_users
 
-run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), prints the URLs
+run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), Prometheus + Alertmanager, prints the URLs
 	$(PY) -m finops.runner
 
-tools: ## best-effort: Debian packages some tests and benchmarks use (chromium, wrk, promtool, amtool)
+tools: ## best-effort: Debian packages `make run` and some tests use (prometheus, prometheus-alertmanager, chromium, wrk)
 	@missing=""; \
-	for pair in chromium:chromium wrk:wrk promtool:prometheus amtool:prometheus-alertmanager redis-server:redis-server; do \
+	for pair in chromium:chromium wrk:wrk prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager redis-server:redis-server; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

@@ -138,6 +138,9 @@ CACHES = {
 }
 DJANGO_REDIS_IGNORE_EXCEPTIONS = True
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+# Sessions read from Redis, written through to Postgres: a warm admin request skips the session query, and a
+# Redis restart logs nobody out (docs/adr/011-django-redis-cache.md).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -163,6 +166,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "finops.errors.api_exception_handler",
+    # /api/* only (finops.throttling): per API key, user or address, counted in Redis.
+    "DEFAULT_THROTTLE_CLASSES": ["finops.throttling.ApiRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api": env_str("FINOPS_API_THROTTLE_RATE", "600/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "finops API",
@@ -331,6 +337,9 @@ FINOPS = {
     # Reports (apps.reports): the model whose price is the "premium" counterfactual for routing savings;
     # empty = the cheapest enabled model of the top tier of the `default` routing ladder.
     "REPORTS_PREMIUM_MODEL": env_str("FINOPS_REPORTS_PREMIUM_MODEL", ""),
+    # The dashboard's rollup aggregates are cached per scope and month; every rollup invalidates them, and this
+    # bounds how long an entry lives anyway (0 turns the cache off).
+    "REPORTS_DASHBOARD_CACHE_S": env_int("FINOPS_REPORTS_DASHBOARD_CACHE_S", 3600),
 }
 
 # One body limit: Django's own check (request.body, forms; also under WSGI) agrees with the ASGI front's.

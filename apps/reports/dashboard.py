@@ -19,10 +19,9 @@ from apps.reports.scoping import Scope, is_finance
 from apps.reports.selectors import (
     BreakdownRow,
     budget_views,
+    dashboard_aggregates,
     month_forecast,
     open_anomalies,
-    routing_savings,
-    spend_overview,
 )
 
 
@@ -52,8 +51,8 @@ def _table(title: str, rows: list[BreakdownRow], *, link: str | None, limit: int
 
 def dashboard_context(*, scope: Scope, month: Month, user) -> dict:
     today = timezone.now().date()
-    overview = spend_overview(scope=scope, month=month, today=today)
-    routing = routing_savings(scope=scope, start=month.start, end=month.end)
+    aggregates = dashboard_aggregates(scope=scope, month=month, today=today)  # cached until the next rollup
+    overview, routing = aggregates.overview, aggregates.routing
     in_progress = month.start <= today < month.end
     budgets = budget_views(scope=scope, month=month) if in_progress else None
     anomalies = open_anomalies(scope=scope)

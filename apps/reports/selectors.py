@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
@@ -24,6 +25,7 @@ from apps.ledger.money import ZERO
 from apps.reports.periods import Month
 from apps.reports.scoping import Scope
 from apps.tenancy.models import Member, Organization, Team
+from finops.cache import rollup_generation
 
 # Strategies where the router chose the model. `pinned` and `tier` were the client's choice and
 # `downgrade` the budget's, so none of those earn (or lose) routing savings.
@@ -419,6 +421,45 @@ def routing_savings(*, scope: Scope, start: dt.date, end: dt.date, premium_model
             )
         )
     return result
+
+
+# --- the dashboard's aggregates, cached ----------------------------------------------------------
+
+
+@dataclass
+class DashboardAggregates:
+    overview: SpendOverview
+    routing: RoutingSavings
+
+
+def dashboard_aggregates(*, scope: Scope, month: Month, today: dt.date) -> DashboardAggregates:
+    """spend_overview and routing_savings for one scope and month, from Django's cache (Redis) when warm.
+
+    Both read only the rollup tables, which change only when a rollup runs; every rollup replaces the generation
+    in the key (finops.cache), so a warm entry is never older than the last rollup (REPORTS_DASHBOARD_CACHE_S
+    bounds it anyway). Keyed per scope (org, team) and day: budgets and open anomalies stay live, outside it.
+    """
+    premium_model = premium_reference_model(on=month.start)
+
+    def compute() -> DashboardAggregates:
+        return DashboardAggregates(
+            overview=spend_overview(scope=scope, month=month, today=today),
+            routing=routing_savings(scope=scope, start=month.start, end=month.end, premium_model=premium_model),
+        )
+
+    ttl = int(settings.FINOPS.get("REPORTS_DASHBOARD_CACHE_S", 3600))
+    if ttl <= 0:
+        return compute()
+    key = (
+        f"reports:dashboard:{rollup_generation()}:{scope.level}:{scope.org_id or 0}:{scope.team_id or 0}:"
+        f"{month.label}:{today.isoformat()}:{premium_model or ''}"
+    )
+    cached = cache.get(key)
+    if isinstance(cached, DashboardAggregates):
+        return cached
+    value = compute()
+    cache.set(key, value, timeout=ttl)
+    return value
 
 
 # --- budgets (apps.budgets) ----------------------------------------------------------------------

@@ -70,6 +70,7 @@ bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_budgets.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_reports.py
+	$(PY) bench/bench_dashboard_cache.py
 	$(PY) bench/bench_gateway.py --profile
 
 eval: migrate ## evaluations (cache threshold, router, anomalies) on the vendored fixtures or ../shared/data

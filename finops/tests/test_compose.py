@@ -86,7 +86,7 @@ def test_every_interpolated_variable_is_in_env_example(compose):
 
 
 def test_published_ports_are_unique_and_match_what_listens(compose):
-    listening = {"api": 8000, "prometheus": 9090, "alertmanager": 9093}
+    listening = {"api": 8000, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
     published: dict[str, str] = {}
     for name, service in compose["services"].items():
         for mapping in service.get("ports", []):

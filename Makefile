@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test lint bench eval docs-check drill chaos soak tools clean
+.PHONY: help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ tools: ## best-effort: Debian packages `make run` and some tests use (prometheus
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
 	    || echo "apt-get failed; tests that need$$missing will skip"; \
 	fi; true
+
+smoke: services ## the quick check (< 1 min): 13 end-to-end checks on a seeded month, live gateway, mock LLM, Alertmanager
+	$(PY) -m pytest -p no:cacheprovider -v finops/tests/test_smoke.py
 
 lint: install
 	$(VENV)/bin/ruff check .

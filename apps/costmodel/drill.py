@@ -150,6 +150,29 @@ def _rule_view(write: Write) -> list[str]:
     return firing
 
 
+def anomaly_alerts(*, anomalies: Sequence, now: dt.datetime, drill: bool = False, minutes: int = 10) -> list[dict]:
+    """Alertmanager v2 alerts for the warning and critical incidents, named and labelled as the FinopsAnomaly* rules
+    of deploy/prometheus/rules/finops.yml would fire them (plus org and scope), ending `minutes` after `now`."""
+    from apps.anomalies.services import anomaly_title
+
+    return [
+        {
+            "labels": {
+                "alertname": "FinopsAnomalyCritical" if a.severity == "critical" else "FinopsAnomalyWarning",
+                "severity": a.severity, "org": a.org.slug if a.org_id else "", "scope": a.scope_label,
+                **({"drill": "true"} if drill else {}),
+            },
+            "annotations": {
+                "summary": f"{'[drill] ' if drill else ''}{anomaly_title(a)}",
+                "runbook_url": f"./docs/runbook/FinopsAnomaly{a.severity.capitalize()}.md",
+            },
+            "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=minutes)).isoformat(),
+        }
+        for a in anomalies
+        if a.severity in ("critical", "warning")
+    ]  # fmt: skip
+
+
 def drill_page(
     *, write: Write, anomalies: Sequence, alertmanager_url: str, receiver_url: str, now: dt.datetime, wait_s: float = 30.0
 ) -> list[dict]:
@@ -164,24 +187,12 @@ def drill_page(
     import time
     import urllib.request
 
-    from apps.anomalies.services import anomaly_title
     from finops.monitoring import alertmanager_post
 
-    paging = [a for a in anomalies if a.severity in ("critical", "warning")]
-    if not paging:
+    alerts = anomaly_alerts(anomalies=anomalies, now=now, drill=True)
+    if not alerts:
         write("  nothing of warning or critical severity to page")
         return []
-    alerts = [
-        {
-            "labels": {
-                "alertname": "FinopsAnomalyCritical" if a.severity == "critical" else "FinopsAnomalyWarning",
-                "severity": a.severity, "org": a.org.slug if a.org_id else "", "scope": a.scope_label, "drill": "true",
-            },
-            "annotations": {"summary": f"[drill] {anomaly_title(a)}", "runbook_url": f"./docs/runbook/FinopsAnomaly{a.severity.capitalize()}.md"},
-            "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat(),
-        }
-        for a in paging
-    ]  # fmt: skip
     alertmanager_post(url=alertmanager_url, alerts=alerts)
     write(f"  posted {len(alerts)} alert(s) to Alertmanager {alertmanager_url}/api/v2/alerts (drill=\"true\", ends in 10 min)")
     if not receiver_url:

@@ -91,6 +91,8 @@ def main() -> int:
             return 1
         env["FINOPS_MOCK_LLM_URL"] = f"http://127.0.0.1:{mock_port}/v1"
         start("mock_llm", [PYTHON, "manage.py", "mock_llm", "--port", str(mock_port)])
+    if not build_semantic_model(env):
+        return 1
     start(
         "api",
         [
@@ -128,7 +130,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(0)))
     base = f"http://{host}:{port}"
-    if not wait_http(f"{base}/healthz"):
+    # Each API worker warms the semantic cache and the router before it serves (up to 2 minutes on a busy machine).
+    if not wait_http(f"{base}/healthz", timeout=240):
         sys.stderr.write(f"the API did not come up; see {logs / 'api.log'}\n")
         stop_all()
         return 1
@@ -148,6 +151,22 @@ def main() -> int:
     except KeyboardInterrupt:
         stop_all()
     return 0
+
+
+def build_semantic_model(env: dict[str, str]) -> bool:
+    """Build the local MiniLM's ONNX file once, before the API workers start: on a fresh checkout they would each
+    build it at startup, together, on the same cores. A no-op when the file exists or another runtime is set."""
+    code = (
+        "import django; django.setup(); from django.conf import settings; from apps.cache.onnx_export import ensure_model;"
+        "f = settings.FINOPS; r = f['CACHE_LOCAL_RUNTIME'];"
+        "(f['CACHE_EMBEDDING_BACKEND'] == 'local' and r.startswith('onnx')) and ensure_model(r)"
+    )
+    sys.stdout.write("semantic cache model: checking (the first run builds it, about a minute) …\n")
+    sys.stdout.flush()
+    done = subprocess.run([PYTHON, "-c", code], cwd=BASE_DIR, env={**env, "DJANGO_SETTINGS_MODULE": "finops.settings"})
+    if done.returncode != 0:
+        sys.stderr.write("building the semantic cache's model failed (see above)\n")
+    return done.returncode == 0
 
 
 def start_monitoring(start, *, host: str, port: int, ports: dict[str, int | None]) -> tuple[monitoring.Stack, list[str]]:

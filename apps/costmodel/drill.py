@@ -159,7 +159,7 @@ def anomaly_alerts(*, anomalies: Sequence, now: dt.datetime, drill: bool = False
         {
             "labels": {
                 "alertname": "FinopsAnomalyCritical" if a.severity == "critical" else "FinopsAnomalyWarning",
-                "severity": a.severity, "org": a.org.slug if a.org_id else "", "scope": a.scope_label,
+                "severity": a.severity, "org": a.org.slug if a.org_id else "", "scope": a.scope_label, "metric": a.metric,
                 **({"drill": "true"} if drill else {}),
             },
             "annotations": {
@@ -193,14 +193,25 @@ def drill_page(
     if not alerts:
         write("  nothing of warning or critical severity to page")
         return []
+    from finops.monitoring import alertmanager_alerts
+
+    earlier = [a for a in alertmanager_alerts(url=alertmanager_url) if a["labels"].get("drill") == "true"]
     alertmanager_post(url=alertmanager_url, alerts=alerts)
     write(f"  posted {len(alerts)} alert(s) to Alertmanager {alertmanager_url}/api/v2/alerts (drill=\"true\", ends in 10 min)")
+    if earlier:
+        # Same alertname and org: the same notification group as the previous drill's, which has paged already.
+        write(
+            "  a previous drill's alerts are still active: Alertmanager groups these with them and re-notifies only after"
+            f" group_interval (5 min) — the page is on the receiver's page already: {receiver_url or alertmanager_url}/"
+        )
+        return []
     if not receiver_url:
         return []
     write(f"  waiting up to {wait_s:.0f} s for Alertmanager's group_wait and the receiver ({receiver_url}/) …")
     deadline = time.monotonic() + wait_s
     received: list[dict] = []
-    while time.monotonic() < deadline and not received:
+    settle_until = None  # once the first page is in, a moment for the other receivers' notifications
+    while time.monotonic() < min(deadline, settle_until or deadline):
         time.sleep(1)
         try:
             with urllib.request.urlopen(f"{receiver_url}/alerts.json", timeout=2) as response:  # noqa: S310 (our loopback receiver)
@@ -208,10 +219,14 @@ def drill_page(
         except OSError:
             continue
         received = [i for i in items if i["labels"].get("drill") == "true" and i["starts_at"][:19] >= now.isoformat()[:19]]
+        if received and settle_until is None:
+            settle_until = time.monotonic() + 3
     for item in sorted(received, key=lambda i: (i["severity"], i["receiver"])):
         tag = "PAGED" if item["severity"] == "critical" else "notified"
         write(f"  {tag}: {item['receiver']} ← {item['alertname']} {item['severity']} ({item['summary'][:90]})")
-    if not received:
+    if received:
+        write(f"  the receiver's page, by severity: {receiver_url}/")
+    else:
         write("  the receiver showed nothing yet: see Alertmanager's UI and .finops/logs/alertmanager.log")
     return received
 

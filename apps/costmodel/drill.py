@@ -225,7 +225,10 @@ def drill_page(
         tag = "PAGED" if item["severity"] == "critical" else "notified"
         write(f"  {tag}: {item['receiver']} ← {item['alertname']} {item['severity']} ({item['summary'][:90]})")
     if received:
-        write(f"  the receiver's page, by severity: {receiver_url}/")
+        write(
+            "  (deploy/alertmanager routes cost pages to finance-channel too, after that route's longer group_wait;"
+            f" everything received is on the receiver's page, by severity: {receiver_url}/)"
+        )
     else:
         write("  the receiver showed nothing yet: see Alertmanager's UI and .finops/logs/alertmanager.log")
     return received

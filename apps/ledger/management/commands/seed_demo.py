@@ -36,7 +36,8 @@ class Command(BaseCommand):
         if not options["reset"] and seed.seeded_already():
             self.stdout.write("ledger already has rows: seed skipped (use --reset to reseed)")
             return
-        expected = options["per_day"] * options["days"]
+        # The baseline, plus the four incidents' extra requests (160 + 120 + 90 + 70 at 400 a day, scaled).
+        expected = options["per_day"] * options["days"] + int(440 * max(options["per_day"] / 400, 0.25) * options["incident_scale"])
         with tqdm(total=expected, unit="row", unit_scale=True, desc="seeding llm_requests") as bar:
             result = seed.seed_demo(
                 per_day=options["per_day"], days=options["days"], seed=options["seed"], end=options["end"],

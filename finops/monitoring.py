@@ -10,6 +10,7 @@ routes and receivers that run locally are exactly the ones that ship. While `mak
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -99,8 +100,6 @@ def stack_write(*, stack: Stack, path: Path = MONITORING_ENV) -> None:
 
 def stack_running(*, path: Path = MONITORING_ENV) -> Stack:
     """The URLs of the stack `make run` started (empty strings when it is not running)."""
-    import os
-
     values = read_env_file(path)
     return Stack(
         prometheus_url=os.environ.get("FINOPS_PROMETHEUS_URL") or values.get("FINOPS_PROMETHEUS_URL", ""),

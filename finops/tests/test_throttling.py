@@ -27,12 +27,23 @@ def test_the_api_is_throttled_per_key_with_retry_after(client, make_tenant, api_
     assert client.get("/api/spend/", HTTP_AUTHORIZATION=f"Bearer {globex.secret}").status_code == 200
 
 
-def test_the_gateways_chat_endpoint_is_not_throttled_here(client, make_tenant, api_rate):
+def test_only_api_paths_are_throttled(make_tenant, api_rate):
+    """`/chat` is DRF too, but its limits are the gateway's (per-key rate limit, budgets): no cache key, no throttle."""
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from apps.tenancy.authentication import ApiKeyUser
+    from finops.throttling import ApiRateThrottle
+
     acme = make_tenant(org="Acme")
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {acme.secret}"}
-    # An invalid body is refused by the endpoint itself, every time: never by the /api/* throttle.
-    statuses = {client.post("/chat", data="{}", content_type="application/json", **auth).status_code for _ in range(5)}
-    assert 429 not in statuses
+    factory = APIRequestFactory()
+    for path, throttled in (("/api/spend/", True), ("/api/budgets/", True), ("/chat", False), ("/v1/models", False)):
+        request = Request(factory.get(path))
+        request.user = ApiKeyUser(acme.api_key)
+        key = ApiRateThrottle().get_cache_key(request, view=None)
+        assert (key is not None) == throttled, path
+        if throttled:
+            assert key.endswith(f"key:{acme.api_key.pk}")
 
 
 def test_sessions_are_read_from_redis(client, django_user_model, redis_client):

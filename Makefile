@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test lint bench eval docs-check drill chaos soak tools clean
+.PHONY: help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,17 +36,18 @@ stop: ## stop what `make services` started
 migrate: services
 	$(MANAGE) migrate --noinput -v 0
 
-seed: migrate ## migrate, then seed the demo workload (skipped when already seeded)
-	$(MANAGE) seed_demo
+seed: migrate ## migrate, then seed the demo workload (skipped when already seeded) and backfill its anomalies
+	$(MANAGE) seed_demo --incident-scale 40
+	$(MANAGE) seed_anomalies
 	$(MANAGE) rollup_routes --all
 	$(MANAGE) ensure_demo_users
 
-run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), prints the URLs
+run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), Prometheus + Alertmanager, prints the URLs
 	$(PY) -m finops.runner
 
-tools: ## best-effort: Debian packages some tests and benchmarks use (chromium, wrk, promtool, amtool)
+tools: ## best-effort: Debian packages `make run` and some tests use (prometheus, prometheus-alertmanager, chromium, wrk)
 	@missing=""; \
-	for pair in chromium:chromium wrk:wrk promtool:prometheus amtool:prometheus-alertmanager redis-server:redis-server; do \
+	for pair in chromium:chromium wrk:wrk prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager redis-server:redis-server; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -54,6 +55,9 @@ tools: ## best-effort: Debian packages some tests and benchmarks use (chromium, 
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
 	    || echo "apt-get failed; tests that need$$missing will skip"; \
 	fi; true
+
+smoke: services ## the quick check (< 1 min): 13 end-to-end checks on a seeded month, live gateway, mock LLM, Alertmanager
+	$(PY) -m pytest -p no:cacheprovider -v finops/tests/test_smoke.py
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -69,6 +73,7 @@ bench: services tools ## benchmarks; results go to docs/benchmarks.md
 	$(PY) bench/bench_budgets.py
 	$(PY) bench/bench_cache.py
 	$(PY) bench/bench_reports.py
+	$(PY) bench/bench_dashboard_cache.py
 	$(PY) bench/bench_gateway.py --profile
 
 eval: migrate ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/

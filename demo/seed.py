@@ -243,9 +243,12 @@ def _concat(batches: list[Batch]) -> Batch:
     return Batch(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__})
 
 
-def incident_batches(rng, tenancy: SeedTenancy, *, start: dt.date, days: int, per_day: int) -> tuple[list[Batch], list[dict]]:
-    """Four labelled incidents, scaled with the workload so they stand out at any --per-day."""
-    scale = max(per_day / 400, 0.25)
+def incident_batches(
+    rng, tenancy: SeedTenancy, *, start: dt.date, days: int, per_day: int, incident_scale: float = 1.0
+) -> tuple[list[Batch], list[dict]]:
+    """Four labelled incidents, scaled with the workload so they stand out at any --per-day, times `incident_scale`
+    (more requests in the same window: a bigger incident of the same shape)."""
+    scale = max(per_day / 400, 0.25) * incident_scale
     model_names = [m[0] for m in MODEL_MIX] + [PREMIUM_SWITCH_MODEL]
     batches: list[Batch] = []
     labels: list[dict] = []
@@ -410,8 +413,14 @@ def seed_demo(
     chunk: int = 50_000,
     reset: bool = False,
     progress: Callable[[int], None] | None = None,
+    incident_scale: float = 1.0,
 ) -> SeedResult:
-    """Create the reference tenancy and `days` days of requests ending yesterday (UTC), then roll up."""
+    """Create the reference tenancy and `days` days of requests ending yesterday (UTC), then roll up.
+
+    `incident_scale` multiplies the labelled incidents' request counts. 1 is the workload the anomaly evaluation
+    is stated on; `make seed` uses more, so that the demo's incidents cost enough to reach the warning and
+    critical bars (at 400 requests a day, all four stay under the $10 warning bar otherwise).
+    """
     import time
 
     started = time.monotonic()
@@ -424,7 +433,7 @@ def seed_demo(
     prices = price_table(models=models, on=start)
 
     base = baseline_batch(rng, tenancy, start=start, days=days, per_day=per_day)
-    extra, labels = incident_batches(rng, tenancy, start=start, days=days, per_day=per_day)
+    extra, labels = incident_batches(rng, tenancy, start=start, days=days, per_day=per_day, incident_scale=incident_scale)
     batch = _concat([base, *extra])
     order = np.argsort(batch.ts, kind="stable")  # time order keeps the BRIN index tight
     batch = Batch(**{f: getattr(batch, f)[order] for f in Batch.__dataclass_fields__})

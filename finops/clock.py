@@ -56,6 +56,12 @@ def now() -> dt.datetime:
     return at + dt.timedelta(seconds=time.monotonic() - mono)
 
 
+def wall_now() -> dt.datetime:
+    """The machine's real time, never pinned: for timestamps another system judges against its own clock
+    (Alertmanager's startsAt/endsAt, HTTP dates). Business time — buckets, periods, "the last 24 hours" — is `now()`."""
+    return dt.datetime.now(dt.UTC)
+
+
 def today() -> dt.date:
     """The current UTC date."""
     return now().date()

@@ -165,6 +165,9 @@ class FinopsConf:
     # The model whose price is the "premium" counterfactual for routing savings; empty = the cheapest
     # enabled model of the top tier of the `default` routing ladder.
     reports_premium_model: str = ""
+    # The dashboard's rollup aggregates are cached per scope and month; every rollup invalidates them, and this
+    # bounds how long an entry lives anyway (0 turns the cache off).
+    reports_dashboard_cache_s: int = 3600
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FinopsConf:

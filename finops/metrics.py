@@ -76,3 +76,22 @@ def _database_registry() -> CollectorRegistry:
 def child(metric, *values: str):
     """`metric.labels(*values)`, memoised: label lookup and validation cost more than the increment on the hot path."""
     return metric.labels(*values)
+
+
+def worker_metrics_serve(*, port: int, addr: str = "127.0.0.1") -> None:
+    """Serve the Celery worker's counters (merged over its pool processes) on http://addr:port/metrics.
+
+    The worker has no HTTP server of its own; Prometheus scrapes this one (job `finops-worker`). The worker gets
+    its own PROMETHEUS_MULTIPROC_DIR (`make run`: .finops/prometheus-worker), so the API's scrape and this one
+    never count the same sample twice. The database gauges are the API's alone.
+    """
+    from prometheus_client import REGISTRY, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=addr, registry=registry)
+    logger.info("worker metrics on http://%s:%s/metrics", addr, port)

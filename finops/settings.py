@@ -141,6 +141,9 @@ CACHES = {
 }
 DJANGO_REDIS_IGNORE_EXCEPTIONS = True
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+# Sessions read from Redis, written through to Postgres: a warm admin request skips the session query, and a
+# Redis restart logs nobody out (docs/adr/012-django-redis-cache.md).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -166,6 +169,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "finops.errors.api_exception_handler",
+    # /api/* only (finops.throttling): per API key, user or address, counted in Redis.
+    "DEFAULT_THROTTLE_CLASSES": ["finops.throttling.ApiRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api": env_str("FINOPS_API_THROTTLE_RATE", "600/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "finops API",

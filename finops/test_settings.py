@@ -24,3 +24,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Parallel runs on one Postgres (several checkouts, helpers, xdist) need distinct test databases.
 DATABASES["default"]["TEST"] = {"NAME": "test_finops" + os.environ.get("FINOPS_TEST_DB_SUFFIX", "")}
+# Tests run inside transactions that are never committed, so a rollup's on-commit invalidation of the dashboard's
+# cached aggregates (finops.cache) never fires between tests that share a day and a scope: the cache is off here
+# and apps/reports/tests/test_dashboard_cache.py turns it on.
+FINOPS["REPORTS_DASHBOARD_CACHE_S"] = 0

@@ -65,7 +65,7 @@ class AnomalyAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
         "resolved_at",
     )
     fieldsets = (
-        ("Triage", {"fields": ("status", "feedback", "severity", "notified_severity")}),
+        ("Triage", {"fields": ("status", "feedback", "triage_note", "severity", "notified_severity")}),
         ("Scope", {"fields": ("detector", "metric", "scope_type", "org", "team", "model", "scope_label")}),
         (
             "Window and impact",

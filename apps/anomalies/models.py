@@ -52,6 +52,8 @@ class Anomaly(models.Model):
     # goes out once per incident and once per escalation, however many scans run at once.
     notified_severity = models.CharField(max_length=16, choices=Severity.choices, blank=True, default="")
     details = models.JSONField(default=dict, blank=True)
+    # What the person who triaged it found: the cause, the fix, why it was closed.
+    triage_note = models.TextField(blank=True, default="")
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -51,3 +51,20 @@ async def price_in_force_async(*, model: str, on: dt.date) -> Price | None:
     price = PriceBook(await pool.fetch(PRICE_ROWS_SQL + " WHERE model = $1", model)).price_for(model, on)
     _prices[(model, on)] = (now + 60.0, price)
     return price
+
+
+def seed_incidents_overlapping(*, start: dt.datetime, end: dt.datetime) -> list:
+    """The labelled incidents `seed_demo` injected that overlap [start, end)."""
+    from apps.ledger.models import SeedIncident
+
+    return list(SeedIncident.objects.filter(start__lt=end, end__gt=start).select_related("org", "team").order_by("start"))
+
+
+def ledger_time_range() -> tuple[dt.datetime, dt.datetime] | None:
+    """The first and last `received_at` in llm_requests (None when empty)."""
+    from django.db.models import Max, Min
+
+    from apps.ledger.models import LLMRequest
+
+    bounds = LLMRequest.objects.aggregate(first=Min("received_at"), last=Max("received_at"))
+    return (bounds["first"], bounds["last"]) if bounds["first"] else None

@@ -12,6 +12,7 @@ from django.db import connection, transaction
 
 from apps.ledger.models import ModelPrice
 from finops import clock
+from finops.cache import rollup_generation_bump
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def cost_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
     with connection.cursor() as cursor:  # one statement: atomic on its own
         cursor.execute(ROLLUP_SQL, params)
         written = cursor.rowcount
+    rollup_generation_bump()  # the dashboards' cached aggregates (apps.reports) are recomputed
     return written
 
 

@@ -13,9 +13,9 @@ from django.utils.safestring import mark_safe
 
 from apps.ledger.money import ZERO
 from apps.reports import charts
+from apps.reports.aggregates import dashboard_aggregates
 from apps.reports.periods import Month
-from apps.reports.routing_savings import routing_savings
-from apps.reports.selectors import BreakdownRow, budget_views, month_forecast, open_anomalies, spend_overview
+from apps.reports.selectors import BreakdownRow, budget_views, month_forecast, open_anomalies
 from apps.tenancy.access import Scope, is_finance
 from finops import clock
 
@@ -46,8 +46,8 @@ def _table(title: str, rows: list[BreakdownRow], *, link: str | None, limit: int
 
 def dashboard_context(*, scope: Scope, month: Month, user) -> dict:
     today = clock.today()
-    overview = spend_overview(scope=scope, month=month, today=today)
-    routing = routing_savings(scope=scope, start=month.start, end=month.end)
+    aggregates = dashboard_aggregates(scope=scope, month=month, today=today)  # cached until the next rollup
+    overview, routing = aggregates.overview, aggregates.routing
     in_progress = month.start <= today < month.end
     budgets = budget_views(scope=scope, month=month) if in_progress else None
     anomalies = open_anomalies(scope=scope)

@@ -29,6 +29,7 @@ from apps.reports.selectors import spend_rows
 from apps.tenancy.access import GLOBAL, Scope, org_scope
 from apps.tenancy.models import Organization, Team
 from finops import clock
+from finops.cache import rollup_generation_bump
 from finops.errors import BadRequest
 
 Progress = Callable[[int], None]
@@ -94,7 +95,9 @@ def route_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
     }
     with connection.cursor() as cursor:
         cursor.execute(ROUTE_ROLLUP_SQL, params)
-        return cursor.rowcount
+        written = cursor.rowcount
+    rollup_generation_bump()  # the dashboards' cached aggregates are recomputed
+    return written
 
 
 def route_rollup_hourly() -> int:

@@ -150,9 +150,94 @@ def _rule_view(write: Write) -> list[str]:
     return firing
 
 
+def anomaly_alerts(*, anomalies: Sequence, now: dt.datetime, drill: bool = False, minutes: int = 10) -> list[dict]:
+    """Alertmanager v2 alerts for the warning and critical incidents, named and labelled as the FinopsAnomaly* rules
+    of deploy/prometheus/rules/finops.yml would fire them (plus org and scope), ending `minutes` after `now`."""
+    from apps.anomalies.services import anomaly_title
+
+    return [
+        {
+            "labels": {
+                "alertname": "FinopsAnomalyCritical" if a.severity == "critical" else "FinopsAnomalyWarning",
+                "severity": a.severity, "org": a.org.slug if a.org_id else "", "scope": a.scope_label, "metric": a.metric,
+                **({"drill": "true"} if drill else {}),
+            },
+            "annotations": {
+                "summary": f"{'[drill] ' if drill else ''}{anomaly_title(a)}",
+                "runbook_url": f"./docs/runbook/FinopsAnomaly{a.severity.capitalize()}.md",
+            },
+            "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=minutes)).isoformat(),
+        }
+        for a in anomalies
+        if a.severity in ("critical", "warning")
+    ]  # fmt: skip
+
+
+def drill_page(
+    *, write: Write, anomalies: Sequence, alertmanager_url: str, receiver_url: str, now: dt.datetime, wait_s: float = 30.0
+) -> list[dict]:
+    """Page through the running Alertmanager (`make run`): post the drill's critical and warning incidents as the
+    FinopsAnomaly* alerts Prometheus would send (plus `drill="true"`), then show what the receiver got.
+
+    The drill's rows are rolled back before Prometheus could scrape them, so the drill posts the alerts itself,
+    with the rule's name and severity: Alertmanager's routes and the receivers are what is exercised. Returns the
+    notifications the receiver showed for them (empty when none arrived within `wait_s`).
+    """
+    import json
+    import time
+    import urllib.request
+
+    from finops.monitoring import alertmanager_post
+
+    # Alertmanager judges startsAt/endsAt against its own clock: the page is sent now, whatever day the data is.
+    alerts = anomaly_alerts(anomalies=anomalies, now=clock.wall_now(), drill=True)
+    if not alerts:
+        write("  nothing of warning or critical severity to page")
+        return []
+    from finops.monitoring import alertmanager_alerts
+
+    earlier = [a for a in alertmanager_alerts(url=alertmanager_url) if a["labels"].get("drill") == "true"]
+    alertmanager_post(url=alertmanager_url, alerts=alerts)
+    write(f"  posted {len(alerts)} alert(s) to Alertmanager {alertmanager_url}/api/v2/alerts (drill=\"true\", ends in 10 min)")
+    if earlier:
+        # Same alertname and org: the same notification group as the previous drill's, which has paged already.
+        write(
+            "  a previous drill's alerts are still active: Alertmanager groups these with them and re-notifies only after"
+            f" group_interval (5 min) — the page is on the receiver's page already: {receiver_url or alertmanager_url}/"
+        )
+        return []
+    if not receiver_url:
+        return []
+    write(f"  waiting up to {wait_s:.0f} s for Alertmanager's group_wait and the receiver ({receiver_url}/) …")
+    deadline = time.monotonic() + wait_s
+    received: list[dict] = []
+    settle_until = None  # once the first page is in, a moment for the other receivers' notifications
+    while time.monotonic() < min(deadline, settle_until or deadline):
+        time.sleep(1)
+        try:
+            with urllib.request.urlopen(f"{receiver_url}/alerts.json", timeout=2) as response:  # noqa: S310 (our loopback receiver)
+                items = json.loads(response.read())
+        except OSError:
+            continue
+        received = [i for i in items if i["labels"].get("drill") == "true" and i["starts_at"][:19] >= now.isoformat()[:19]]
+        if received and settle_until is None:
+            settle_until = time.monotonic() + 3
+    for item in sorted(received, key=lambda i: (i["severity"], i["receiver"])):
+        tag = "PAGED" if item["severity"] == "critical" else "notified"
+        write(f"  {tag}: {item['receiver']} ← {item['alertname']} {item['severity']} ({item['summary'][:90]})")
+    if received:
+        write(
+            "  (deploy/alertmanager routes cost pages to finance-channel too, after that route's longer group_wait;"
+            f" everything received is on the receiver's page, by severity: {receiver_url}/)"
+        )
+    else:
+        write("  the receiver showed nothing yet: see Alertmanager's UI and .finops/logs/alertmanager.log")
+    return received
+
+
 def drill_run(
     *, write: Write, keep: bool = False, org_slug: str = "globex-bank", model: str = "gpt-4o", hours: int = 3,
-    per_hour: int = 250, now: dt.datetime | None = None,
+    per_hour: int = 250, now: dt.datetime | None = None, alertmanager_url: str = "", receiver_url: str = "",
 ) -> Injected:  # fmt: skip
     from apps.anomalies.models import Anomaly
     from apps.anomalies.services import anomaly_scan
@@ -212,6 +297,11 @@ def drill_run(
         firing = _rule_view(write)
         pages = ", ".join(firing) or "nothing"
         write(f"  Prometheus rules that fire: {pages} → runbook docs/runbook/FinopsAnomalyCritical.md")
+        if alertmanager_url:
+            write("\n== 3b. The page: Alertmanager routes it by severity to the receivers")
+            drill_page(write=write, anomalies=found, alertmanager_url=alertmanager_url, receiver_url=receiver_url, now=now)
+        else:
+            write("  (Alertmanager is not running: under `make run` the drill also pages through it)")
 
         write("\n== 4. Diagnosis: the runbook's queries (docs/runbook/sql/, also `psql -f`)")
         for name in DIAGNOSIS:

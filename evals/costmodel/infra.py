@@ -2,7 +2,7 @@
 
 Sizing comes from measurements, not guesses: the gateway workers' CPU per request and the local embedding's CPU
 per exact miss are `make bench`'s (docs/benchmarks.md § gateway, § cache); the peak hour is the seed generator's
-(`HOUR_WEIGHTS`, `WEEKDAY_FACTOR` in apps/ledger/seed.py, the same workload the model prices). Prices are
+(`HOUR_WEIGHTS`, `WEEKDAY_FACTOR` in demo/seed.py, the same workload the model prices). Prices are
 fixtures/infra_prices.json (AWS on-demand list prices, copied by hand: see its note). Decimal throughout.
 
     peak_rps          = requests_month / (hours_per_month · 3600) · peak_factor

@@ -88,7 +88,7 @@ def test_every_interpolated_variable_is_in_env_example(compose):
 
 
 def test_published_ports_are_unique_and_match_what_listens(compose):
-    listening = {"api": 8000, "prometheus": 9090, "alertmanager": 9093}
+    listening = {"api": 8000, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
     published: dict[str, str] = {}
     for name, service in compose["services"].items():
         for mapping in service.get("ports", []):
@@ -134,9 +134,13 @@ def test_prometheus_mounts_its_config_and_every_rule_file(compose):
     assert {p.name for p in rule_files} >= {"finops.yml", "slo.yml"}
     for path in rule_files:
         assert yaml.safe_load(path.read_text())["groups"], path
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == ["api:8000"]
-    assert config["scrape_configs"][0]["metrics_path"] == "/metrics"
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]}
+    assert targets == {"finops-api": ["api:8000"], "finops-worker": ["worker:9808"]}
+    assert all(job["metrics_path"] == "/metrics" for job in config["scrape_configs"])
+    # The job-freshness gauge has a `job` label of its own that the rules select on.
+    assert config["scrape_configs"][0]["honor_labels"] is True
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["FINOPS_WORKER_METRICS_PORT"] == "9808" and "9808" in worker["expose"]
     alertmanagers = [t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     assert alertmanagers == ["alertmanager:9093"]
     am_mounts = dict(v.split(":", 1) for v in compose["services"]["alertmanager"]["volumes"])

@@ -7,8 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from finops import contracts
 from finops.contracts import LAYERS, Layer, check, package_cycles
 

@@ -22,6 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=30)
         parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--end", type=dt.date.fromisoformat, default=None, help="first day NOT seeded (default today)")
+        parser.add_argument(
+            "--incident-scale", type=float, default=1.0,
+            help="multiply the labelled incidents' request counts (default 1, the evaluation's workload; `make seed` uses 40)",
+        )  # fmt: skip
         parser.add_argument("--reset", action="store_true", help="truncate llm_requests, summaries and incidents first")
         parser.add_argument(
             "--demo-key-file", default=str(STATE_DIR / "demo-key"), help="where the demo API key goes ('' to skip)"
@@ -32,11 +36,13 @@ class Command(BaseCommand):
         if not options["reset"] and seed.seeded_already():
             self.stdout.write("ledger already has rows: seed skipped (use --reset to reseed)")
             return
-        expected = options["per_day"] * options["days"]
+        # The baseline, plus the four incidents' extra requests (160 + 120 + 90 + 70 at 400 a day, scaled).
+        expected = options["per_day"] * options["days"] + int(440 * max(options["per_day"] / 400, 0.25) * options["incident_scale"])
         with tqdm(total=expected, unit="row", unit_scale=True, desc="seeding llm_requests") as bar:
             result = seed.seed_demo(
                 per_day=options["per_day"], days=options["days"], seed=options["seed"], end=options["end"],
                 reset=options["reset"], progress=bar.update,
+                incident_scale=options["incident_scale"],
             )
         key_file = Path(options["demo_key_file"]) if options["demo_key_file"] else None
         if result.demo_secret and key_file:

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from evals.costmodel.drill import DrillError, drill_run
+from finops.monitoring import Stack, stack_running
 
 
 class Command(BaseCommand):
@@ -18,10 +19,14 @@ class Command(BaseCommand):
         parser.add_argument("--hours", type=int, default=3, help="complete hours of the incident before now (default 3)")
         parser.add_argument("--per-hour", type=int, default=250, help="requests per hour of the loop (default 250)")
         parser.add_argument("--keep", action="store_true", help="commit: keep the rows and anomalies, send the notifications")
+        parser.add_argument(
+            "--no-page", action="store_true", help="do not post the drill's alerts to the Alertmanager that `make run` started"
+        )
 
     def handle(self, *args, **opts):
         if opts["hours"] < 1 or opts["per_hour"] < 1:
             raise CommandError("--hours and --per-hour must be at least 1")
+        stack = Stack() if opts["no_page"] else stack_running()
         try:
             drill_run(
                 write=self.stdout.write,
@@ -30,6 +35,8 @@ class Command(BaseCommand):
                 model=opts["model"],
                 hours=opts["hours"],
                 per_hour=opts["per_hour"],
+                alertmanager_url=stack.alertmanager_url,
+                receiver_url=stack.receiver_url,
             )
         except DrillError as exc:
             raise CommandError(str(exc)) from exc

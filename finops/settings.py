@@ -276,6 +276,8 @@ FINOPS = {
     "GATEWAY_MAX_PROMPT_TOKENS": env_int("FINOPS_GATEWAY_MAX_PROMPT_TOKENS", 128_000),
     # Completion tokens assumed by the pre-call estimate when the client sets no max_tokens.
     "GATEWAY_DEFAULT_MAX_TOKENS": env_int("FINOPS_GATEWAY_DEFAULT_MAX_TOKENS", 1024),
+    # Completions per request (`n`) accepted at most: the estimate reserves n × the completion limit.
+    "GATEWAY_MAX_N": env_int("FINOPS_GATEWAY_MAX_N", 8),
     # Prices and providers are cached in each process and reloaded in the background this often.
     "GATEWAY_CATALOG_CACHE_SECONDS": env_float("FINOPS_GATEWAY_CATALOG_CACHE_SECONDS", 60.0),
     # Model names that mean "let the router choose" (no price of their own); a trailing * is a prefix.

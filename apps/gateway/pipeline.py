@@ -214,6 +214,11 @@ def stage3_validate(
         value = data.get(name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise BadRequest(f"'{name}' must be a number.", param=name)
+    n = data.get("n")
+    max_n = settings.FINOPS["GATEWAY_MAX_N"]
+    if n is not None and n > max_n:
+        raise BadRequest(f"'n' must be at most {max_n} on this gateway; got {n}.", param="n")
+    ctx.n = n or 1
     ctx.max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
     ctx.body = data
     ctx.messages = messages
@@ -296,6 +301,8 @@ def _upstream_body(ctx: RequestContext, model: str, *, stream: bool) -> dict[str
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     if ctx.max_tokens is not None and body.get(key) != ctx.max_tokens:
         body[key] = ctx.max_tokens
+    if "n" in body or ctx.n != 1:
+        body["n"] = ctx.n  # the n that was reserved for (1 while failed open)
     if stream:
         # Always ask for usage: it is what we bill. The client gets the usage chunk only if it asked.
         body["stream"] = True

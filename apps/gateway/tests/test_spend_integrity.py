@@ -1,0 +1,113 @@
+"""Issue #16, spend integrity: every request is reserved for what it can cost, billed once and recorded.
+
+Through the real openai SDK against the live gateway (uvicorn + finops.asgi) and the mock LLM over HTTP; each
+test asserts the reservation (the row's reserved_usd), the bill (cost and tokens) and the row.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from django.conf import settings
+
+from apps.budgets.models import Reservation
+from apps.budgets.tests.conftest import caller_for, run
+from apps.gateway.context import RequestContext
+from apps.gateway.pipeline import _upstream_body
+from apps.gateway.stages import budget_reserve
+from apps.gateway.tests.conftest import mini_cost, unique_prompt, wait_for_row
+from apps.ledger.models import LLMRequest
+from finops.ratelimit import local_window
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _settled_before_teardown():
+    """The gateway settles after the response; let the live server finish before the tables are truncated."""
+    yield
+    deadline = time.monotonic() + 5
+    while Reservation.objects.filter(state=Reservation.State.RESERVED).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def client_for(gateway_url: str, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0)
+
+
+def budgeted(make_tenant, cap: str = "100.00"):
+    """A tenant with a user budget: its requests hold a reservation (the row's reserved_usd)."""
+    from apps.budgets.models import Budget
+    from apps.budgets.services import budget_create
+
+    tenant = make_tenant()
+    budget_create(
+        budget=Budget(
+            scope="user", org=tenant.org, team=tenant.team, member=tenant.member, period="monthly",
+            cap_usd=Decimal(cap), action="block", soft_pct=[50, 80, 100],
+        )
+    )  # fmt: skip
+    return tenant
+
+
+# --- 1. n ---------------------------------------------------------------------------------------------------
+
+
+def test_n_completions_are_reserved_billed_and_recorded(gateway_url, make_tenant, prices):
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", n=4, max_tokens=20, messages=[{"role": "user", "content": unique_prompt("Name four rivers.")}]
+    )
+    completion = raw.parse()
+    assert len(completion.choices) == 4
+    row = wait_for_row(raw.headers["x-request-id"])
+    assert row.status == "served" and row.budget_state == "ok"
+    # Reserved: the prompt (the mock counts it like the gateway) and 4 × 20 completion tokens.
+    assert row.reserved_usd == mini_cost(row.prompt_tokens, 4 * 20)
+    # Billed: the provider's usage, all four completions, within what was reserved.
+    assert row.completion_tokens == completion.usage.completion_tokens
+    assert 4 <= row.completion_tokens <= 80
+    assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens)
+    assert row.cost_usd <= row.reserved_usd
+
+
+def test_n_above_the_configured_maximum_is_a_400(gateway_url, make_tenant, prices):
+    tenant = make_tenant()
+    client = client_for(gateway_url, tenant.secret)
+    max_n = settings.FINOPS["GATEWAY_MAX_N"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", n=max_n + 1, messages=[{"role": "user", "content": unique_prompt()}])
+    error = caught.value.response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "n")
+    row = wait_for_row(caught.value.response.headers["x-request-id"])
+    assert (row.status, row.http_status, row.cost_usd, row.attempts, row.reserved_usd) == ("rejected", 400, 0, 0, 0)
+
+
+def test_n_is_one_while_failed_open(make_tenant, settings):
+    """The budget database is unreachable: the limiter admits the request with one clamped completion, not n."""
+    from django.db import connection
+
+    from conftest import free_port
+
+    settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 50, "BUDGET_FAIL_OPEN_MAX_TOKENS": 256}
+    local_window.clear()
+    tenant = budgeted(make_tenant, "1.00")
+    ctx = RequestContext(endpoint="chat_completions", caller=caller_for(tenant), requested_model="gpt-4o-mini")
+    ctx.body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 8, "max_tokens": 4000}
+    ctx.n, ctx.max_tokens = 8, 4000
+    db = connection.settings_dict
+    saved = db["HOST"], db["PORT"]
+    db["HOST"], db["PORT"] = "127.0.0.1", str(free_port())  # this run's pool connects to nothing
+    try:
+        run(lambda: budget_reserve(ctx))
+    finally:
+        db["HOST"], db["PORT"] = saved
+    assert ctx.budget_state == "fail_open"
+    assert (ctx.n, ctx.n_requested, ctx.max_tokens, ctx.max_tokens_requested) == (1, 8, 256, 4000)
+    body = _upstream_body(ctx, "gpt-4o-mini", stream=False)
+    assert (body["n"], body["max_tokens"]) == (1, 256)
+    assert LLMRequest.objects.count() == 0

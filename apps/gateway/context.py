@@ -40,7 +40,8 @@ class RequestContext:
     requested_model: str = ""
     stream: bool = False
     include_usage: bool = False
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the completion limit reserved and sent upstream (stage 3: the default if none)
+    max_tokens_param: str = "max_tokens"  # the name the client used for it ("max_completion_tokens" or "max_tokens")
     n: int = 1  # completions asked for (capped at FINOPS["GATEWAY_MAX_N"]; 1 while failed open)
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers
 

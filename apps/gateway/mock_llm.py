@@ -33,6 +33,8 @@ Per-request controls (request headers)
     X-Mock-Cached-Tokens: <int>      reported as usage.prompt_tokens_details.cached_tokens
                                      (also accepted as body ``metadata.mock_cached_tokens``)
     X-Mock-Logprob: <float>          forces the mean of the returned token logprobs
+    X-Mock-Completion-Tokens: <int>  each answer is this many tokens long (before max_tokens cuts it): an
+                                     upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
 
 Per-model faults (``model_faults`` / ``--faults`` / ``POST /_mock/faults``)::
@@ -209,6 +211,13 @@ def _answer_from_digest(model: str, digest: bytes) -> str:
     # A comma every ~9 words keeps streamed chunks and token counts a bit more text-like.
     body = " ".join(w + ("," if i % 9 == 8 and i != n_words - 1 else "") for i, w in enumerate(words))
     return f"Mock answer from {model}: {body}."
+
+
+def _answer_of_length(text: str, tokens: int) -> str:
+    """`text` repeated, then cut, to exactly `tokens` tokens (every word is at least one token)."""
+    words = text.split() or ["mock"]
+    repeated = " ".join(words[i % len(words)] for i in range(max(tokens, 1)))
+    return truncate_tokens(repeated, max(tokens, 1))
 
 
 def _apply_stop(text: str, stop: Any) -> tuple[str, bool]:
@@ -740,6 +749,8 @@ class MockLLM:
         for index in range(n):
             digest = _prompt_digest(model, messages, index)
             text = replay[0] if replay is not None else _answer_from_digest(model, digest)
+            if "x-mock-completion-tokens" in headers:
+                text = _answer_of_length(text, int(headers["x-mock-completion-tokens"]))
             text, _ = _apply_stop(text, body.get("stop"))
             finish = "stop"
             if isinstance(max_tokens, int) and max_tokens > 0:

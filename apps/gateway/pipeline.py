@@ -219,7 +219,13 @@ def stage3_validate(
     if n is not None and n > max_n:
         raise BadRequest(f"'n' must be at most {max_n} on this gateway; got {n}.", param="n")
     ctx.n = n or 1
-    ctx.max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    # The completion limit: the one reserved is the one sent upstream, under the client's name for it (the smaller
+    # when both are sent); with none, the gateway's default, so that the model cannot write past the reservation.
+    limits = [(data[name], name) for name in ("max_completion_tokens", "max_tokens") if data.get(name) is not None]
+    if limits:
+        ctx.max_tokens, ctx.max_tokens_param = min(limits)
+    else:
+        ctx.max_tokens = settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
     ctx.body = data
     ctx.messages = messages
 
@@ -297,10 +303,11 @@ class _Retry(Exception):
 def _upstream_body(ctx: RequestContext, model: str, *, stream: bool) -> dict[str, Any]:
     body = dict(ctx.body)
     body["model"] = model
-    # A budget in fail-open mode may clamp max_tokens; honour whichever name the client used.
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    if ctx.max_tokens is not None and body.get(key) != ctx.max_tokens:
-        body[key] = ctx.max_tokens
+    # Exactly the completion limit that was reserved (a fail-open clamp included), once, under the client's name.
+    body.pop("max_tokens", None)
+    body.pop("max_completion_tokens", None)
+    if ctx.max_tokens is not None:
+        body[ctx.max_tokens_param] = ctx.max_tokens
     if "n" in body or ctx.n != 1:
         body["n"] = ctx.n  # the n that was reserved for (1 while failed open)
     if stream:

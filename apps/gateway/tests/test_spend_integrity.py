@@ -16,7 +16,8 @@ from django.conf import settings
 from apps.budgets.models import Reservation
 from apps.budgets.tests.conftest import caller_for, run
 from apps.gateway.context import RequestContext
-from apps.gateway.pipeline import _upstream_body
+from apps.gateway.pipeline import _upstream_body, stage1_receive, stage3_validate
+from apps.gateway.selectors import catalog_refresh
 from apps.gateway.stages import budget_reserve
 from apps.gateway.tests.conftest import mini_cost, unique_prompt, wait_for_row
 from apps.ledger.models import LLMRequest
@@ -111,3 +112,60 @@ def test_n_is_one_while_failed_open(make_tenant, settings):
     body = _upstream_body(ctx, "gpt-4o-mini", stream=False)
     assert (body["n"], body["max_tokens"]) == (1, 256)
     assert LLMRequest.objects.count() == 0
+
+
+# --- 2. the completion limit --------------------------------------------------------------------------------
+
+
+def test_no_limit_sent_means_the_default_limit_is_reserved_and_sent_upstream(gateway_url, make_tenant, prices):
+    """The mock writes 5,000 tokens when nothing stops it; the gateway sends the limit it reserved."""
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    default = settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": unique_prompt("Write a very long essay.")}],
+        extra_headers={"X-Mock-Completion-Tokens": "5000"},
+    )
+    completion = raw.parse()
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == default
+    row = wait_for_row(raw.headers["x-request-id"])
+    assert row.reserved_usd == mini_cost(row.prompt_tokens, default)
+    assert row.completion_tokens == default
+    assert row.cost_usd == mini_cost(row.prompt_tokens, default) == row.reserved_usd
+
+
+@pytest.mark.parametrize(
+    ("limits", "sent"),
+    [
+        ({"max_tokens": 50, "max_completion_tokens": 30}, ("max_completion_tokens", 30)),
+        ({"max_tokens": 20, "max_completion_tokens": 40}, ("max_tokens", 20)),
+        ({"max_tokens": 25}, ("max_tokens", 25)),
+        ({"max_completion_tokens": 35}, ("max_completion_tokens", 35)),
+    ],
+)
+def test_the_reserved_limit_is_sent_once_under_the_clients_name(
+    gateway_url, mock_llm_url, make_tenant, prices, settings, limits, sent
+):
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": unique_prompt("Write a long essay.")}],
+        extra_headers={"X-Mock-Completion-Tokens": "500"},
+        **limits,
+    )
+    completion = raw.parse()
+    name, limit = sent
+    assert completion.usage.completion_tokens == limit  # the mock honoured the smaller limit
+    row = wait_for_row(raw.headers["x-request-id"])
+    assert row.reserved_usd == mini_cost(row.prompt_tokens, limit)
+    assert (row.completion_tokens, row.cost_usd) == (limit, row.reserved_usd)
+    # What goes upstream: one name, one value (stage 3 and the body builder of the pipeline, on the same request).
+    settings.FINOPS = {**settings.FINOPS, "MOCK_LLM_URL": mock_llm_url}  # the gateway's upstream, in this process too
+    ctx = stage1_receive("chat_completions", {})
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **limits}
+    stage3_validate(ctx, run(catalog_refresh), request, None)  # this test's prices
+    body = _upstream_body(ctx, "gpt-4o-mini", stream=False)
+    assert {k: v for k, v in body.items() if k in ("max_tokens", "max_completion_tokens")} == {name: limit}

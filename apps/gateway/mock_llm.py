@@ -774,6 +774,8 @@ class MockLLM:
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            # vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (cumulative).
+            continuous = include_usage and bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
             chunk_delay_ms = (
                 float(headers["x-mock-chunk-delay-ms"])
                 if "x-mock-chunk-delay-ms" in headers
@@ -789,6 +791,7 @@ class MockLLM:
                 usage,
                 resp_headers,
                 include_usage=include_usage,
+                continuous_usage=continuous,
                 want_logprobs=want_logprobs,
                 forced_logprob=forced_logprob,
                 truncate=truncate,
@@ -834,6 +837,7 @@ class MockLLM:
         *,
         include_usage: bool,
         want_logprobs: bool,
+        continuous_usage: bool = False,
         forced_logprob: float | None,
         truncate: bool,
         chunk_delay_s: float,
@@ -862,8 +866,12 @@ class MockLLM:
                 "choices": [choice] if choice is not None else [],
             }
             if include_usage:
+                if usage_obj is None and continuous_usage:
+                    usage_obj = _usage(usage["prompt_tokens"], streamed[0], usage["prompt_tokens_details"]["cached_tokens"])
                 chunk["usage"] = usage_obj
             return b"data: " + _dumps(chunk) + b"\n\n"
+
+        streamed = [0]  # completion tokens sent so far, for continuous usage
 
         async def emit(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -886,6 +894,7 @@ class MockLLM:
                 if chunk_delay_s > 0 and i and not await watch.sleep(chunk_delay_s):
                     return
                 logprobs = {"content": [entries[i]], "refusal": None} if entries is not None else None
+                streamed[0] += 1
                 await emit(frame({"index": index, "delta": {"content": piece}, "logprobs": logprobs, "finish_reason": None}))
             if truncate:
                 # Simulates an upstream that drops the stream: no finish_reason, usage or [DONE].

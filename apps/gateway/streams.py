@@ -72,8 +72,8 @@ class ChatStream:
             yield sse({"error": {"message": "The upstream ended the stream before the answer was complete.", "type": "upstream_error",
                                   "param": None, "code": "upstream_truncated"}})  # fmt: skip
             return
-        if not self.billed:  # an upstream that ignores include_usage: bill from our own count
-            self._bill_streamed()
+        if not self.billed:  # no final usage chunk: the last usage seen, else (include_usage ignored) our own count
+            self._bill_usage()
         if self.pending_finish is not None:
             yield sse(self._with_summary(self.pending_finish))
             self.pending_finish = None
@@ -97,9 +97,11 @@ class ChatStream:
                 finishing = True
         usage = event.get("usage")
         if isinstance(usage, dict):
+            # The latest usage replaces the previous one: with vLLM's continuous_usage_stats every chunk carries the
+            # usage so far (cumulative), so summing them would bill the answer many times over. Billed once, below.
             self.ctx.upstream_usage = usage
-            bill(self.ctx, self.catalog, {"usage": usage, "choices": []})
-            self.billed = True
+        if isinstance(usage, dict) and not choices:  # the final usage chunk
+            self._bill_usage()
             out = []
             if self.pending_finish is not None:
                 out.append(
@@ -110,9 +112,7 @@ class ChatStream:
                     )
                 )
                 self.pending_finish = None
-            if choices:
-                out.append(sse(self._with_summary(event)))
-            elif self.ctx.include_usage:
+            if self.ctx.include_usage:
                 out.append(sse(self._with_summary(event)))
             return out
         if finishing:
@@ -149,6 +149,16 @@ class ChatStream:
     def _streamed_text(self) -> str:
         return "".join(self.parts.get(0, []))
 
+    def _bill_usage(self) -> None:
+        """Bill the stream, once: from the last usage the upstream reported, else from the text streamed."""
+        if self.billed:
+            return
+        if isinstance(self.ctx.upstream_usage, dict):
+            bill(self.ctx, self.catalog, {"usage": self.ctx.upstream_usage, "choices": []})
+            self.billed = True
+        else:
+            self._bill_streamed()
+
     def _bill_streamed(self) -> None:
         completion = sum(count_tokens("".join(parts)) for parts in self.parts.values())
         charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0)
@@ -183,7 +193,7 @@ class ChatStream:
         except Exception:
             pass
         if not self.billed:
-            self._bill_streamed()
+            self._bill_usage()
         ctx.response_text = self._streamed_text()
         if disconnected and not self.done:
             ctx.status = "disconnected"

@@ -169,3 +169,36 @@ def test_the_reserved_limit_is_sent_once_under_the_clients_name(
     stage3_validate(ctx, run(catalog_refresh), request, None)  # this test's prices
     body = _upstream_body(ctx, "gpt-4o-mini", stream=False)
     assert {k: v for k, v in body.items() if k in ("max_tokens", "max_completion_tokens")} == {name: limit}
+
+
+# --- 3. streams billed once -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_stream_with_usage_on_every_chunk_is_billed_once(gateway_url, make_tenant, prices, continuous):
+    """vLLM's continuous_usage_stats: each of the 120 chunks carries the usage so far; the bill is the last one."""
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    stream_options = {"include_usage": True, **({"continuous_usage_stats": True} if continuous else {})}
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        max_tokens=200,
+        stream=True,
+        stream_options=stream_options,  # type: ignore[arg-type] - a vLLM extension
+        messages=[{"role": "user", "content": unique_prompt("Count slowly.")}],
+        extra_headers={"X-Mock-Completion-Tokens": "120"},
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        chunks = list(response.parse())
+    usages = [chunk.usage for chunk in chunks if chunk.usage is not None]
+    assert len(usages) > 100 if continuous else len(usages) == 1
+    final = usages[-1]
+    assert final.completion_tokens == 120
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    row = wait_for_row(request_id)
+    assert (row.status, row.stream) == ("served", True)
+    assert (row.prompt_tokens, row.completion_tokens) == (final.prompt_tokens, 120)
+    assert row.cost_usd == mini_cost(final.prompt_tokens, 120)
+    assert row.reserved_usd == mini_cost(row.prompt_tokens, 200) >= row.cost_usd
+    assert final.model_extra["finops"]["cost_usd"] == str(row.cost_usd)

@@ -6,14 +6,19 @@ test asserts the reservation (the row's reserved_usd), the bill (cost and tokens
 
 from __future__ import annotations
 
+import contextlib
 import time
 from decimal import Decimal
 
 import openai
 import pytest
+import requests
 from django.conf import settings
+from django.db import connection
+from prometheus_client import REGISTRY
 
 from apps.budgets.models import Reservation
+from apps.budgets.services import BudgetBroken
 from apps.budgets.tests.conftest import caller_for, run
 from apps.gateway.context import RequestContext
 from apps.gateway.pipeline import _upstream_body, stage1_receive, stage3_validate
@@ -90,8 +95,6 @@ def test_n_above_the_configured_maximum_is_a_400(gateway_url, make_tenant, price
 
 def test_n_is_one_while_failed_open(make_tenant, settings):
     """The budget database is unreachable: the limiter admits the request with one clamped completion, not n."""
-    from django.db import connection
-
     from conftest import free_port
 
     settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 50, "BUDGET_FAIL_OPEN_MAX_TOKENS": 256}
@@ -202,3 +205,80 @@ def test_a_stream_with_usage_on_every_chunk_is_billed_once(gateway_url, make_ten
     assert row.cost_usd == mini_cost(final.prompt_tokens, 120)
     assert row.reserved_usd == mini_cost(row.prompt_tokens, 200) >= row.cost_usd
     assert final.model_extra["finops"]["cost_usd"] == str(row.cost_usd)
+
+
+# --- 4. fail open only for an outage ----------------------------------------------------------------------------
+
+
+def fail_closed_count(reason: str) -> float:
+    return REGISTRY.get_sample_value("finops_budget_fail_closed_total", {"reason": reason}) or 0.0
+
+
+def scraped(gateway_url: str, name: str, labels: str) -> float:
+    for line in requests.get(f"{gateway_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@contextlib.contextmanager
+def budget_reserve_renamed():
+    """A bad migration: the reserve function is gone (renamed away, and back afterwards)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'budget_reserve'")
+        (signature,) = cursor.fetchone()
+        cursor.execute(f"ALTER FUNCTION {signature} RENAME TO budget_reserve_gone")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"ALTER FUNCTION {signature.replace('budget_reserve', 'budget_reserve_gone', 1)} RENAME TO budget_reserve"
+            )
+
+
+def test_a_missing_budget_function_fails_closed_with_a_503_a_metric_and_a_row(gateway_url, make_tenant, prices):
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    labels = 'reason="undefined_function"'
+    before = scraped(gateway_url, "finops_budget_fail_closed_total", labels)
+    with budget_reserve_renamed(), pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": unique_prompt()}])
+    assert caught.value.status_code == 503
+    error = caught.value.response.json()["error"]
+    assert error["code"] == "budget_unavailable"
+    row = wait_for_row(caught.value.response.headers["x-request-id"])
+    assert (row.status, row.http_status, row.error_code) == ("failed", 503, "budget_unavailable")
+    assert (row.attempts, row.cost_usd, row.reserved_usd) == (0, 0, 0)  # never sent upstream, nothing held
+    assert row.budget_state != "fail_open"
+    assert not Reservation.objects.exists()
+    assert scraped(gateway_url, "finops_budget_fail_closed_total", labels) == before + 1
+
+
+def test_a_permission_error_fails_closed_and_an_outage_still_fails_open(make_tenant, settings):
+    from conftest import free_port
+
+    settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 10_000}
+    local_window.clear()
+    tenant = budgeted(make_tenant, "1.00")
+    with connection.cursor() as cursor:
+        cursor.execute("DO $$ BEGIN CREATE ROLE finops_test_noperm LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    db = connection.settings_dict
+    saved = db["USER"], db["HOST"], db["PORT"]
+    before = fail_closed_count("permission")
+    ctx = RequestContext(endpoint="chat_completions", caller=caller_for(tenant), requested_model="gpt-4o-mini")
+    db["USER"] = "finops_test_noperm"  # this run's pool: a role that may not read the budget tables
+    try:
+        with pytest.raises(BudgetBroken) as caught:
+            run(lambda: budget_reserve(ctx))
+        assert caught.value.reason == "permission"
+        assert fail_closed_count("permission") == before + 1
+        assert ctx.budget_state != "fail_open" and ctx.reservation_id is None
+        # An outage (nothing listens) still fails open, under the limiter.
+        db["USER"], db["HOST"], db["PORT"] = saved[0], "127.0.0.1", str(free_port())
+        settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 50}
+        outage = RequestContext(endpoint="chat_completions", caller=caller_for(tenant), requested_model="gpt-4o-mini")
+        run(lambda: budget_reserve(outage))
+        assert (outage.budget_state, outage.fail_open_reason) == ("fail_open", "unavailable")
+    finally:
+        db["USER"], db["HOST"], db["PORT"] = saved

@@ -99,9 +99,23 @@ async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
     return _served(ctx, await lookup.cache_lookup_semantic(state=state, price_for=_price_for(ctx)))
 
 
+def cache_refusal(ctx: RequestContext) -> str:
+    """Why this answer is not what its cache key asked for ("" when it is): the key names the request (model, messages,
+    parameters), so only an answer of the model routed first, with the client's own limits, may be replayed."""
+    if ctx.degraded:
+        return "degraded"  # failed open: max_tokens and n clamped, the answer may be cut short
+    if ctx.downgraded_from:
+        return "downgraded"  # a downgrade budget moved it to a cheaper model
+    if ctx.fallback_from:
+        return "fallback"  # answered by another model than the one routed first
+    return ""
+
+
 async def cache_store(ctx: RequestContext, response: dict[str, Any]) -> None:
     state = await _cache_state(ctx)
-    await lookup.cache_store(state=state, response=response, answer_model=ctx.model or ctx.requested_model)
+    await lookup.cache_store(
+        state=state, response=response, answer_model=ctx.model or ctx.requested_model, refusal=cache_refusal(ctx)
+    )
 
 
 # --- 6 and 9. routing --------------------------------------------------------------------------------

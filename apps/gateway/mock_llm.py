@@ -33,6 +33,8 @@ Per-request controls (request headers)
     X-Mock-Cached-Tokens: <int>      reported as usage.prompt_tokens_details.cached_tokens
                                      (also accepted as body ``metadata.mock_cached_tokens``)
     X-Mock-Logprob: <float>          forces the mean of the returned token logprobs
+    Body ``tools`` with ``tool_choice`` "required" or a named function: each answer is a call of that function (the
+    first tool for "required") with arguments ``{"answer": <the answer text>}``, streamed in argument fragments.
     X-Mock-Completion-Tokens: <int>  each answer is this many tokens long (before max_tokens cuts it): an
                                      upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
@@ -211,6 +213,23 @@ def _answer_from_digest(model: str, digest: bytes) -> str:
     # A comma every ~9 words keeps streamed chunks and token counts a bit more text-like.
     body = " ".join(w + ("," if i % 9 == 8 and i != n_words - 1 else "") for i, w in enumerate(words))
     return f"Mock answer from {model}: {body}."
+
+
+def _forced_tool(body: Mapping[str, Any]) -> str:
+    """The function the request forces a call of ("" when none): tool_choice "required" (the first tool) or named."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return ""
+    if isinstance(choice, Mapping):
+        return str((choice.get("function") or {}).get("name") or "")
+    if choice == "required" and isinstance(tools[0], Mapping):
+        return str((tools[0].get("function") or {}).get("name") or "")
+    return ""
+
+
+def _tool_call(name: str, arguments: str, digest: bytes) -> dict[str, Any]:
+    return {"id": f"call_{digest.hex()[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _answer_of_length(text: str, tokens: int) -> str:
@@ -761,6 +780,12 @@ class MockLLM:
                 text, finish = truncate_tokens(text, max(1, count_tokens(text) // 2)), "length"
             choices.append((text, finish, digest))
 
+        tool = _forced_tool(body)
+        if tool:
+            choices = [
+                (json.dumps({"answer": text}), "tool_calls" if finish == "stop" else finish, digest)
+                for text, finish, digest in choices
+            ]
         completion_tokens = sum(count_tokens(c[0]) for c in choices)
         usage = _usage(prompt_tokens, completion_tokens, cached_tokens)
         resp_headers = [
@@ -792,6 +817,7 @@ class MockLLM:
                 resp_headers,
                 include_usage=include_usage,
                 continuous_usage=continuous,
+                tool=tool,
                 want_logprobs=want_logprobs,
                 forced_logprob=forced_logprob,
                 truncate=truncate,
@@ -807,7 +833,9 @@ class MockLLM:
             out_choices.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+                    if not tool
+                    else {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, text, digest)]},
                     "logprobs": logprobs,
                     "finish_reason": finish,
                 }
@@ -838,6 +866,7 @@ class MockLLM:
         include_usage: bool,
         want_logprobs: bool,
         continuous_usage: bool = False,
+        tool: str = "",
         forced_logprob: float | None,
         truncate: bool,
         chunk_delay_s: float,
@@ -877,11 +906,15 @@ class MockLLM:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         for index, (text, finish, digest) in enumerate(choices):
+            first_delta: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+            if tool:
+                call = _tool_call(tool, "", digest)
+                first_delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]}
             await emit(
                 frame(
                     {
                         "index": index,
-                        "delta": {"role": "assistant", "content": "", "refusal": None},
+                        "delta": first_delta,
                         "logprobs": None,
                         "finish_reason": None,
                     }
@@ -895,7 +928,8 @@ class MockLLM:
                     return
                 logprobs = {"content": [entries[i]], "refusal": None} if entries is not None else None
                 streamed[0] += 1
-                await emit(frame({"index": index, "delta": {"content": piece}, "logprobs": logprobs, "finish_reason": None}))
+                delta = {"content": piece} if not tool else {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                await emit(frame({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}))
             if truncate:
                 # Simulates an upstream that drops the stream: no finish_reason, usage or [DONE].
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

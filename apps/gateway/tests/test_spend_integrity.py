@@ -7,7 +7,9 @@ test asserts the reservation (the row's reserved_usd), the bill (cost and tokens
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+import uuid
 from decimal import Decimal
 
 import openai
@@ -282,3 +284,57 @@ def test_a_permission_error_fails_closed_and_an_outage_still_fails_open(make_ten
         assert (outage.budget_state, outage.fail_open_reason) == ("fail_open", "unavailable")
     finally:
         db["USER"], db["HOST"], db["PORT"] = saved
+
+
+# --- 5. cache only exact answers: streamed tool calls ------------------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_weather",
+            "description": "The weather in a city.",
+            "parameters": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+        },
+    }
+]
+
+
+def test_a_streamed_tool_call_is_reassembled_billed_and_cached_whole(gateway_url, make_tenant, prices, redis_client):
+    from apps.cache.models import CacheSettings
+
+    tenant = make_tenant(org=f"Tools {uuid.uuid4().hex[:8]}")
+    CacheSettings.objects.create(org=tenant.org, allow_tools=True)
+    client = client_for(gateway_url, tenant.secret)
+    request = {
+        "model": "gpt-4o-mini",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": unique_prompt("What is the weather in Paris?")}],
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "lookup_weather"}},
+    }
+    with client.chat.completions.with_streaming_response.create(
+        stream=True, stream_options={"include_usage": True}, **request
+    ) as response:
+        assert response.headers["x-cache"] == "miss"
+        request_id = response.headers["x-request-id"]
+        chunks = list(response.parse())
+    fragments = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(fragments) > 2  # the arguments arrived in pieces
+    arguments = "".join(f.function.arguments or "" for f in fragments)
+    assert json.loads(arguments)["answer"]
+    usage = next(c.usage for c in chunks if c.usage is not None)
+    row = wait_for_row(request_id)
+    assert (row.status, row.completion_tokens) == ("served", usage.completion_tokens)
+    assert row.cost_usd == mini_cost(usage.prompt_tokens, usage.completion_tokens)
+
+    # The same request again (the store ran before the row was written): an exact hit, and the hit is the whole tool
+    # call, not empty content.
+    raw = client.chat.completions.with_raw_response.create(**request)
+    wait_for_row(raw.headers["x-request-id"])
+    assert raw.headers["x-cache"] == "exact"
+    message = raw.parse().choices[0].message
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+    assert len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == (fragments[0].id, "lookup_weather", arguments)

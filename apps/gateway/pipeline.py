@@ -14,6 +14,7 @@ what runs after the response: settle, cache store, 11 record), `streams` (SSE re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -135,6 +136,37 @@ async def chat(
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return reply_error(ctx, InternalError("The gateway failed to handle this request; it has been logged."))
+
+
+# Requests whose transport was cancelled, finishing on their own (asyncio keeps only weak references to tasks).
+_abandoned: set[asyncio.Task] = set()
+
+
+async def chat_to_the_end(
+    ctx: RequestContext, *, authorization: str | None, body: bytes | dict[str, Any] | None, rejection: FinopsError | None = None
+) -> Reply:
+    """`chat()` for a transport that may be cancelled: Django cancels /chat's view when its client disconnects, and
+    CancelledError is not an Exception, so it would skip the settlement and the ledger row. Here the pipeline runs
+    in its own task, shielded: if the caller is cancelled, the request still ends — the upstream answer (bounded by
+    the upstream timeout) is billed, the reservation settled and the row recorded as `disconnected`, once."""
+    task = asyncio.ensure_future(chat(ctx, authorization=authorization, body=body, rejection=rejection))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        end = asyncio.ensure_future(_end_abandoned(task))
+        _abandoned.add(end)
+        end.add_done_callback(_abandoned.discard)
+        raise
+
+
+async def _end_abandoned(task: asyncio.Future) -> None:
+    reply: Reply = await task  # chat() returns a Reply for every Exception
+    ctx = reply.ctx
+    if ctx.status == "served":
+        ctx.status = "disconnected"  # answered and billed, but nobody received it (and it is not cached)
+        if reply.row is not None:
+            reply.row["status"] = ctx.status
+    await finalize(reply)
 
 
 # --- 2. authenticate -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import httpx2
 import openai
 import pytest
 import requests
@@ -338,3 +339,33 @@ def test_a_streamed_tool_call_is_reassembled_billed_and_cached_whole(gateway_url
     assert len(message.tool_calls) == 1
     call = message.tool_calls[0]
     assert (call.id, call.function.name, call.function.arguments) == (fragments[0].id, "lookup_weather", arguments)
+
+
+# --- 8. /chat: a client that disconnects ------------------------------------------------------------------------
+
+
+def test_a_chat_client_that_disconnects_leaves_one_billed_row_and_no_open_reservation(gateway_url, make_tenant, prices):
+    """Django cancels /chat's view when its client goes away (CancelledError is not an Exception): the end of the
+    request — the bill, the settlement and the ledger row — still happens, once."""
+    tenant = budgeted(make_tenant)
+    with pytest.raises(httpx2.ReadTimeout), httpx2.Client(timeout=httpx2.Timeout(10.0, read=0.5)) as http:
+        http.post(
+            f"{gateway_url}/chat",
+            json={"model": "gpt-4o-mini", "prompt": unique_prompt(), "max_tokens": 50},
+            headers={"Authorization": f"Bearer {tenant.secret}", "X-Mock-Latency-Ms": "2000"},
+        )
+    # The client is gone; the upstream answer arrives later, and the request ends on the server.
+    deadline = time.monotonic() + 10
+    while not LLMRequest.objects.filter(org=tenant.org).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while Reservation.objects.filter(state=Reservation.State.RESERVED).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # a second, stray row would be written in the same breath
+    rows = list(LLMRequest.objects.filter(org=tenant.org))
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert (row.endpoint, row.status, row.model) == ("chat", "disconnected", "gpt-4o-mini")
+    assert row.completion_tokens > 0 and row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens)
+    assert row.reserved_usd == mini_cost(row.prompt_tokens, 50) >= row.cost_usd
+    reservation = Reservation.objects.get()
+    assert reservation.state != Reservation.State.RESERVED

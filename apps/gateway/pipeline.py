@@ -62,6 +62,7 @@ from finops.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from finops.runtime import runtime
 from finops.tokens import count_message_tokens, message_text
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,6 @@ async def chat(
         return reply_error(ctx, InternalError("The gateway failed to handle this request; it has been logged."))
 
 
-# Requests whose transport was cancelled, finishing on their own (asyncio keeps only weak references to tasks).
-_abandoned: set[asyncio.Task] = set()
-
-
 async def chat_to_the_end(
     ctx: RequestContext, *, authorization: str | None, body: bytes | dict[str, Any] | None, rejection: FinopsError | None = None
 ) -> Reply:
@@ -154,9 +151,33 @@ async def chat_to_the_end(
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         end = asyncio.ensure_future(_end_abandoned(task))
-        _abandoned.add(end)
-        end.add_done_callback(_abandoned.discard)
+        abandoned = _abandoned()
+        abandoned.add(end)  # a strong reference: asyncio keeps only weak ones
+        end.add_done_callback(abandoned.discard)
         raise
+
+
+def _abandoned() -> set[asyncio.Future]:
+    """This loop's requests whose transport was cancelled, finishing on their own."""
+    rt = runtime()
+    tasks = rt.get("gateway.abandoned")
+    if tasks is None:
+        tasks = rt.put("gateway.abandoned", set(), close=_abandoned_wait)
+    return tasks
+
+
+async def abandoned_drain() -> None:
+    """Wait for the requests still finishing after their transport was cancelled: the lifespan shutdown calls it
+    before `runtime_close()`, while the settle queue and the ledger writer they need are still open."""
+    tasks = runtime().get("gateway.abandoned")
+    if tasks:
+        await _abandoned_wait(tasks)
+
+
+async def _abandoned_wait(tasks: set[asyncio.Future]) -> None:
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=settings.FINOPS["UPSTREAM_TIMEOUT_S"] + 5)
 
 
 async def _end_abandoned(task: asyncio.Future) -> None:

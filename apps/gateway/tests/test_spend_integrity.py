@@ -13,11 +13,13 @@ import uuid
 from decimal import Decimal
 
 import httpx2
+import hypothesis
 import openai
 import pytest
 import requests
 from django.conf import settings
 from django.db import connection
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from apps.budgets.models import Reservation
@@ -369,3 +371,45 @@ def test_a_chat_client_that_disconnects_leaves_one_billed_row_and_no_open_reserv
     assert row.reserved_usd == mini_cost(row.prompt_tokens, 50) >= row.cost_usd
     reservation = Reservation.objects.get()
     assert reservation.state != Reservation.State.RESERVED
+
+
+# --- the reservation is an upper bound ------------------------------------------------------------------------------
+
+
+@hypothesis.settings(max_examples=20, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(
+    words=st.integers(1, 80),
+    n=st.integers(1, 8),
+    limits=st.sampled_from(["none", "max_tokens", "max_completion_tokens", "both"]),
+    limit=st.integers(1, 300),
+    other=st.integers(1, 300),
+    stream=st.booleans(),
+    length=st.integers(1, 600),
+)
+def test_for_any_request_shape_the_reservation_covers_the_bill(
+    gateway_url, make_tenant, prices, words, n, limits, limit, other, stream, length
+):
+    tenant = budgeted(lambda: make_tenant(user=f"u{uuid.uuid4().hex[:12]}"))  # hypothesis reuses the fixtures
+    client = client_for(gateway_url, tenant.secret)
+    params: dict = {}
+    if limits in ("max_tokens", "both"):
+        params["max_tokens"] = limit
+    if limits in ("max_completion_tokens", "both"):
+        params["max_completion_tokens"] = other if limits == "both" else limit
+    prompt = unique_prompt(" ".join(["word"] * words))
+    kwargs = dict(
+        model="gpt-4o-mini",
+        n=n,
+        messages=[{"role": "user", "content": prompt}],
+        extra_headers={"X-Mock-Completion-Tokens": str(length)},
+        **params,
+    )
+    if stream:
+        with client.chat.completions.with_streaming_response.create(stream=True, **kwargs) as response:
+            request_id = response.headers["x-request-id"]
+            list(response.parse())
+    else:
+        request_id = client.chat.completions.with_raw_response.create(**kwargs).headers["x-request-id"]
+    row = wait_for_row(request_id)
+    assert row.status == "served" and row.reserved_usd > 0
+    assert row.cost_usd <= row.reserved_usd, (row.prompt_tokens, row.completion_tokens, n, params)

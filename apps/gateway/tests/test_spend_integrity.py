@@ -413,3 +413,39 @@ def test_for_any_request_shape_the_reservation_covers_the_bill(
     row = wait_for_row(request_id)
     assert row.status == "served" and row.reserved_usd > 0
     assert row.cost_usd <= row.reserved_usd, (row.prompt_tokens, row.completion_tokens, n, params)
+
+
+def test_200_concurrent_requests_with_n_8_and_no_limit_overshoot_a_cap_by_at_most_one_request(gateway_url, make_tenant, prices):
+    """Each request asks for 8 completions and no limit; the mock would write 5,000 tokens each. The reservation (8 ×
+    the default limit) and the limit sent upstream keep the spend within the $0.05 cap plus one request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cap = Decimal("0.05")
+    tenant = budgeted(make_tenant, str(cap))
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=tenant.secret, max_retries=0, timeout=60)
+
+    def one(i: int) -> str:
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini",
+                n=8,
+                messages=[{"role": "user", "content": unique_prompt(f"Essay {i}")}],
+                extra_headers={"X-Mock-Completion-Tokens": "5000"},
+            )
+            return raw.headers["x-request-id"]
+        except openai.RateLimitError as exc:
+            return exc.response.headers["x-request-id"]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        request_ids = list(pool.map(one, range(200)))
+    rows = [wait_for_row(request_id) for request_id in request_ids]
+    served = [row for row in rows if row.status == "served"]
+    blocked = [row for row in rows if row.status == "rejected"]
+    assert served and blocked and len(served) + len(blocked) == 200
+    assert all(row.http_status == 429 and row.cost_usd == 0 for row in blocked)
+    default = settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
+    for row in served:
+        assert row.completion_tokens == 8 * default  # every completion cut at the limit that was reserved
+        assert row.cost_usd == row.reserved_usd == mini_cost(row.prompt_tokens, 8 * default)
+    spent = sum(row.cost_usd for row in served)
+    assert spent <= cap + max(row.cost_usd for row in served)

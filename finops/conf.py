@@ -99,6 +99,8 @@ class FinopsConf:
     gateway_max_body_bytes: int = 4 * 1024 * 1024
     gateway_max_prompt_tokens: int = 128_000
     # Completion tokens assumed by the pre-call estimate when the client sets no max_tokens.
+    # Completions per request (`n`) accepted at most: the estimate reserves n × the completion limit.
+    gateway_max_n: int = 8
     gateway_default_max_tokens: int = 1024
     # Prices and providers are cached in each process and reloaded in the background this often.
     gateway_catalog_cache_seconds: float = 60.0

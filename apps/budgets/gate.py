@@ -6,7 +6,9 @@
   fail-open limiter (BudgetDegradedRateLimited). A downgrade budget that refuses returns `state="downgrade"`: the caller re-routes to
   the cheapest tier (the router's job, not ours), re-estimates and calls again with `over_downgrade=True`,
   or raises `budget_exceeded(decision, amount_usd=…, note=…)` when there is nothing cheaper.
-- No answer within FINOPS["BUDGET_TIMEOUT_MS"]: fail open under the per-user limiter; the decision carries
+- An error that is not an outage (missing function or table, permission, constraint): `services.BudgetBroken`
+  is raised, counted in finops_budget_fail_closed_total; the gateway answers 503 `budget_unavailable`.
+- No answer within FINOPS["BUDGET_TIMEOUT_MS"], or the database unreachable: fail open under the per-user limiter; the decision carries
   `max_tokens_cap` (FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]) for the caller to apply.
 - `budget_settle(reservation_id=…, actual_usd=…)` hands the settle to the per-loop batcher; never raises.
 """
@@ -25,6 +27,7 @@ from django.conf import settings
 from apps.budgets import metrics
 from apps.budgets.limiter import fail_open_admit
 from apps.budgets.services import (
+    BudgetBroken,
     BudgetUnavailable,
     ReserveResult,
     alerts_dispatch_soon,
@@ -73,6 +76,10 @@ async def budget_reserve(
             amount_usd=amount_usd,
             over_downgrade=over_downgrade,
         )
+    except BudgetBroken as exc:  # not an outage: fail closed, loudly (the gateway answers 503 budget_unavailable)
+        metrics.BUDGET_FAIL_CLOSED.labels(reason=exc.reason).inc()
+        metrics.BUDGET_DECISIONS.labels(state="fail_closed").inc()
+        raise
     except BudgetUnavailable as exc:
         try:
             return await _fail_open(caller, request_id=request_id, reason=exc.reason, started=started)

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 BUDGET_DECISIONS = Counter(
     "finops_budget_decisions_total",
     "Budget decisions on the request path, by resulting budget_state.",
-    ["state"],  # none, ok, soft_exceeded, downgraded, blocked, fail_open
+    ["state"],  # none, ok, soft_exceeded, downgraded, blocked, fail_open, fail_closed
 )
 BUDGET_FAIL_OPEN = Counter(
     "finops_budget_fail_open_total",
@@ -20,6 +20,12 @@ BUDGET_FAIL_OPEN = Counter(
         "limiter",
         "outcome",
     ],  # reason: timeout|lock_timeout|unavailable|error; limiter: redis|local; outcome: allowed|limited
+)
+BUDGET_FAIL_CLOSED = Counter(
+    "finops_budget_fail_closed_total",
+    "Requests refused with 503 budget_unavailable because the budget database answered with an error that is not an "
+    "outage (a missing function or table, a permission or constraint error): a bug fails closed, not open.",
+    ["reason"],  # undefined_function|undefined_table|permission|constraint|schema|error
 )
 BUDGET_CHECK_SECONDS = Histogram(
     "finops_budget_check_seconds",

@@ -42,6 +42,15 @@ class BudgetUnavailable(Exception):
         self.reason = reason  # timeout | lock_timeout | unavailable | error (a bounded metric label)
 
 
+class BudgetBroken(Exception):
+    """The budget database answered with an error that is not an outage: a function or table missing after a bad
+    migration, a permission or constraint error. The caller fails closed (not open): a bug must not lift the caps."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # undefined_function | undefined_table | permission | constraint | schema | error
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
     decision: str  # none | ok | soft | block | downgrade
@@ -115,9 +124,39 @@ def _reason(exc: BaseException) -> str:
         return "lock_timeout"
     if isinstance(exc, (TimeoutError, asyncpg.exceptions.QueryCanceledError)):
         return "timeout"
-    if isinstance(exc, (OSError, asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError)):
+    if isinstance(exc, _OUTAGE):
         return "unavailable"
     return "error"
+
+
+# The database cannot be reached or cannot take the query now: the only errors, with timeouts, that fail open.
+_OUTAGE = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, crash shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
+)
+
+
+def _broken_reason(exc: BaseException) -> str:
+    """A bounded label for an error that fails closed."""
+    if isinstance(exc, asyncpg.exceptions.UndefinedFunctionError):
+        return "undefined_function"
+    if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
+        return "undefined_table"
+    if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError):
+        return "permission"
+    if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
+        return "constraint"
+    if isinstance(exc, asyncpg.exceptions.SyntaxOrAccessError):
+        return "schema"
+    return "error"
+
+
+def _unavailable_or_broken(exc: Exception) -> Exception:
+    reason = _reason(exc)
+    return BudgetBroken(_broken_reason(exc)) if reason == "error" else BudgetUnavailable(reason)
 
 
 async def _fetchrow_bounded(sql: str, *args: Any, timeout_ms: int) -> asyncpg.Record | None:
@@ -134,15 +173,15 @@ async def _fetchrow_bounded(sql: str, *args: Any, timeout_ms: int) -> asyncpg.Re
         pool = await _pool(timeout_s)
         conn = await pool.acquire(timeout=max(deadline - loop.time(), 0.0005))
     except Exception as exc:
-        raise BudgetUnavailable(_reason(exc)) from exc
+        raise _unavailable_or_broken(exc) from exc
     try:
         row = await conn.fetchrow(sql, *args, timeout=max(deadline - loop.time(), 0.0005))
     except BaseException as exc:
         _spawn(_release_after_failure(pool, conn))
         if isinstance(exc, Exception):
             if _reason(exc) == "error":
-                logger.exception("budget query failed (reserves fail open; settles are left to sweep and reconcile)")
-            raise BudgetUnavailable(_reason(exc)) from exc
+                logger.exception("budget query failed (reserves fail closed; settles are left to sweep and reconcile)")
+            raise _unavailable_or_broken(exc) from exc
         raise  # CancelledError: the request itself went away
     await pool.release(conn)  # immediate: finops.asyncdb's pool runs no reset query
     return row
@@ -180,7 +219,7 @@ async def reservation_create(
         timeout_ms=timeout_ms,
     )
     if row is None:  # the function always returns one row; be defensive anyway
-        raise BudgetUnavailable("error")
+        raise BudgetBroken("error")
     return ReserveResult(
         decision=row["decision"],
         reservation_id=row["reservation_id"],

@@ -423,13 +423,14 @@ def _complete(response: Any) -> bool:
     )
 
 
-async def cache_store(*, state: CacheState, response: dict[str, Any], answer_model: str) -> None:
-    """Store a served answer in both tiers (never raises). Hits are not stored again."""
+async def cache_store(*, state: CacheState, response: dict[str, Any], answer_model: str, refusal: str = "") -> None:
+    """Store a served answer in both tiers (never raises). Hits are not stored again, and neither is an answer the
+    caller says does not match its key (`refusal`: degraded, downgraded, fallback)."""
     global _redis_down_until
     try:
         if state.status in ("exact", "semantic") or not state.store or state.key is None:
             return
-        if not _complete(response):
+        if refusal or not _complete(response):
             metrics.CACHE_STORES.labels(tier="exact", outcome="skipped").inc()
             return
         answer_model = str(response.get("model") or answer_model or state.request.requested_model)

@@ -87,7 +87,10 @@ class ChatApi(APIView):
             else:
                 body = data if isinstance(data, dict) else {}
                 rejection = self._validation_error(serializer.errors)
-        reply = await pipeline.chat(ctx, authorization=request.headers.get("Authorization"), body=body, rejection=rejection)
+        # Django cancels this view if the client disconnects: the request still ends (settled, recorded) on its own.
+        reply = await pipeline.chat_to_the_end(
+            ctx, authorization=request.headers.get("Authorization"), body=body, rejection=rejection
+        )
         await pipeline.finalize_after_response(reply)
         if reply.status != 200:
             return Response(reply.payload, status=reply.status, headers=reply.headers)

@@ -284,6 +284,7 @@ class GatewayASGI:
                 try:
                     # Everything this loop owns, newest first: queued budget settles and ledger rows drain
                     # before the upstream clients, Redis and the pools they need are closed (finops.runtime).
+                    await pipeline.abandoned_drain()  # /chat requests whose client left, still finishing
                     await runtime_close()
                     intent_journal_shutdown()
                 except Exception:

@@ -40,7 +40,9 @@ class RequestContext:
     requested_model: str = ""
     stream: bool = False
     include_usage: bool = False
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the completion limit reserved and sent upstream (stage 3: the default if none)
+    max_tokens_param: str = "max_tokens"  # the name the client used for it ("max_completion_tokens" or "max_tokens")
+    n: int = 1  # completions asked for (capped at FINOPS["GATEWAY_MAX_N"]; 1 while failed open)
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers
 
     # Cache-Control from the client.
@@ -96,6 +98,7 @@ class RequestContext:
     downgraded_from: str = ""  # stage 7: the model a downgrade budget moved the request from
     fail_open_reason: str = ""  # stage 7: why the budgets could not be read
     max_tokens_requested: int | None = None  # stage 7: the client's limit before a fail-open clamp
+    n_requested: int | None = None  # stage 7: the client's `n` before a fail-open clamp to 1
     reserved: bool = False  # stage 7 ran to completion: settle after the response
     confidence: ConfidenceCheck | None = None  # stage 9: the router's verdict on the first answer
     billed_response: dict[str, Any] | None = field(default=None, repr=False)  # stage 9 billed it already

@@ -14,6 +14,7 @@ what runs after the response: settle, cache store, 11 record), `streams` (SSE re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -61,6 +62,7 @@ from finops.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from finops.runtime import runtime
 from finops.tokens import count_message_tokens, message_text
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,57 @@ async def chat(
     except Exception:
         logger.exception("request %s failed inside the gateway", ctx.request_id)
         return reply_error(ctx, InternalError("The gateway failed to handle this request; it has been logged."))
+
+
+async def chat_to_the_end(
+    ctx: RequestContext, *, authorization: str | None, body: bytes | dict[str, Any] | None, rejection: FinopsError | None = None
+) -> Reply:
+    """`chat()` for a transport that may be cancelled: Django cancels /chat's view when its client disconnects, and
+    CancelledError is not an Exception, so it would skip the settlement and the ledger row. Here the pipeline runs
+    in its own task, shielded: if the caller is cancelled, the request still ends — the upstream answer (bounded by
+    the upstream timeout) is billed, the reservation settled and the row recorded as `disconnected`, once."""
+    task = asyncio.ensure_future(chat(ctx, authorization=authorization, body=body, rejection=rejection))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        end = asyncio.ensure_future(_end_abandoned(task))
+        abandoned = _abandoned()
+        abandoned.add(end)  # a strong reference: asyncio keeps only weak ones
+        end.add_done_callback(abandoned.discard)
+        raise
+
+
+def _abandoned() -> set[asyncio.Future]:
+    """This loop's requests whose transport was cancelled, finishing on their own."""
+    rt = runtime()
+    tasks = rt.get("gateway.abandoned")
+    if tasks is None:
+        tasks = rt.put("gateway.abandoned", set(), close=_abandoned_wait)
+    return tasks
+
+
+async def abandoned_drain() -> None:
+    """Wait for the requests still finishing after their transport was cancelled: the lifespan shutdown calls it
+    before `runtime_close()`, while the settle queue and the ledger writer they need are still open."""
+    tasks = runtime().get("gateway.abandoned")
+    if tasks:
+        await _abandoned_wait(tasks)
+
+
+async def _abandoned_wait(tasks: set[asyncio.Future]) -> None:
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=settings.FINOPS["UPSTREAM_TIMEOUT_S"] + 5)
+
+
+async def _end_abandoned(task: asyncio.Future) -> None:
+    reply: Reply = await task  # chat() returns a Reply for every Exception
+    ctx = reply.ctx
+    if ctx.status == "served":
+        ctx.status = "disconnected"  # answered and billed, but nobody received it (and it is not cached)
+        if reply.row is not None:
+            reply.row["status"] = ctx.status
+    await finalize(reply)
 
 
 # --- 2. authenticate -------------------------------------------------------------------------------
@@ -214,7 +267,18 @@ def stage3_validate(
         value = data.get(name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise BadRequest(f"'{name}' must be a number.", param=name)
-    ctx.max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    n = data.get("n")
+    max_n = settings.FINOPS["GATEWAY_MAX_N"]
+    if n is not None and n > max_n:
+        raise BadRequest(f"'n' must be at most {max_n} on this gateway; got {n}.", param="n")
+    ctx.n = n or 1
+    # The completion limit: the one reserved is the one sent upstream, under the client's name for it (the smaller
+    # when both are sent); with none, the gateway's default, so that the model cannot write past the reservation.
+    limits = [(data[name], name) for name in ("max_completion_tokens", "max_tokens") if data.get(name) is not None]
+    if limits:
+        ctx.max_tokens, ctx.max_tokens_param = min(limits)
+    else:
+        ctx.max_tokens = settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
     ctx.body = data
     ctx.messages = messages
 
@@ -292,10 +356,13 @@ class _Retry(Exception):
 def _upstream_body(ctx: RequestContext, model: str, *, stream: bool) -> dict[str, Any]:
     body = dict(ctx.body)
     body["model"] = model
-    # A budget in fail-open mode may clamp max_tokens; honour whichever name the client used.
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    if ctx.max_tokens is not None and body.get(key) != ctx.max_tokens:
-        body[key] = ctx.max_tokens
+    # Exactly the completion limit that was reserved (a fail-open clamp included), once, under the client's name.
+    body.pop("max_tokens", None)
+    body.pop("max_completion_tokens", None)
+    if ctx.max_tokens is not None:
+        body[ctx.max_tokens_param] = ctx.max_tokens
+    if "n" in body or ctx.n != 1:
+        body["n"] = ctx.n  # the n that was reserved for (1 while failed open)
     if stream:
         # Always ask for usage: it is what we bill. The client gets the usage chunk only if it asked.
         body["stream"] = True

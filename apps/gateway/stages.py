@@ -99,9 +99,23 @@ async def cache_lookup_semantic(ctx: RequestContext) -> dict[str, Any] | None:
     return _served(ctx, await lookup.cache_lookup_semantic(state=state, price_for=_price_for(ctx)))
 
 
+def cache_refusal(ctx: RequestContext) -> str:
+    """Why this answer is not what its cache key asked for ("" when it is): the key names the request (model, messages,
+    parameters), so only an answer of the model routed first, with the client's own limits, may be replayed."""
+    if ctx.degraded:
+        return "degraded"  # failed open: max_tokens and n clamped, the answer may be cut short
+    if ctx.downgraded_from:
+        return "downgraded"  # a downgrade budget moved it to a cheaper model
+    if ctx.fallback_from:
+        return "fallback"  # answered by another model than the one routed first
+    return ""
+
+
 async def cache_store(ctx: RequestContext, response: dict[str, Any]) -> None:
     state = await _cache_state(ctx)
-    await lookup.cache_store(state=state, response=response, answer_model=ctx.model or ctx.requested_model)
+    await lookup.cache_store(
+        state=state, response=response, answer_model=ctx.model or ctx.requested_model, refusal=cache_refusal(ctx)
+    )
 
 
 # --- 6 and 9. routing --------------------------------------------------------------------------------
@@ -150,12 +164,12 @@ async def confidence_escalate(ctx: RequestContext, response: dict[str, Any]) -> 
 
 
 def estimate(ctx: RequestContext, catalog: Catalog, model: str) -> Decimal:
-    """The request's cost at most: the prompt estimate and the completion limit, at `model`'s price in force
+    """The request's cost at most: the prompt estimate and `n` × the completion limit, at `model`'s price in force
     on the day the request was received (the same day its cost will be priced at)."""
     price = catalog.price_for(model, ctx.received_at.date())
     if price is None:
         raise UnpricedModel(f"Model '{model}' has no price in force; an administrator must add a ModelPrice row.", param="model")
-    completion = ctx.max_tokens or settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
+    completion = (ctx.max_tokens or settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]) * max(ctx.n, 1)
     return cost_compute(price=price, prompt_tokens=ctx.prompt_tokens_estimate, completion_tokens=completion)
 
 
@@ -184,6 +198,9 @@ async def budget_reserve(ctx: RequestContext) -> None:
         if cap and (ctx.max_tokens is None or ctx.max_tokens > cap):
             ctx.max_tokens_requested = ctx.max_tokens
             ctx.max_tokens = cap
+        if ctx.n > 1:  # each of the limiter's requests asks for one clamped completion, not n
+            ctx.n_requested = ctx.n
+            ctx.n = 1
 
 
 async def _downgrade(ctx: RequestContext, refused: gate.BudgetDecision) -> gate.BudgetDecision:

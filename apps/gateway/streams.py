@@ -36,6 +36,7 @@ class ChatStream:
         self.first = first
         self.parts: dict[int, list[str]] = {}
         self.roles: dict[int, str] = {}
+        self.tool_calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice index → tool call index → call so far
         self.finish_reasons: dict[int, str] = {}
         self.template: dict[str, Any] = {}
         self.pending_finish: dict[str, Any] | None = None
@@ -72,8 +73,8 @@ class ChatStream:
             yield sse({"error": {"message": "The upstream ended the stream before the answer was complete.", "type": "upstream_error",
                                   "param": None, "code": "upstream_truncated"}})  # fmt: skip
             return
-        if not self.billed:  # an upstream that ignores include_usage: bill from our own count
-            self._bill_streamed()
+        if not self.billed:  # no final usage chunk: the last usage seen, else (include_usage ignored) our own count
+            self._bill_usage()
         if self.pending_finish is not None:
             yield sse(self._with_summary(self.pending_finish))
             self.pending_finish = None
@@ -92,14 +93,18 @@ class ChatStream:
                 self.roles[index] = delta["role"]
             if isinstance(delta.get("content"), str) and delta["content"]:
                 self.parts.setdefault(index, []).append(delta["content"])
+            if isinstance(delta.get("tool_calls"), list):
+                self._tool_call_fragments(index, delta["tool_calls"])
             if choice.get("finish_reason"):
                 self.finish_reasons[index] = choice["finish_reason"]
                 finishing = True
         usage = event.get("usage")
         if isinstance(usage, dict):
+            # The latest usage replaces the previous one: with vLLM's continuous_usage_stats every chunk carries the
+            # usage so far (cumulative), so summing them would bill the answer many times over. Billed once, below.
             self.ctx.upstream_usage = usage
-            bill(self.ctx, self.catalog, {"usage": usage, "choices": []})
-            self.billed = True
+        if isinstance(usage, dict) and not choices:  # the final usage chunk
+            self._bill_usage()
             out = []
             if self.pending_finish is not None:
                 out.append(
@@ -110,9 +115,7 @@ class ChatStream:
                     )
                 )
                 self.pending_finish = None
-            if choices:
-                out.append(sse(self._with_summary(event)))
-            elif self.ctx.include_usage:
+            if self.ctx.include_usage:
                 out.append(sse(self._with_summary(event)))
             return out
         if finishing:
@@ -120,11 +123,40 @@ class ChatStream:
             return []
         return [sse(self._client_view(event))]
 
+    def _tool_call_fragments(self, index: int, fragments: list[Any]) -> None:
+        """Reassemble streamed tool calls: the first fragment of a call brings its id, type and name, the next ones
+        pieces of its arguments (OpenAI's wire format), keyed by the call's index."""
+        calls = self.tool_calls.setdefault(index, {})
+        for fragment in fragments:
+            if not isinstance(fragment, dict):
+                continue
+            call = calls.setdefault(
+                fragment.get("index", len(calls)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if fragment.get("id"):
+                call["id"] = fragment["id"]
+            if fragment.get("type"):
+                call["type"] = fragment["type"]
+            function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+            if function.get("name"):
+                call["function"]["name"] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["function"]["arguments"] += function["arguments"]
+
+    def _message(self, index: int) -> dict[str, Any]:
+        text = "".join(self.parts.get(index, []))
+        message: dict[str, Any] = {"role": self.roles.get(index, "assistant"), "content": text}
+        calls = self.tool_calls.get(index)
+        if calls:
+            message["content"] = text or None
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return message
+
     def _journal(self) -> None:
         """Refresh this request's intent with the tokens streamed so far, at most once a second (recorder step 5)."""
         self.journal_at = time.perf_counter() + 1.0
         if settings.FINOPS["LEDGER_INTENTS"]:
-            streamed = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+            streamed = self._streamed_tokens()
             ctx = self.ctx
             from apps.gateway.pipeline import journal_intent  # the stage-8 journal, refreshed while streaming
 
@@ -149,8 +181,28 @@ class ChatStream:
     def _streamed_text(self) -> str:
         return "".join(self.parts.get(0, []))
 
+    def _streamed_tokens(self) -> int:
+        """Our own count of what was streamed: the text and the tool calls' arguments."""
+        text = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+        calls = sum(
+            count_tokens(call["function"]["name"]) + count_tokens(call["function"]["arguments"])
+            for calls in self.tool_calls.values()
+            for call in calls.values()
+        )
+        return text + calls
+
+    def _bill_usage(self) -> None:
+        """Bill the stream, once: from the last usage the upstream reported, else from the text streamed."""
+        if self.billed:
+            return
+        if isinstance(self.ctx.upstream_usage, dict):
+            bill(self.ctx, self.catalog, {"usage": self.ctx.upstream_usage, "choices": []})
+            self.billed = True
+        else:
+            self._bill_streamed()
+
     def _bill_streamed(self) -> None:
-        completion = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+        completion = self._streamed_tokens()
         charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0)
         self.billed = True
 
@@ -163,7 +215,7 @@ class ChatStream:
             "choices": [
                 {
                     "index": index,
-                    "message": {"role": self.roles.get(index, "assistant"), "content": "".join(self.parts.get(index, []))},
+                    "message": self._message(index),
                     "finish_reason": reason,
                     "logprobs": None,
                 }
@@ -183,7 +235,7 @@ class ChatStream:
         except Exception:
             pass
         if not self.billed:
-            self._bill_streamed()
+            self._bill_usage()
         ctx.response_text = self._streamed_text()
         if disconnected and not self.done:
             ctx.status = "disconnected"

@@ -139,6 +139,8 @@ class LLMRequest(models.Model):
         verbose_name = "LLM request"
         indexes = [
             BrinIndex(fields=["received_at"], name="llm_requests_received_brin"),
+            # The rollups find the days that received late rows by recorded_at (append order: BRIN fits).
+            BrinIndex(fields=["recorded_at"], name="llm_requests_recorded_brin"),
             models.Index(fields=["org", "received_at"], name="llm_requests_org_time"),
             models.Index(fields=["member", "received_at"], name="llm_requests_member_time"),
             models.Index(fields=["api_key", "received_at"], name="llm_requests_key_time"),
@@ -190,6 +192,21 @@ class CostDailySummary(models.Model):
 
     def __str__(self) -> str:
         return f"{self.date} {self.model} {self.endpoint} user={self.user_id}"
+
+
+class RollupWatermark(models.Model):
+    """How far a daily summary has read llm_requests by `recorded_at`: the next run recomputes every day that received
+    a row since (a row replayed from the outbox after a long outage lands days after it was received)."""
+
+    name = models.CharField(max_length=64, unique=True)  # the summary table
+    recorded_through = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "rollup_watermarks"
+
+    def __str__(self) -> str:
+        return f"{self.name} through {self.recorded_through.isoformat()}"
 
 
 class SeedIncident(models.Model):

@@ -205,10 +205,52 @@ def cost_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
     return written
 
 
-def cost_rollup_hourly() -> int:
-    """The beat job: today and yesterday (late rows for yesterday still land)."""
+# A row's recorded_at is the start of the transaction that inserted it (now()), so a row can commit a little after a
+# later-starting run has read past it: each run reads back this far behind its watermark (a recompute is idempotent).
+ROLLUP_WATERMARK_OVERLAP = dt.timedelta(minutes=10)
+
+
+def rollup_days_pending(*, name: str) -> tuple[list[tuple[dt.date, dt.date]], dt.datetime]:
+    """The day ranges a rollup of `name` must recompute — today, yesterday, and every day that received a row since
+    its last run (by recorded_at) — and the watermark to store once they are written (the database's clock, as
+    recorded_at is). The first run has no watermark: today and yesterday only."""
+    from apps.ledger.models import RollupWatermark
+
     today = clock.today()
-    return cost_rollup(since=today - dt.timedelta(days=1), until=today)
+    days = {today - dt.timedelta(days=1), today}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        (mark,) = cursor.fetchone()
+        since = RollupWatermark.objects.filter(name=name).values_list("recorded_through", flat=True).first()
+        if since is not None:
+            cursor.execute(
+                "SELECT DISTINCT (received_at AT TIME ZONE 'UTC')::date FROM llm_requests WHERE recorded_at >= %s",
+                [since - ROLLUP_WATERMARK_OVERLAP],
+            )
+            days.update(day for (day,) in cursor.fetchall())
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):  # consecutive days in one statement
+        if ranges and ranges[-1][1] + dt.timedelta(days=1) == day:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges, mark
+
+
+def rollup_watermark_advance(*, name: str, mark: dt.datetime) -> None:
+    """Store `mark` as `name`'s watermark, never moving it back (two runs may finish out of order)."""
+    from apps.ledger.models import RollupWatermark
+
+    if not RollupWatermark.objects.filter(name=name, recorded_through__lt=mark).update(recorded_through=mark):
+        RollupWatermark.objects.get_or_create(name=name, defaults={"recorded_through": mark})
+
+
+def cost_rollup_hourly() -> int:
+    """The beat job: today, yesterday and every day that received late rows since the last run (by recorded_at)."""
+    ranges, mark = rollup_days_pending(name="cost_daily_summary")
+    written = sum(cost_rollup(since=since, until=until) for since, until in ranges)
+    rollup_watermark_advance(name="cost_daily_summary", mark=mark)
+    return written
 
 
 def cost_rollup_days(*, since: dt.date, until: dt.date | None = None) -> Iterable[tuple[dt.date, int]]:

@@ -22,6 +22,7 @@ from apps.ledger.models import CostDailySummary, ModelPrice
 from apps.ledger.money import CAP_DECIMAL_PLACES, ZERO, quantize_usd
 from apps.ledger.pricing import PriceBook, cost_compute
 from apps.ledger.selectors import price_book
+from apps.ledger.services import rollup_days_pending, rollup_watermark_advance
 from apps.reports import focus
 from apps.reports.periods import Month, day_start
 from apps.reports.routing_savings import ROUTED_STRATEGIES, premium_reference_model
@@ -101,9 +102,11 @@ def route_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
 
 
 def route_rollup_hourly() -> int:
-    """The beat job: today and yesterday (late rows for yesterday still land)."""
-    today = clock.today()
-    return route_rollup(since=today - dt.timedelta(days=1), until=today)
+    """The beat job: today, yesterday and every day that received late rows since the last run (by recorded_at)."""
+    ranges, mark = rollup_days_pending(name="route_daily_summary")
+    written = sum(route_rollup(since=since, until=until) for since, until in ranges)
+    rollup_watermark_advance(name="route_daily_summary", mark=mark)
+    return written
 
 
 def route_rollup_days(*, since: dt.date, until: dt.date | None = None) -> Iterable[tuple[dt.date, int]]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest
@@ -7,8 +8,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from apps.tenancy.access import OrgScopedAdminMixin
-from apps.tenancy.models import ApiKey, Member, Organization, Team
-from apps.tenancy.services import api_key_create, api_key_revoke
+from apps.tenancy.models import ApiKey, Member, MemberTeamChange, Organization, Team
+from apps.tenancy.services import api_key_create, api_key_revoke, member_team_move
 
 
 class TeamInline(admin.TabularInline):
@@ -70,13 +71,53 @@ class TeamAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
         return _dashboard_link("reports_admin:team", obj.pk) if obj.pk else "—"
 
 
+class MemberTeamChangeInline(admin.TabularInline):
+    model = MemberTeamChange
+    fk_name = "member"
+    extra = 0
+    can_delete = False
+    fields = ["changed_at", "from_team_label", "to_team_label", "keys_moved", "changed_by_label"]
+    readonly_fields = fields
+    verbose_name_plural = "team moves"
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class MemberForm(forms.ModelForm):
+    class Meta:
+        model = Member
+        fields = ["username", "email", "org", "team", "user"]
+
+    def clean(self):
+        data = super().clean()
+        team, org = data.get("team"), data.get("org")
+        if team is not None and org is not None and team.org_id != org.pk:
+            raise forms.ValidationError({"team": "Pick a team of the member's organization."})
+        return data
+
+
 @admin.register(Member)
 class MemberAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
+    form = MemberForm
     list_display = ["username", "team", "org", "email", "user", "active_keys"]
     list_filter = ["org"]
     list_select_related = ["team", "org", "user"]
     search_fields = ["username", "email"]
     autocomplete_fields = ["user"]
+    inlines = [MemberTeamChangeInline]
+
+    def save_model(self, request: HttpRequest, obj: Member, form, change: bool) -> None:
+        """A team change goes through the service: the member's keys follow it, and the move is recorded."""
+        if not (change and "team" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        team = obj.team
+        obj.team_id = form.initial["team"]  # the other fields are saved as usual; the move is the service's
+        super().save_model(request, obj, form, change)
+        move = member_team_move(member=obj, team=team, changed_by=request.user)
+        if move is not None:
+            self.message_user(request, f"{obj.username} moved to {team.name}: {move.keys_moved} API key(s) now charge it.")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True)))

@@ -81,3 +81,25 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class MemberTeamChange(models.Model):
+    """History of team moves: a member's API keys follow the member (ApiKey.team), so that its spend is charged to
+    the new team from the move on. Written only by `member_team_move`."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="team_changes")
+    from_team = models.ForeignKey(Team, null=True, on_delete=models.SET_NULL, related_name="+")
+    to_team = models.ForeignKey(Team, null=True, on_delete=models.SET_NULL, related_name="+")
+    # The names at the time: teams may be renamed or deleted later.
+    from_team_label = models.CharField(max_length=200)
+    to_team_label = models.CharField(max_length=200)
+    keys_moved = models.PositiveIntegerField(default=0)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    changed_by_label = models.CharField(max_length=150, blank=True)
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.member.username}: {self.from_team_label} → {self.to_team_label}"

@@ -33,6 +33,12 @@ Per-request controls (request headers)
     X-Mock-Cached-Tokens: <int>      reported as usage.prompt_tokens_details.cached_tokens
                                      (also accepted as body ``metadata.mock_cached_tokens``)
     X-Mock-Logprob: <float>          forces the mean of the returned token logprobs
+    Body ``tools`` with ``tool_choice`` "required" or a named function: each answer is a call of that function (the
+    first tool for "required") with arguments ``{"answer": <the answer text>}``, streamed in argument fragments.
+    Body ``stream_options.continuous_usage_stats`` (vLLM; with ``include_usage``): every chunk carries the usage so
+    far (cumulative), then the final usage chunk.
+    X-Mock-Completion-Tokens: <int>  each answer is this many tokens long (before max_tokens cuts it): an
+                                     upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
 
 Per-model faults (``model_faults`` / ``--faults`` / ``POST /_mock/faults``)::

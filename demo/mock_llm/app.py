@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import os
 import struct
@@ -21,15 +22,18 @@ from demo.mock_llm.common import (
     Scope,
     Send,
     _answer_from_digest,
+    _answer_of_length,
     _apply_stop,
     _dumps,
     _embed,
     _embedding_inputs,
+    _forced_tool,
     _JSONError,
     _loads,
     _logprob_entries,
     _new_id,
     _prompt_digest,
+    _tool_call,
     _truthy,
 )
 from demo.mock_llm.stores import FaultStore, ReplayStore, _check_error_kind
@@ -283,6 +287,8 @@ class MockLLM:
         for index in range(n):
             digest = _prompt_digest(model, messages, index)
             text = replay[0] if replay is not None else _answer_from_digest(model, digest)
+            if "x-mock-completion-tokens" in headers:
+                text = _answer_of_length(text, int(headers["x-mock-completion-tokens"]))
             text, _ = _apply_stop(text, body.get("stop"))
             finish = "stop"
             if isinstance(max_tokens, int) and max_tokens > 0:
@@ -293,6 +299,12 @@ class MockLLM:
                 text, finish = truncate_tokens(text, max(1, count_tokens(text) // 2)), "length"
             choices.append((text, finish, digest))
 
+        tool = _forced_tool(body)
+        if tool:
+            choices = [
+                (json.dumps({"answer": text}), "tool_calls" if finish == "stop" else finish, digest)
+                for text, finish, digest in choices
+            ]
         completion_tokens = sum(count_tokens(c[0]) for c in choices)
         usage = _usage(prompt_tokens, completion_tokens, cached_tokens)
         resp_headers = [
@@ -306,6 +318,8 @@ class MockLLM:
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            # vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (cumulative).
+            continuous = include_usage and bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
             chunk_delay_ms = (
                 float(headers["x-mock-chunk-delay-ms"])
                 if "x-mock-chunk-delay-ms" in headers
@@ -321,6 +335,8 @@ class MockLLM:
                 usage,
                 resp_headers,
                 include_usage=include_usage,
+                continuous_usage=continuous,
+                tool=tool,
                 want_logprobs=want_logprobs,
                 forced_logprob=forced_logprob,
                 truncate=truncate,
@@ -336,7 +352,9 @@ class MockLLM:
             out_choices.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+                    if not tool
+                    else {"role": "assistant", "content": None, "tool_calls": [_tool_call(tool, text, digest)]},
                     "logprobs": logprobs,
                     "finish_reason": finish,
                 }
@@ -366,6 +384,8 @@ class MockLLM:
         *,
         include_usage: bool,
         want_logprobs: bool,
+        continuous_usage: bool = False,
+        tool: str = "",
         forced_logprob: float | None,
         truncate: bool,
         chunk_delay_s: float,
@@ -394,18 +414,26 @@ class MockLLM:
                 "choices": [choice] if choice is not None else [],
             }
             if include_usage:
+                if usage_obj is None and continuous_usage:
+                    usage_obj = _usage(usage["prompt_tokens"], streamed[0], usage["prompt_tokens_details"]["cached_tokens"])
                 chunk["usage"] = usage_obj
             return b"data: " + _dumps(chunk) + b"\n\n"
+
+        streamed = [0]  # completion tokens sent so far, for continuous usage
 
         async def emit(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         for index, (text, finish, digest) in enumerate(choices):
+            first_delta: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+            if tool:
+                call = _tool_call(tool, "", digest)
+                first_delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]}
             await emit(
                 frame(
                     {
                         "index": index,
-                        "delta": {"role": "assistant", "content": "", "refusal": None},
+                        "delta": first_delta,
                         "logprobs": None,
                         "finish_reason": None,
                     }
@@ -418,7 +446,9 @@ class MockLLM:
                 if chunk_delay_s > 0 and i and not await watch.sleep(chunk_delay_s):
                     return
                 logprobs = {"content": [entries[i]], "refusal": None} if entries is not None else None
-                await emit(frame({"index": index, "delta": {"content": piece}, "logprobs": logprobs, "finish_reason": None}))
+                streamed[0] += 1
+                delta = {"content": piece} if not tool else {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                await emit(frame({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}))
             if truncate:
                 # Simulates an upstream that drops the stream: no finish_reason, usage or [DONE].
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -15,6 +15,7 @@ from finops.tokens import (
     count_tokens,
     message_text,
     token_pieces,
+    truncate_tokens,
 )
 
 try:  # orjson is ~5x faster, but optional: never a hard dependency of the mock.
@@ -136,6 +137,30 @@ def _answer_from_digest(model: str, digest: bytes) -> str:
     # A comma every ~9 words keeps streamed chunks and token counts a bit more text-like.
     body = " ".join(w + ("," if i % 9 == 8 and i != n_words - 1 else "") for i, w in enumerate(words))
     return f"Mock answer from {model}: {body}."
+
+
+def _forced_tool(body: Mapping[str, Any]) -> str:
+    """The function the request forces a call of ("" when none): tool_choice "required" (the first tool) or named."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return ""
+    if isinstance(choice, Mapping):
+        return str((choice.get("function") or {}).get("name") or "")
+    if choice == "required" and isinstance(tools[0], Mapping):
+        return str((tools[0].get("function") or {}).get("name") or "")
+    return ""
+
+
+def _tool_call(name: str, arguments: str, digest: bytes) -> dict[str, Any]:
+    return {"id": f"call_{digest.hex()[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _answer_of_length(text: str, tokens: int) -> str:
+    """`text` repeated, then cut, to exactly `tokens` tokens (every word is at least one token)."""
+    words = text.split() or ["mock"]
+    repeated = " ".join(words[i % len(words)] for i in range(max(tokens, 1)))
+    return truncate_tokens(repeated, max(tokens, 1))
 
 
 def _apply_stop(text: str, stop: Any) -> tuple[str, bool]:

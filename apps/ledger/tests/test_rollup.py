@@ -186,3 +186,35 @@ def test_a_real_celery_worker_runs_the_beat_task(make_tenant, subprocess_env, re
 def test_the_rollup_is_one_statement(workload, django_assert_num_queries):
     with django_assert_num_queries(1):
         cost_rollup(since=timezone.now().date(), until=timezone.now().date())
+
+
+def test_late_rows_reach_the_rollup_for_every_day_that_received_them(workload):
+    """Rows replayed after an outage that lasted past yesterday: the next hourly run recomputes their days (found by
+    recorded_at since its last run), in the cost and the route summaries, and leaves the other days alone."""
+    from apps.ledger.models import RollupWatermark
+    from apps.reports.models import RouteDailySummary
+    from apps.reports.services import route_rollup_hourly
+
+    alice, _ = workload
+    cost_rollup_hourly()
+    route_rollup_hourly()
+    first_mark = RollupWatermark.objects.get(name="cost_daily_summary").recorded_through
+    untouched = summary_rows()
+    ten_days_ago, five_days_ago = timezone.now() - dt.timedelta(days=10), timezone.now() - dt.timedelta(days=5)
+    add_request(alice, at=ten_days_ago, cost="0.2500000000")
+    add_request(alice, at=ten_days_ago, cost="0.0500000000")
+    add_request(alice, at=five_days_ago, cost="1.0000000000", model="gpt-4o-mini")
+
+    cost_rollup_hourly()
+    route_rollup_hourly()
+
+    late = CostDailySummary.objects.get(date=ten_days_ago.date(), user=alice.member, model="gpt-4o")
+    assert (late.requests, late.cost_usd) == (2, Decimal("0.3000000000"))
+    other = CostDailySummary.objects.get(date=five_days_ago.date(), user=alice.member, model="gpt-4o-mini")
+    assert (other.requests, other.cost_usd) == (1, Decimal("1.0000000000"))
+    assert [r for r in summary_rows() if r[0] not in (ten_days_ago.date(), five_days_ago.date())] == untouched
+    assert RouteDailySummary.objects.filter(date=ten_days_ago.date()).exists()
+    assert RollupWatermark.objects.get(name="cost_daily_summary").recorded_through >= first_mark  # never moves back
+
+    # A run with nothing new rewrites nothing.
+    assert cost_rollup_hourly() == 0

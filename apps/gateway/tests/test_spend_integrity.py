@@ -19,7 +19,6 @@ import pytest
 import requests
 from django.conf import settings
 from django.db import connection
-from finops.limiter import local_window
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
@@ -32,6 +31,7 @@ from apps.gateway.selectors import catalog_refresh
 from apps.gateway.stages import budget_reserve
 from apps.gateway.tests.conftest import mini_cost, unique_prompt, wait_for_row
 from apps.ledger.models import LLMRequest
+from finops.limiter import local_window
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -44,7 +44,8 @@ def child_process_env(**extra: str) -> dict[str, str]:
 
 # The day tests that seed or scan run on, whatever the calendar says (STYLE.md §12). A Wednesday in the
 # middle of a month; tests about other days parametrize `pinned_now` (indirect) with their own instants.
-PINNED_NOW = dt.datetime(2026, 6, 17, 12, 0, tzinfo=dt.UTC)
+# FINOPS_TEST_NOW (ISO, with a UTC offset) moves it: `FINOPS_TEST_NOW=2027-03-01T00:30:00Z make test`.
+PINNED_NOW = dt.datetime.fromisoformat(os.environ.get("FINOPS_TEST_NOW", "2026-06-17T12:00:00+00:00").replace("Z", "+00:00"))
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def build_semantic_model(env: dict[str, str]) -> bool:
     """Build the local MiniLM's ONNX file once, before the API workers start: on a fresh checkout they would each
     build it at startup, together, on the same cores. A no-op when the file exists or another runtime is set."""
     code = (
-        "import django; django.setup(); from django.conf import settings; from apps.cache.onnx_export import ensure_model;"
+        "import django; django.setup(); from django.conf import settings; from apps.embeddings.onnx_export import ensure_model;"
         "f = settings.FINOPS; r = f['CACHE_LOCAL_RUNTIME'];"
         "(f['CACHE_EMBEDDING_BACKEND'] == 'local' and r.startswith('onnx')) and ensure_model(r)"
     )

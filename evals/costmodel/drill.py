@@ -190,7 +190,8 @@ def drill_page(
     from finops.monitoring import alertmanager_post
 
     # Alertmanager judges startsAt/endsAt against its own clock: the page is sent now, whatever day the data is.
-    alerts = anomaly_alerts(anomalies=anomalies, now=clock.wall_now(), drill=True)
+    sent_at = clock.wall_now()
+    alerts = anomaly_alerts(anomalies=anomalies, now=sent_at, drill=True)
     if not alerts:
         write("  nothing of warning or critical severity to page")
         return []
@@ -219,7 +220,7 @@ def drill_page(
                 items = json.loads(response.read())
         except OSError:
             continue
-        received = [i for i in items if i["labels"].get("drill") == "true" and i["starts_at"][:19] >= now.isoformat()[:19]]
+        received = [i for i in items if i["labels"].get("drill") == "true" and i["starts_at"][:19] >= sent_at.isoformat()[:19]]
         if received and settle_until is None:
             settle_until = time.monotonic() + 3
     for item in sorted(received, key=lambda i: (i["severity"], i["receiver"])):

@@ -5,11 +5,7 @@ requests a minute, counted in the shared sliding window of `finops.limiter` (Red
 from __future__ import annotations
 
 from finops.conf import conf
-from finops.limiter import LocalWindow, local_window, window_admit
-
-# transitional: importers in the pipeline move in the pipeline redesign (apps/tenancy/pipeline.py and
-# apps/gateway/tests/test_limits.py import window_admit from here); new code imports finops.limiter.
-__all__ = ["LocalWindow", "fail_open_admit", "limiter_key", "local_window", "window_admit"]
+from finops.limiter import window_admit
 
 
 def limiter_key(*, org_id: int, member_id: int) -> str:

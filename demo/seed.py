@@ -125,7 +125,11 @@ def _micro(value: Decimal | None) -> int:
 
 
 def seed_tenancy(*, with_demo_key: bool = True) -> SeedTenancy:
-    member_ids, member_org, member_team, member_key, prefixes = [], [], [], [], []
+    member_ids: list[int] = []
+    member_org: list[int] = []
+    member_team: list[int] = []
+    member_key: list[int] = []
+    prefixes: list[str] = []
     org_ids: list[int] = []
     org_members: dict[int, list[int]] = {}
     demo_secret = ""

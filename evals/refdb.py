@@ -45,7 +45,8 @@ def manage(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def reference_rows() -> int:
     try:
         with psycopg.connect(bench_database_url(), connect_timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM llm_requests").fetchone()[0])
+            row = conn.execute("SELECT count(*) FROM llm_requests").fetchone()
+            return int(row[0]) if row else 0
     except psycopg.Error:
         return 0
 

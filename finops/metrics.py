@@ -47,7 +47,8 @@ def job_freshness() -> Iterable[Metric]:
         "finops_job_last_success_timestamp_seconds", "Unix time of the last successful run of a scheduled job.", labels=["job"]
     )
     for name, at in JobRun.objects.exclude(last_success_at=None).values_list("name", "last_success_at"):
-        family.add_metric([name], at.timestamp())
+        if at is not None:
+            family.add_metric([name], at.timestamp())
     yield family
 
 

@@ -128,7 +128,11 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(0)))
+    def on_sigterm(*_args) -> None:
+        stop_all()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     base = f"http://{host}:{port}"
     # Each API worker warms the semantic cache and the router before it serves (up to 2 minutes on a busy machine).
     if not wait_http(f"{base}/healthz", timeout=240):

@@ -90,7 +90,7 @@ def postgres_stop_embedded() -> None:
     pid = postgres_pid()
     if pid is None:
         return
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # re-exported name, not in its __all__
 
     user = "pgserver" if os.geteuid() == 0 else None
     try:

@@ -18,7 +18,7 @@ from finops.conf import conf
 
 logger = logging.getLogger(__name__)
 
-_SEVERITY_COLOR = {Severity.INFO: "#439FE0", Severity.WARNING: "#ECB22E", Severity.CRITICAL: "#E01E5A"}
+_SEVERITY_COLOR: dict[str, str] = {Severity.INFO: "#439FE0", Severity.WARNING: "#ECB22E", Severity.CRITICAL: "#E01E5A"}
 
 
 class DeliveryError(Exception):

@@ -132,7 +132,7 @@ class BudgetAdminForm(forms.ModelForm):
 class BudgetChangeInline(ReadOnlyMixin, admin.TabularInline):
     model = BudgetChange
     fields = ["changed_at", "who", "field", "old_value", "new_value"]
-    readonly_fields = fields
+    readonly_fields = fields  # type: ignore[assignment]  # stubs type `fields` wider than a list of names
     extra = 0
     verbose_name = "change"
     verbose_name_plural = "History (who changed what, when)"
@@ -146,7 +146,7 @@ class BudgetChangeInline(ReadOnlyMixin, admin.TabularInline):
 class BudgetAlertInline(ReadOnlyMixin, admin.TabularInline):
     model = BudgetAlert
     fields = ["period_start", "threshold", "spent_usd", "cap_usd", "created_at", "dispatched_at", "dispatch_result"]
-    readonly_fields = fields
+    readonly_fields = fields  # type: ignore[assignment]  # stubs type `fields` wider than a list of names
     extra = 0
     verbose_name_plural = "Alerts (once per period and threshold)"
     ordering = ["-created_at"]
@@ -205,11 +205,11 @@ class BudgetAdmin(OrgScopedAdminMixin, StaffReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="spent", ordering="spent_now")
     def spent(self, obj: Budget) -> str:
-        return f"${quantize_usd(obj.spent_now, places=2):,}"
+        return f"${quantize_usd(obj.spent_now, places=2):,}"  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description="reserved", ordering="reserved_now")
     def reserved(self, obj: Budget) -> str:
-        return f"${quantize_usd(obj.reserved_now, places=2):,}"
+        return f"${quantize_usd(obj.reserved_now, places=2):,}"  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description="forecast")
     def forecast(self, obj: Budget) -> str:

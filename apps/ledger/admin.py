@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -116,7 +117,7 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        object_list = self.object_list.order_by() if hasattr(self.object_list, "order_by") else self.object_list
+        object_list: Any = self.object_list.order_by() if hasattr(self.object_list, "order_by") else self.object_list
         return object_list[: self.CAP].count()
 
 
@@ -171,15 +172,15 @@ class LLMRequestAdmin(OrgScopedAdminMixin, ReadOnlyAdmin):
     # Names straight from the prefetched rows: the models' __str__ would follow team → org (a query per row).
     @admin.display(description="org", ordering="org__name")
     def org_name(self, obj: LLMRequest) -> str:
-        return obj.org.name if obj.org_id else "—"
+        return obj.org.name if obj.org is not None else "—"
 
     @admin.display(description="team", ordering="team__name")
     def team_name(self, obj: LLMRequest) -> str:
-        return obj.team.name if obj.team_id else "—"
+        return obj.team.name if obj.team is not None else "—"
 
     @admin.display(description="user", ordering="member__username")
     def member_name(self, obj: LLMRequest) -> str:
-        return obj.member.username if obj.member_id else "—"
+        return obj.member.username if obj.member is not None else "—"
 
 
 @admin.register(CostDailySummary)
@@ -190,11 +191,11 @@ class CostDailySummaryAdmin(OrgScopedAdminMixin, ReadOnlyAdmin):
 
     @admin.display(description="team", ordering="team__name")
     def team_name(self, obj: CostDailySummary) -> str:
-        return obj.team.name if obj.team_id else "—"
+        return obj.team.name if obj.team is not None else "—"
 
     @admin.display(description="user", ordering="user__username")
     def user_name(self, obj: CostDailySummary) -> str:
-        return obj.user.username if obj.user_id else "—"
+        return obj.user.username if obj.user is not None else "—"
 
     date_hierarchy = "date"
     show_full_result_count = False

@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -103,10 +104,11 @@ def _replay_stream(result: ReplayResult, *, batch_size: int, redis_url: str) -> 
     try:
         after = "-"
         while True:
-            entries = client.xrange(stream, min=after, count=batch_size)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream, min=after, count=batch_size)  # type: ignore[assignment]
             if not entries:
                 return
-            rows, ids = [], []
+            rows: list[dict[str, Any]] = []
+            ids: list[bytes] = []
             for entry_id, fields in entries:
                 ids.append(entry_id)
                 try:

@@ -97,10 +97,10 @@ INSERT_SQL = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 # Column widths, so an over-long client-supplied value (e.g. a 500-character model name) cannot fail the insert.
-_MAX_LENGTHS = {
-    f.column: f.max_length
+_MAX_LENGTHS: dict[str, int] = {
+    str(f.column): int(f.max_length)
     for f in LLMRequest._meta.concrete_fields
-    if getattr(f, "max_length", None) and f.get_internal_type() == "CharField"
+    if f.max_length and f.get_internal_type() == "CharField"
 }
 
 
@@ -111,9 +111,9 @@ def row_clean(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and "\x00" in value:
             row[column] = value.replace("\x00", "\ufffd")
     for column, length in _MAX_LENGTHS.items():
-        value = row.get(column)
-        if isinstance(value, str) and len(value) > length:
-            row[column] = value[:length]
+        text = row.get(column)
+        if isinstance(text, str) and len(text) > length:
+            row[column] = text[:length]
     return row
 
 
@@ -138,7 +138,7 @@ def row_from_json(text: str | bytes) -> dict[str, Any]:
 
 
 def row_from_dict(data: dict[str, Any]) -> dict[str, Any]:
-    row = {column: data.get(column) for column in COLUMNS}
+    row: dict[str, Any] = {column: data.get(column) for column in COLUMNS}
     row["request_id"] = uuid.UUID(row["request_id"])
     row["received_at"] = dt.datetime.fromisoformat(row["received_at"])
     for column in MONEY_COLUMNS:

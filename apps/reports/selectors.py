@@ -12,6 +12,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Count, Sum
@@ -23,6 +24,9 @@ from apps.reports.periods import Month
 from apps.tenancy.access import Scope
 from apps.tenancy.models import Member, Organization, Team
 from finops import clock
+
+if TYPE_CHECKING:
+    from apps.budgets.selectors import BudgetStatus
 
 
 def scope_sql(scope: Scope, params: dict, *, alias: str = "") -> str:
@@ -165,7 +169,7 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
         rows = cursor.fetchall()
 
     by_day: dict[dt.date, Totals] = {}
-    dims: dict[str, dict[object, dict[bool, Totals]]] = {"org": {}, "team": {}, "user": {}, "model": {}}
+    dims: dict[str, dict[Any, dict[bool, Totals]]] = {"org": {}, "team": {}, "user": {}, "model": {}}
     for g_date, g_org, g_team, g_user, g_model, day, cur, org_id, team_id, user_id, model, *sums in rows:
         totals = _totals(sums)
         if not g_date:
@@ -243,7 +247,7 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
 
 @dataclass
 class BudgetView:
-    status: object  # apps.budgets.selectors.BudgetStatus
+    status: BudgetStatus
     cumulative: list[Decimal] | None = None  # ledger spend per day of the period, cumulated (monthly budgets)
 
     @property
@@ -279,7 +283,7 @@ def budget_views(*, scope: Scope, month: Month, charts: int = 4, limit: int = 25
         statuses = [
             s for s in statuses
             if s.budget.scope == "org" or s.budget.team_id == scope.team_id
-            or (s.budget.member_id is not None and s.budget.member.team_id == scope.team_id)
+            or (s.budget.member is not None and s.budget.member.team_id == scope.team_id)
         ]  # fmt: skip
     views = [BudgetView(status=s) for s in statuses]
     views.sort(key=lambda v: (-(v.forecast_ratio or 0), v.budget.id))
@@ -291,7 +295,7 @@ def budget_views(*, scope: Scope, month: Month, charts: int = 4, limit: int = 25
     teams = [v.budget.team_id for v in monthly if v.budget.scope == "team"]
     users = [v.budget.member_id for v in monthly if v.budget.scope == "user"]
     today = clock.today()
-    params = {
+    params: dict[str, Any] = {
         "start": month.start,
         "end": min(month.end, today + dt.timedelta(days=1)),
         "orgs": orgs,
@@ -468,12 +472,12 @@ def api_key_spend(*, api_keys: list, month: Month) -> dict[int, tuple[Decimal, i
         for row in rows:
             out[single[row["user_id"]]] = (row["cost"] or ZERO, int(row["n"] or 0))
     if shared:
-        rows = (
+        key_rows = (
             LLMRequest.objects.filter(api_key_id__in=shared, received_at__gte=month.start_at, received_at__lt=month.end_at)
             .values("api_key_id")
             .annotate(cost=Sum("cost_usd"), n=Count("id"))
             .order_by()
         )
-        for row in rows:
-            out[row["api_key_id"]] = (row["cost"] or ZERO, row["n"])
+        for key_row in key_rows:
+            out[key_row["api_key_id"]] = (key_row["cost"] or ZERO, key_row["n"])
     return out

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from django.db import connection
 from django.db.models import Q, Sum
@@ -79,6 +79,13 @@ WHERE (s.requests, s.answered, s.escalations, s.prompt_tokens, s.completion_toke
       (EXCLUDED.requests, EXCLUDED.answered, EXCLUDED.escalations, EXCLUDED.prompt_tokens,
        EXCLUDED.completion_tokens, EXCLUDED.cached_tokens, EXCLUDED.cost_usd, EXCLUDED.escalation_cost_usd)
 """
+
+
+class TextSink(Protocol):
+    """Where a report is written: a text file, stdout or an HttpResponse."""
+
+    def write(self, text: str, /) -> object: ...
+
 
 
 def route_rollup(*, since: dt.date, until: dt.date | None = None) -> int:
@@ -162,7 +169,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def report_write(table: ReportTable, out: TextIO, *, fmt: str) -> None:
+def report_write(table: ReportTable, out: TextSink, *, fmt: str) -> None:
     """CSV (exact values) or an aligned text table (money to the cent, with a total line)."""
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
@@ -250,7 +257,7 @@ def cost_report(*, by: str, month: Month, org_slug: str | None = None, progress:
     table = ReportTable(
         title=f"Cost by {by}, {month.label} ({scope.label}; UTC; from cost_daily_summary)", columns=keys + _SPEND_COLUMNS
     )
-    grand = [0, 0, 0, 0, 0, 0, ZERO, ZERO]
+    grand: list[Any] = [0, 0, 0, 0, 0, 0, ZERO, ZERO]
     for row in rows:
         t = row.totals
         key_cells = {
@@ -429,7 +436,7 @@ class FocusReconciliationError(RuntimeError):
     pass
 
 
-def focus_export(*, month: Month, out: TextIO, org_slug: str | None = None, progress: Progress | None = None) -> FocusResult:
+def focus_export(*, month: Month, out: TextSink, org_slug: str | None = None, progress: Progress | None = None) -> FocusResult:
     """Write the month as FOCUS v1.2 CSV (see apps/reports/focus.py for the grain and the money rules).
 
     Raises FocusReconciliationError if the rows written do not add up to the ledger exactly.

@@ -77,7 +77,7 @@ class MemberTeamChangeInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["changed_at", "from_team_label", "to_team_label", "keys_moved", "changed_by_label"]
-    readonly_fields = fields
+    readonly_fields = fields  # type: ignore[assignment]  # stubs type `fields` wider than a list of names
     verbose_name_plural = "team moves"
 
     def has_add_permission(self, request, obj=None) -> bool:

@@ -54,7 +54,7 @@ class FaultStore:
         try:
             with open(self._path, "rb") as fh:
                 data = _loads(fh.read() or b"{}")
-        except (OSError, *_JSONError):
+        except (OSError, *_JSONError):  # type: ignore[misc]  # a tuple of exception classes, unpacked
             return  # half-written by another worker; next request retries
         self._mtime = st.st_mtime_ns
         self._specs = _validate_faults(data)

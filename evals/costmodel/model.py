@@ -222,8 +222,8 @@ def scenarios(load: ReferenceLoad) -> list[Scenario]:
     escalation, escalation_set = load.lever("escalation_rate")
     embedding, _ = load.lever("embedding_model")
     labels = {"measured": "measured", "seed": "seed configuration, not measured"}
-    p = AS_RECORDED if routing.value == AS_RECORDED else routing.rate()
-    routing_text = "as recorded" if p == AS_RECORDED else f"premium {_pct(p)}, cheap {_pct(ONE - p)}"
+    p: Decimal | str = AS_RECORDED if routing.value == AS_RECORDED else routing.rate()
+    routing_text = "as recorded" if isinstance(p, str) else f"premium {_pct(p)}, cheap {_pct(ONE - p)}"
     base = Scenario("no levers", note="no cache; router-chosen traffic at the premium model")
     actual = Scenario(ACTUAL_MIX, routing=AS_RECORDED, note="no cache; every request at the model the load records")
     out = [
@@ -307,8 +307,9 @@ def sensitivity(load: ReferenceLoad, scenario: Scenario, *, step: Decimal = Deci
         ("semantic-cache hit rate", lambda f: (load, replace(scenario, semantic=rate(scenario.semantic, f)))),
         ("escalation rate", lambda f: (load, replace(scenario, escalation=rate(scenario.escalation, f)))),
     ]
-    if isinstance(scenario.routing, Decimal):
-        cases.append(("routing premium share", lambda f: (load, replace(scenario, routing=rate(scenario.routing, f)))))
+    share = scenario.routing
+    if isinstance(share, Decimal):
+        cases.append(("routing premium share", lambda f: (load, replace(scenario, routing=rate(share, f)))))
     base = scenario_cost(load, scenario).total
     out = []
     for name, vary in cases:

@@ -422,12 +422,11 @@ def _remote_embedding_text(load: ReferenceLoad, results: list[ScenarioCost]) -> 
 
 
 def _seed_text(load: ReferenceLoad) -> str:
-    seed = {name: load.levers.get(("seed", name)) for name in ("exact_hit_rate", "semantic_hit_rate", "escalation_rate")}
-    if not all(seed.values()):
+    names = ("exact_hit_rate", "semantic_hit_rate", "escalation_rate")
+    seed = {name: lever for name in names if (lever := load.levers.get(("seed", name))) is not None}
+    if len(seed) < len(names):
         return "- **Seed configuration:** not in the CSV."
-    exact, semantic, escalation = (
-        100 * Decimal(seed[n].value) for n in ("exact_hit_rate", "semantic_hit_rate", "escalation_rate")
-    )
+    exact, semantic, escalation = (100 * Decimal(seed[n].value) for n in names)
     return (
         f"- **Seed configuration:** the rates `seed_demo` generates with ({exact:g} % exact, {semantic:g} % semantic, the model "
         f"mix as recorded, {escalation:g} % of billed premium-tier requests carrying an escalation). It is the prediction the "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 
 from django.core.management.base import BaseCommand
 from django.db.models import Min
@@ -19,7 +19,7 @@ class DayRangeRollupCommand(BaseCommand):
     Subclasses set `rollup` (a `*_rollup_days(since=, until=)` service yielding (day, rows written)) and `noun`.
     """
 
-    rollup: Callable[..., Iterator[tuple[dt.date, int]]]
+    rollup: Callable[..., Iterable[tuple[dt.date, int]]]
     noun = "summary rows"
 
     def add_arguments(self, parser):

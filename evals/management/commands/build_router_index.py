@@ -43,9 +43,10 @@ class Command(BaseCommand):
             except (OSError, ValueError, KeyError) as exc:
                 raise CommandError(f"{opts['records']}: {exc}") from exc
         else:
-            records = load_full(opts["data"])
-        if records is None:
-            raise CommandError("RouteLLM data not found (fixtures/routellm/full.jsonl.gz, --data or $FINOPS_ROUTELLM_DIR)")
+            full = load_full(opts["data"])
+            if full is None:
+                raise CommandError("RouteLLM data not found (fixtures/routellm/full.jsonl.gz, --data or $FINOPS_ROUTELLM_DIR)")
+            records = full
         if opts["limit"]:
             records = records[: opts["limit"]]
         output = Path(opts["output"]) if opts["output"] else learned.index_path()

@@ -94,7 +94,7 @@ def seed_levers() -> dict[tuple[str, str], Lever]:
 
 def reference_load_build(
     *, per_day: int = REFERENCE_PER_DAY, days: int = REFERENCE_DAYS, on: dt.date | None = None,
-    measured: dict[str, Lever] | None = None,
+    measured: dict[str, Lever] | None = None, replay: dict[str, Lever] | None = None,
 ) -> ReferenceLoad:  # fmt: skip
     """The reference load from the seed generator's constants and the fixture's list prices in force on `on`."""
     on = on or clock.today()
@@ -151,6 +151,8 @@ def reference_load_build(
         "days": "one month",
     }
     levers = dict(seed_levers())
+    for name, lever in (replay or {}).items():
+        levers[("replay", name)] = lever
     for name, lever in (measured or {}).items():
         levers[("measured", name)] = lever
     return ReferenceLoad(prices=prices, rows=rows, params=params, levers=levers, notes=notes)

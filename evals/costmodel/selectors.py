@@ -48,6 +48,24 @@ def cache_levers_measured(*, path: Path = BENCHMARKS_MD) -> dict[str, Lever]:
     }
 
 
+def ledger_cache_levers(*, database_url: str | None = None, this_database: bool = False) -> dict[str, Lever]:
+    """Exact and semantic hit shares of the seeded ledger: `database_url`, else the benchmarks' reference month when
+    seeded, else (or with `this_database`) this project's database; none when it holds no rows."""
+    try:
+        url = None if this_database else (database_url or reference_database_url())
+        measurement = ledger_measure(database_url=url)
+    except Exception as exc:  # no database reachable: the replay's or the seed's rates stand in (reported as fallbacks)
+        logger.info("no seeded ledger to measure cache rates on: %s", exc)
+        return {}
+    if measurement.rows == 0:
+        return {}
+    where = f"seeded ledger ({measurement.source}): {measurement.rows:,} requests"
+    return {
+        name: Lever(_rate(measurement.cache_hits.get(status, 0), measurement.rows), f"{where}, {measurement.cache_hits.get(status, 0):,} {status} hits")
+        for name, status in (("exact_hit_rate", "exact"), ("semantic_hit_rate", "semantic"))
+    }
+
+
 @dataclass
 class RouterMeasurement:
     dataset: str

@@ -9,12 +9,17 @@ from io import StringIO
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.db.models import Count
 
+from apps.ledger.models import LLMRequest
 from apps.ledger.money import quantize_usd
 from demo import seed
 from evals.costmodel.model import (
+    ALL_LEVERS_REPLAY_CACHE,
+    ALL_LEVERS_SEED_CACHE,
     AS_RECORDED,
     CostModelError,
+    Lever,
     Reconciliation,
     formulas_render,
     load_parse,
@@ -25,7 +30,7 @@ from evals.costmodel.model import (
     sensitivity,
 )
 from evals.costmodel.reference import reference_load_build
-from evals.costmodel.selectors import cache_levers_measured
+from evals.costmodel.selectors import cache_levers_measured, ledger_cache_levers
 
 # Prices per 1M tokens: cheap 1 / 0.5 / 2, premium 10 / 5 / 20, mid 4 / (no discount) / 8, embeddings 0.1.
 TINY = """kind,name,set,tenant,model,provider,tier,requests_month,prompt_tokens,cached_tokens,completion_tokens,input_per_1m,cached_input_per_1m,output_per_1m,effective_from,value,source
@@ -34,8 +39,8 @@ param,rejected_rate,,,,,,,,,,,,,,0,
 param,pinned_share,,,,,,,,,,,,,,0.5,
 param,cheap_model,,,,,,,,,,,,,,C,
 param,premium_model,,,,,,,,,,,,,,P,
-lever,exact_hit_rate,measured,,,,,,,,,,,,,0.5,eval
-lever,semantic_hit_rate,measured,,,,,,,,,,,,,0.1,eval
+lever,exact_hit_rate,replay,,,,,,,,,,,,,0.5,eval
+lever,semantic_hit_rate,replay,,,,,,,,,,,,,0.1,eval
 lever,routing_premium_share,measured,,,,,,,,,,,,,0.25,eval
 lever,escalation_rate,measured,,,,,,,,,,,,,0.1,eval
 lever,embedding_model,measured,,,,,,,,,,,,,E,settings
@@ -86,7 +91,7 @@ def test_it_splits_escalations_embeddings_and_tenants(tiny):
 
 
 def test_it_falls_back_to_the_seed_rate_when_a_lever_was_not_measured(tiny):
-    del tiny.levers[("measured", "exact_hit_rate")]
+    del tiny.levers[("replay", "exact_hit_rate")]
     exact = next(s for s in scenarios(tiny) if s.name == "exact cache")
     assert exact.exact == Decimal("0.2")
     assert "seed configuration, not measured" in exact.note
@@ -184,6 +189,24 @@ def test_reconcile_against_a_seeded_ledger_is_within_five_percent(prices, pinned
     assert "**within ±5 %**" in text, text
     assert "runaway_loop" in text
     assert "## Reconcile against the measured ledger" in readme and "Gap without the incidents" in readme
+
+    # The cache levers are measured on that ledger; the replay's rates become a labelled scenario, not the headline.
+    ledger = ledger_cache_levers(this_database=True)
+    hits = dict(LLMRequest.objects.values_list("cache_status").annotate(n=Count("id")))
+    rows = LLMRequest.objects.exclude(endpoint="embeddings").count()
+    assert Decimal(ledger["exact_hit_rate"].value) == (Decimal(hits["exact"]) / rows).quantize(Decimal("0.000001"))
+    assert Decimal(ledger["semantic_hit_rate"].value) == (Decimal(hits["semantic"]) / rows).quantize(Decimal("0.000001"))
+    assert "seeded ledger" in ledger["exact_hit_rate"].source
+    replay = {"exact_hit_rate": Lever("0.614", "replay"), "semantic_hit_rate": Lever("0.02", "replay")}
+    load = reference_load_build(per_day=1000, days=30, measured=ledger, replay=replay)
+    by_name = {s.name: s for s in scenarios(load)}
+    assert by_name["all levers"].exact == Decimal(ledger["exact_hit_rate"].value)
+    assert by_name[ALL_LEVERS_REPLAY_CACHE].exact == Decimal("0.614")
+    assert ALL_LEVERS_SEED_CACHE not in by_name
+    # Without a ledger the replay's rates stand in, labelled, and the seed's rates are the side scenario.
+    by_name = {s.name: s for s in scenarios(reference_load_build(per_day=1000, days=30, replay=replay))}
+    assert by_name["all levers"].exact == Decimal("0.614")
+    assert ALL_LEVERS_SEED_CACHE in by_name and ALL_LEVERS_REPLAY_CACHE not in by_name
 
 
 # ---- the spreadsheet: every total is a formula a spreadsheet recomputes without Python --------------------------

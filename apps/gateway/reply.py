@@ -135,6 +135,8 @@ async def finalize(reply: Reply) -> None:
     metrics.child(metrics.REQUESTS, ctx.endpoint, ctx.status, ctx.cache_status).inc()
     if ctx.saved_usd:
         metrics.child(metrics.SAVED, ctx.cache_status).inc(float(ctx.saved_usd))
+    if ctx.ledger_skip:
+        return  # an auth failure past the sampled ones (counted in finops_gateway_auth_failures_total)
     await stage11_record(reply.row if reply.row is not None else snapshot_row(ctx))
 
 

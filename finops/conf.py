@@ -62,9 +62,11 @@ class FinopsConf:
     # Failed authentications (unknown key, or a lookup that failed) per client address and minute, per process,
     # before further unknown keys from that address get 429 without a database lookup (0 = no limit).
     auth_failures_per_minute: int = 30
-    # 401s and auth throttling write at most one ledger row per client address (per revoked key) and minute,
-    # per process; every one is counted in finops_gateway_auth_failures_total.
+    # 401s and auth throttling write at most this many ledger rows per client address (per revoked key) and
+    # minute, and at most AUTH_FAILURE_ROWS_MAX_PER_MINUTE in all, per process; every one is counted in
+    # finops_gateway_auth_failures_total.
     auth_failure_rows_per_minute: int = 1
+    auth_failure_rows_max_per_minute: int = 100
 
     # --- security: /metrics and upstream providers ----------------------------------------------------------
     # Bearer token /metrics requires (Prometheus: `authorization: credentials_file`). Empty: /metrics answers

@@ -119,13 +119,18 @@ def _strike(client: str, now: float) -> None:
 def auth_failure_note(*, reason: str, client: str = "", api_key_id: int | None = None) -> bool:
     """Count a refused authentication (reason: missing, unknown, revoked, throttled) in
     finops_gateway_auth_failures_total; True when it should also get a ledger row: the first
-    AUTH_FAILURE_ROWS_PER_MINUTE per client address (per key, for a revoked key) and minute, in this process."""
+    AUTH_FAILURE_ROWS_PER_MINUTE per client address (per key, for a revoked key) and minute, and no more than
+    AUTH_FAILURE_ROWS_MAX_PER_MINUTE in all (a flood from many addresses), in this process."""
     metrics.AUTH_FAILURES.labels(reason=reason).inc()
-    limit = settings.FINOPS["AUTH_FAILURE_ROWS_PER_MINUTE"]
-    subject = f"r:k{api_key_id}" if api_key_id is not None else f"r:a{client}"
-    window = _window(subject, time.monotonic())
-    window.count += 1
-    return window.count <= limit
+    cfg = settings.FINOPS
+    now = time.monotonic()
+    subject = _window(f"r:k{api_key_id}" if api_key_id is not None else f"r:a{client}", now)
+    subject.count += 1
+    if subject.count > cfg["AUTH_FAILURE_ROWS_PER_MINUTE"]:
+        return False
+    total = _window("r:*", now)
+    total.count += 1
+    return total.count <= cfg["AUTH_FAILURE_ROWS_MAX_PER_MINUTE"]
 
 
 async def caller_for_secret(secret: str, *, client: str = "") -> tuple[Caller | None, bool]:

@@ -132,11 +132,13 @@ async def finalize(reply: Reply) -> None:
             await cache_store(ctx, reply.response)
         except Exception:
             logger.exception("cache store failed for %s", ctx.request_id)
+    if ctx.ledger_skip:
+        # An auth failure past the sampled ones: counted in finops_gateway_auth_failures_total only, so that
+        # requests_total keeps matching the rows written (finops:ledger_rows_missing:increase1h).
+        return
     metrics.child(metrics.REQUESTS, ctx.endpoint, ctx.status, ctx.cache_status).inc()
     if ctx.saved_usd:
         metrics.child(metrics.SAVED, ctx.cache_status).inc(float(ctx.saved_usd))
-    if ctx.ledger_skip:
-        return  # an auth failure past the sampled ones (counted in finops_gateway_auth_failures_total)
     await stage11_record(reply.row if reply.row is not None else snapshot_row(ctx))
 
 

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ class AuthThrottled(RateLimited):
 _key_cache: OrderedDict[str, _KeyEntry] = OrderedDict()
 # Unknown keys: digest -> monotonic time until which "unknown" is answered without a query.
 _unknown_keys: OrderedDict[str, float] = OrderedDict()
-# Failed authentications per client address ("a:<addr>") and ledger rows per subject ("r:<subject>").
+# Failed authentications per client address ("a:<addr>") and ledger rows per subject ("r:<subject>"). Shared with
+# the management API's authentication (apps.tenancy.authentication), which runs in a thread: hence the lock.
 _windows: OrderedDict[str, _Window] = OrderedDict()
+_windows_lock = threading.Lock()
 # During an outage a key is re-checked against Postgres at most this often; in between, its stale entry answers.
 _STALE_RECHECK_S = 1.0
 
@@ -101,7 +104,8 @@ def _throttle_check(client: str, now: float) -> None:
     limit = settings.FINOPS["AUTH_FAILURES_PER_MINUTE"]
     if not limit or not client:
         return
-    window = _windows.get(f"a:{client}")
+    with _windows_lock:
+        window = _windows.get(f"a:{client}")
     if window is None or now - window.started >= _WINDOW_S or window.count < limit:
         return
     retry_after = max(1, math.ceil(window.started + _WINDOW_S - now))
@@ -113,7 +117,19 @@ def _throttle_check(client: str, now: float) -> None:
 
 def _strike(client: str, now: float) -> None:
     if client:
-        _window(f"a:{client}", now).count += 1
+        with _windows_lock:
+            _window(f"a:{client}", now).count += 1
+
+
+def auth_throttle_check(*, client: str) -> None:
+    """For a key lookup outside the gateway (the management API): raise AuthThrottled (429) when `client` has
+    failed authentication FINOPS["AUTH_FAILURES_PER_MINUTE"] times this minute, before the lookup."""
+    _throttle_check(client, time.monotonic())
+
+
+def auth_failure_strike(*, client: str) -> None:
+    """Count a failed key lookup of `client` outside the gateway against the same per-address limit."""
+    _strike(client, time.monotonic())
 
 
 def auth_failure_note(*, reason: str, client: str = "", api_key_id: int | None = None) -> bool:
@@ -124,13 +140,14 @@ def auth_failure_note(*, reason: str, client: str = "", api_key_id: int | None =
     metrics.AUTH_FAILURES.labels(reason=reason).inc()
     cfg = settings.FINOPS
     now = time.monotonic()
-    subject = _window(f"r:k{api_key_id}" if api_key_id is not None else f"r:a{client}", now)
-    subject.count += 1
-    if subject.count > cfg["AUTH_FAILURE_ROWS_PER_MINUTE"]:
-        return False
-    total = _window("r:*", now)
-    total.count += 1
-    return total.count <= cfg["AUTH_FAILURE_ROWS_MAX_PER_MINUTE"]
+    with _windows_lock:
+        subject = _window(f"r:k{api_key_id}" if api_key_id is not None else f"r:a{client}", now)
+        subject.count += 1
+        if subject.count > cfg["AUTH_FAILURE_ROWS_PER_MINUTE"]:
+            return False
+        total = _window("r:*", now)
+        total.count += 1
+        return total.count <= cfg["AUTH_FAILURE_ROWS_MAX_PER_MINUTE"]
 
 
 async def caller_for_secret(secret: str, *, client: str = "") -> tuple[Caller | None, bool]:
@@ -218,7 +235,8 @@ async def _key_row(digest: str):
 def caller_cache_clear() -> None:
     _key_cache.clear()
     _unknown_keys.clear()
-    _windows.clear()
+    with _windows_lock:
+        _windows.clear()
 
 
 async def api_keys_mark_used(*, conn, key_ids: list[int]) -> None:

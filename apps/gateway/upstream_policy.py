@@ -8,7 +8,8 @@ loads the rows (apps.gateway.selectors), so that a row written around the admin 
 - `key_env_refusal`: the name must match FINOPS_UPSTREAM_KEY_ENV_ALLOWED (default `FINOPS_UPSTREAM_*_KEY`,
   `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`), and is never one of the project's own secrets, whatever that says.
 - `base_url_refusal`: link-local and cloud metadata addresses never; with FINOPS_UPSTREAM_HOSTS_ALLOWED empty,
-  https to any public host and http to loopback only; with it set, only the hosts it lists (and loopback).
+  https to any public host and http to loopback (and the mock's host) only; with it set, only the hosts it lists
+  (and loopback).
   Host names are checked as written: a public name that resolves to a private address is not detected.
 """
 
@@ -87,8 +88,9 @@ def base_url_refusal(url: str) -> str | None:
     ):
         return f"{host} is a link-local or cloud metadata address; the gateway never sends keys there."
     loopback = host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback)
-    if loopback:
-        return None  # a local vLLM, Ollama or the mock, over http or https
+    mock = (urlsplit(settings.FINOPS["MOCK_LLM_URL"]).hostname or "").lower()
+    if loopback or host == mock:
+        return None  # a local vLLM, Ollama or the mock (FINOPS_MOCK_LLM_URL's host), over http or https
     allowed = settings.FINOPS["UPSTREAM_HOSTS_ALLOWED"]
     if allowed:
         if any(fnmatchcase(host, pattern.lower()) for pattern in allowed):

@@ -118,6 +118,12 @@ def test_base_urls_are_checked_against_the_host_policy(url, allowed):
     assert (base_url_refusal(url) is None) is allowed, base_url_refusal(url)
 
 
+def test_the_mock_llms_host_is_allowed_over_http(settings):
+    assert base_url_refusal("http://mock-llm:8001/v1")
+    settings.FINOPS = {**settings.FINOPS, "MOCK_LLM_URL": "http://mock-llm:8001/v1"}  # compose's mock profile
+    assert base_url_refusal("http://mock-llm:8001/v1") is None
+
+
 def test_an_operator_allowlist_names_the_hosts_but_never_opens_metadata(settings):
     settings.FINOPS = {**settings.FINOPS, "UPSTREAM_HOSTS_ALLOWED": ["vllm.internal", "10.0.0.*"]}
     assert base_url_refusal("http://vllm.internal:8000/v1") is None

@@ -169,5 +169,14 @@ def gateway_url(django_db_setup, mock_llm_url):
     Tests that use it need `@pytest.mark.django_db(transaction=True)`, so that the keys and prices
     they create are committed and visible to the server process. Upstream read timeout: 3 s.
     """
-    with gateway_server(mock_llm_url=mock_llm_url, env={"FINOPS_UPSTREAM_TIMEOUT_S": "3", "FINOPS_GATEWAY_MAX_PROMPT_TOKENS": "2000"}) as url:
+    env = {
+        "FINOPS_UPSTREAM_TIMEOUT_S": "3",
+        "FINOPS_GATEWAY_MAX_PROMPT_TOKENS": "2000",
+        # Every refused request of these tests has its row, and the whole session shares one client address:
+        # the sampling of auth failures and the per-address throttle are tested in test_security_keys.py.
+        "FINOPS_AUTH_FAILURE_ROWS_PER_MINUTE": "100000",
+        "FINOPS_AUTH_FAILURE_ROWS_MAX_PER_MINUTE": "100000",
+        "FINOPS_AUTH_FAILURES_PER_MINUTE": "0",
+    }
+    with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         yield url

@@ -37,6 +37,10 @@ def _default_upstreams() -> list[dict[str, Any]]:
     return [{"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY", "models": ["*"]}]
 
 
+def _default_upstream_key_envs() -> list[str]:
+    return ["FINOPS_UPSTREAM_*_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
+
+
 def _default_router_models() -> list[str]:
     return ["auto", "router", "finops/*"]
 
@@ -51,6 +55,31 @@ class FinopsConf:
     api_key_revalidate_timeout_ms: int = 500
     # ApiKey.rate_limit_per_minute (0 = unlimited): a Redis sliding window, in-process when Redis is down.
     api_key_rate_limit_timeout_ms: int = 20
+    # Known keys (and keys seen revoked) kept per process, least recently used evicted first. Unknown keys live in a
+    # separate negative cache of their own size, so a flood of random keys never evicts a known key.
+    api_key_cache_max: int = 50_000
+    api_key_negative_cache_max: int = 10_000
+    # Failed authentications (unknown key, or a lookup that failed) per client address and minute, per process,
+    # before further unknown keys from that address get 429 without a database lookup (0 = no limit).
+    auth_failures_per_minute: int = 30
+    # 401s and auth throttling write at most this many ledger rows per client address (per revoked key) and
+    # minute, and at most AUTH_FAILURE_ROWS_MAX_PER_MINUTE in all, per process; every one is counted in
+    # finops_gateway_auth_failures_total.
+    auth_failure_rows_per_minute: int = 1
+    auth_failure_rows_max_per_minute: int = 100
+
+    # --- security: /metrics and upstream providers ----------------------------------------------------------
+    # Bearer token /metrics requires (Prometheus: `authorization: credentials_file`). Empty: /metrics answers
+    # loopback clients only (127.0.0.0/8, ::1), 403 to everyone else.
+    metrics_token: str = ""
+    # Org slugs in metric labels (`org`) besides the org id (`org_id`): tenant names are off unless opted in.
+    metrics_tenant_labels: bool = False
+    # Environment variables a provider row (admin) may name in api_key_env: shell-style patterns. The project's
+    # own secrets (SECRET_KEY, DATABASE_URL, ...) are refused whatever this says (apps/gateway/models.py).
+    upstream_key_env_allowed: list[str] = field(default_factory=_default_upstream_key_envs)
+    # Hosts a provider row's base_url may name (shell-style patterns, http or https). Empty: https to any public
+    # host, http to loopback only. Link-local and cloud metadata addresses are refused either way.
+    upstream_hosts_allowed: list[str] = field(default_factory=list)
 
     # --- core: the async database and Redis runtime -----------------------------------------------------
     asyncpg_pool_min: int = 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTMANAGER_YML = DEPLOY / "alertmanager" / "alertmanager.yml"
 RULES_DIR = DEPLOY / "prometheus" / "rules"
 MONITORING_ENV = STATE_DIR / "monitoring.env"
+# The API's /metrics bearer token under `make run` (FINOPS_METRICS_TOKEN, or one generated per run), read by the
+# local Prometheus through credentials_file. compose mounts the same token at the path deploy/ names.
+METRICS_TOKEN_FILE = STATE_DIR / "metrics-token"
+DEPLOY_TOKEN_FILE = "/run/secrets/finops_metrics_token"
 # Where deploy/alertmanager/alertmanager.yml sends its webhooks; rewritten to the receiver's real port.
 RECEIVER_PLACEHOLDER = "http://127.0.0.1:9095"
 # compose scrapes every 30 s; locally a shorter interval makes targets, rules and alerts visible within seconds.
@@ -62,10 +67,14 @@ def _replace(text: str, old: str, new: str, *, where: Path) -> str:
     return text.replace(old, new)
 
 
-def prometheus_config(*, api: str, worker: str, alertmanager: str, rules_dir: Path = RULES_DIR) -> str:
-    """deploy/prometheus/prometheus.yml with loopback targets (`host:port` each) and the rules' absolute path."""
+def prometheus_config(
+    *, api: str, worker: str, alertmanager: str, rules_dir: Path = RULES_DIR, token_file: Path = METRICS_TOKEN_FILE
+) -> str:
+    """deploy/prometheus/prometheus.yml with loopback targets (`host:port` each), the rules' absolute path and the
+    file holding the API's /metrics token."""
     text = PROMETHEUS_YML.read_text()
     for old, new in (
+        (DEPLOY_TOKEN_FILE, str(token_file)),
         ('"api:8000"', f'"{api}"'),
         ('"worker:9808"', f'"{worker}"'),
         ('"alertmanager:9093"', f'"{alertmanager}"'),
@@ -75,6 +84,17 @@ def prometheus_config(*, api: str, worker: str, alertmanager: str, rules_dir: Pa
     ):
         text = _replace(text, old, new, where=PROMETHEUS_YML)
     return text
+
+
+def metrics_token_ensure(*, token: str = "", path: Path = METRICS_TOKEN_FILE) -> str:
+    """The /metrics token for `make run`: `token` (FINOPS_METRICS_TOKEN) if set, else a new random one; written to
+    `path` (mode 0600) for the local Prometheus and for anyone who wants to curl /metrics."""
+    token = token or secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(token)
+    return token
 
 
 def alertmanager_config(*, receiver_url: str) -> str:

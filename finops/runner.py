@@ -75,6 +75,8 @@ def main() -> int:
     shutil.rmtree(worker_prom_dir, ignore_errors=True)
     worker_prom_dir.mkdir(parents=True)
     env["FINOPS_ALERT_ADMIN_BASE_URL"] = env.get("FINOPS_ALERT_ADMIN_BASE_URL") or f"http://{host}:{port}"
+    # /metrics needs a bearer token; the local Prometheus reads it from .finops/metrics-token.
+    env["FINOPS_METRICS_TOKEN"] = monitoring.metrics_token_ensure(token=env.get("FINOPS_METRICS_TOKEN", ""))
     logs = STATE_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -224,7 +226,7 @@ def print_banner(
         "",
         "finops is running",
         f"  admin (finance UI)   {base}/admin/        credentials in {STATE_DIR / 'credentials'}",
-        f"  metrics              {base}/metrics  (worker: {worker_metrics})",
+        f"  metrics              {base}/metrics  (bearer token in {monitoring.METRICS_TOKEN_FILE}; worker: {worker_metrics})",
         f"  Prometheus           {stack.prometheus_url or '(not running)'}"
         + (f"   targets {stack.prometheus_url}/targets, rules {stack.prometheus_url}/rules" if stack.prometheus_url else ""),
         f"  Alertmanager         {stack.alertmanager_url or '(not running)'}",

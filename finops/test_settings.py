@@ -28,3 +28,6 @@ DATABASES["default"]["TEST"] = {"NAME": "test_finops" + os.environ.get("FINOPS_T
 # cached aggregates (finops.cache) never fires between tests that share a day and a scope: the cache is off here
 # and apps/reports/tests/test_dashboard_cache.py turns it on.
 FINOPS["REPORTS_DASHBOARD_CACHE_S"] = 0
+# The per-address limit on failed authentications is per process: in-process tests (all on 127.0.0.1) would share
+# it across the session. apps/tenancy/tests/test_auth_throttle.py turns it on; subprocess gateways keep the default.
+FINOPS["AUTH_FAILURES_PER_MINUTE"] = 0

@@ -42,14 +42,20 @@ BUDGET_SETTLE_FAILURES = Counter(
 
 
 def budget_utilisation() -> Iterable[Metric]:
-    """Highest utilisation per org and scope in the current period, read from the counters at scrape time."""
-    from apps.budgets.selectors import budget_utilisation_by_org_scope
+    """Highest utilisation per org and scope in the current period, read from the counters at scrape time.
 
+    Orgs are labelled by id (`org_id`); their slug (`org`, a tenant name) only when the operator opts in with
+    FINOPS_METRICS_TENANT_LABELS: whoever reads the metrics does not learn the customer list by default.
+    """
+    from apps.budgets.selectors import budget_utilisation_by_org_scope
+    from finops.conf import conf
+
+    names = conf().metrics_tenant_labels
     family = GaugeMetricFamily(
         "finops_budget_utilisation_ratio",
         "Highest spent/cap among the active budgets of an org and scope, current period.",
-        labels=["org", "scope"],
+        labels=["org_id", "org", "scope"] if names else ["org_id", "scope"],
     )
-    for org_slug, scope, ratio in budget_utilisation_by_org_scope():
-        family.add_metric([org_slug, scope], ratio)
+    for org_id, org_slug, scope, ratio in budget_utilisation_by_org_scope():
+        family.add_metric([str(org_id), org_slug, scope] if names else [str(org_id), scope], ratio)
     yield family

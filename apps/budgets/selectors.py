@@ -118,14 +118,14 @@ def budget_cap_warnings(*, budget: Budget) -> list[str]:
     return warnings
 
 
-def budget_utilisation_by_org_scope(*, now: dt.datetime | None = None) -> list[tuple[str, str, float]]:
-    """(org slug, scope, highest spent/cap) over active budgets with a positive cap, current period."""
+def budget_utilisation_by_org_scope(*, now: dt.datetime | None = None) -> list[tuple[int, str, str, float]]:
+    """(org id, org slug, scope, highest spent/cap) over active budgets with a positive cap, current period."""
     now = now or clock.now()
-    best: dict[tuple[str, str], float] = {}
+    best: dict[tuple[int, str, str], float] = {}
     rows = budget_usage_annotate(Budget.objects.filter(active=True, cap_usd__gt=0), now=now).values_list(
-        "org__slug", "scope", "cap_usd", "spent_now"
+        "org_id", "org__slug", "scope", "cap_usd", "spent_now"
     )
-    for slug, scope, cap, spent in rows:
+    for org_id, slug, scope, cap, spent in rows:
         ratio = float((spent or 0) / cap)
-        best[(slug, scope)] = max(best.get((slug, scope), 0.0), ratio)
-    return [(slug, scope, ratio) for (slug, scope), ratio in sorted(best.items())]
+        best[(org_id, slug, scope)] = max(best.get((org_id, slug, scope), 0.0), ratio)
+    return [(org_id, slug, scope, ratio) for (org_id, slug, scope), ratio in sorted(best.items())]

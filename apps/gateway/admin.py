@@ -6,11 +6,14 @@ from django.contrib import admin, messages
 from django.db import models
 
 from apps.gateway.models import Provider
+from apps.gateway.upstream_policy import base_url_refusal, key_env_refusal
 
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    list_display = ["name", "base_url", "api_key_env", "key_present", "model_count", "timeout_s", "max_connections", "enabled"]
+    list_display = [
+        "name", "base_url", "api_key_env", "key_present", "policy_ok", "model_count", "timeout_s", "max_connections", "enabled",
+    ]  # fmt: skip
     list_filter = ["enabled"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
@@ -18,7 +21,16 @@ class ProviderAdmin(admin.ModelAdmin):
     actions = ["enable", "disable"]
     fieldsets = [
         (None, {"fields": ["name", "base_url", "enabled"]}),
-        ("Credentials", {"fields": ["api_key_env"], "description": "Only the name of the environment variable is stored."}),
+        (
+            "Credentials",
+            {
+                "fields": ["api_key_env"],
+                "description": (
+                    "Only the name of the environment variable is stored. Allowed names: FINOPS_UPSTREAM_KEY_ENV_ALLOWED "
+                    "(default FINOPS_UPSTREAM_*_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY); the server's own secrets never."
+                ),
+            },
+        ),
         ("Models", {"fields": ["served_models"]}),
         ("Connections", {"fields": ["timeout_s", "connect_timeout_s", "max_connections"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
@@ -27,6 +39,11 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="key set")
     def key_present(self, obj: Provider) -> bool:
         return not obj.api_key_env or bool(os.environ.get(obj.api_key_env))
+
+    @admin.display(boolean=True, description="policy")
+    def policy_ok(self, obj: Provider) -> bool:
+        """False for a row the gateway ignores (written around this form): see apps.gateway.upstream_policy."""
+        return not (key_env_refusal(obj.api_key_env) or base_url_refusal(obj.base_url))
 
     @admin.display(description="models")
     def model_count(self, obj: Provider) -> str:

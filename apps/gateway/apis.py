@@ -69,7 +69,9 @@ class ChatApi(APIView):
         description="Same pipeline, headers and ledger row as POST /v1/chat/completions; errors are OpenAI error JSON.",
     )
     async def post(self, request):
-        ctx = pipeline.stage1_receive("chat", {k.lower(): v for k, v in request.headers.items()})
+        ctx = pipeline.stage1_receive(
+            "chat", {k.lower(): v for k, v in request.headers.items()}, client=request.META.get("REMOTE_ADDR") or ""
+        )
         body: dict[str, Any] = {}
         rejection: FinopsError | None = None
         try:

@@ -44,6 +44,11 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
+def _client(scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
 def _encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()]
 
@@ -169,7 +174,7 @@ class GatewayASGI:
         if scope["path"].rstrip("/") != "/chat" or scope["method"] != "POST":
             await _send_json(send, 413, _error(413, message, "request_too_large"))
             return
-        ctx = pipeline.stage1_receive("chat", headers)
+        ctx = pipeline.stage1_receive("chat", headers, client=_client(scope))
         rejection = PayloadTooLarge(message, code="request_too_large")
         reply = await pipeline.chat(ctx, authorization=headers.get("authorization"), body=b"", rejection=rejection)
         await _send_json(send, reply.status, reply.payload, reply.headers)
@@ -195,7 +200,7 @@ class GatewayASGI:
 
     async def chat_completions(self, scope, receive, send) -> None:
         headers = _headers(scope)
-        ctx = pipeline.stage1_receive("chat_completions", headers)
+        ctx = pipeline.stage1_receive("chat_completions", headers, client=_client(scope))
         limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
         try:
             body, too_large = await _read_body(receive, limit, headers.get("content-length"))
@@ -240,7 +245,7 @@ class GatewayASGI:
 
     async def models(self, scope, send, *, model_id: str | None) -> None:
         headers = _headers(scope)
-        ctx = pipeline.stage1_receive("models", headers)
+        ctx = pipeline.stage1_receive("models", headers, client=_client(scope))
         try:
             await pipeline.stage2_authenticate(ctx, headers.get("authorization"))
             catalog = await catalog_get()

@@ -44,6 +44,8 @@ class RequestContext:
     max_tokens_param: str = "max_tokens"  # the name the client used for it ("max_completion_tokens" or "max_tokens")
     n: int = 1  # completions asked for (capped at FINOPS["GATEWAY_MAX_N"]; 1 while failed open)
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers
+    client_addr: str = ""  # the client's address (the ASGI server's, after its trusted proxy headers)
+    ledger_skip: bool = False  # an auth failure beyond the sampled ones: counted in Prometheus, no ledger row
 
     # Cache-Control from the client.
     cache_no_cache: bool = False  # skip the lookup

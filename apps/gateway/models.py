@@ -5,6 +5,8 @@ import re
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from apps.gateway.upstream_policy import base_url_refusal, key_env_refusal
+
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -59,3 +61,14 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """The upstream policy (apps.gateway.upstream_policy): which variables may be sent as a key, and where."""
+        super().clean()
+        errors = {}
+        if self.api_key_env and ENV_NAME_RE.match(self.api_key_env) and (reason := key_env_refusal(self.api_key_env)):
+            errors["api_key_env"] = reason
+        if self.base_url and (reason := base_url_refusal(self.base_url)):
+            errors["base_url"] = reason
+        if errors:
+            raise ValidationError(errors)

@@ -51,7 +51,7 @@ from apps.gateway.streams import CachedStream, ChatStream
 from apps.ledger.pricing import cost_compute
 from apps.ledger.recorder import INTERRUPTED, ledger_intent
 from apps.routing.decide import circuit_allows, circuit_record
-from apps.tenancy.keys import caller_for_secret
+from apps.tenancy.keys import AuthThrottled, auth_failure_note, caller_for_secret
 from finops.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -90,9 +90,9 @@ class UpstreamRateLimited(RateLimited):
 # --- 1. receive ----------------------------------------------------------------------------------
 
 
-def stage1_receive(endpoint: str, headers: dict[str, str]) -> RequestContext:
-    """Request id and clock (the context's defaults), lower-cased headers, Cache-Control."""
-    ctx = RequestContext(endpoint=endpoint, headers=headers)
+def stage1_receive(endpoint: str, headers: dict[str, str], *, client: str = "") -> RequestContext:
+    """Request id and clock (the context's defaults), lower-cased headers, the client's address, Cache-Control."""
+    ctx = RequestContext(endpoint=endpoint, headers=headers, client_addr=client)
     cache_control = headers.get("cache-control", "")
     if cache_control:
         for directive in cache_control.lower().split(","):
@@ -194,21 +194,29 @@ async def _end_abandoned(task: asyncio.Future) -> None:
 
 
 async def stage2_authenticate(ctx: RequestContext, authorization: str | None) -> None:
+    """Who is asking. Refusals are counted (finops_gateway_auth_failures_total) and only a sample gets a ledger
+    row (apps.tenancy.keys.auth_failure_note): a flood of bad keys costs neither a row nor a lookup each."""
     scheme, _, secret = (authorization or "").partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
+        ctx.ledger_skip = not auth_failure_note(reason="missing", client=ctx.client_addr)
         raise AuthenticationFailed(
             "Missing API key: send 'Authorization: Bearer <your finops key>'.", headers={"WWW-Authenticate": "Bearer"}
         )
     try:
-        caller, revoked = await caller_for_secret(secret)
+        caller, revoked = await caller_for_secret(secret, client=ctx.client_addr)
+    except AuthThrottled:
+        ctx.ledger_skip = not auth_failure_note(reason="throttled", client=ctx.client_addr)
+        raise
     except Exception as exc:
         logger.warning("API key lookup failed: %s", exc)
         raise ServiceUnavailable("The key store is unavailable; retry shortly.", headers={"Retry-After": "1"}) from exc
     if caller is None:
+        ctx.ledger_skip = not auth_failure_note(reason="unknown", client=ctx.client_addr)
         raise AuthenticationFailed("Incorrect API key provided.", headers={"WWW-Authenticate": "Bearer"})
-    ctx.caller = caller  # also when revoked: the refused request lands on the org's ledger
+    ctx.caller = caller  # also when revoked: the refused request lands on the org's ledger (sampled)
     if revoked:
+        ctx.ledger_skip = not auth_failure_note(reason="revoked", client=ctx.client_addr, api_key_id=caller.api_key_id)
         raise AuthenticationFailed(
             "This API key has been revoked.", code="api_key_revoked", headers={"WWW-Authenticate": "Bearer"}
         )

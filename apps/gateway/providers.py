@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,13 +38,34 @@ logging.getLogger("httpx2").setLevel(logging.WARNING)
 SDK, SDK_HTTPX, RAW = "sdk", "sdk-httpx", "raw"
 
 
+logger = logging.getLogger(__name__)
+
+# The public side of a failure: what an API caller may read. The upstream's own text goes to the log only.
+_PUBLIC_MESSAGES = {
+    "timeout": "no answer in time",
+    "connection": "the connection failed",
+    "malformed": "the answer was malformed",
+    "stream": "the upstream reported an error",
+}
+_SAFE_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_CONTEXT_LENGTH = ("context length", "maximum context", "context_length", "too many tokens", "prompt is too long")
+
+
 class UpstreamFailure(Exception):
+    """An upstream call that failed. `message` is safe to show an API caller (the kind and status class only);
+    `detail` is what the upstream or the transport said, which may name hosts, echo the prompt or carry the
+    upstream's internals: it is logged here and never put in a response."""
+
     def __init__(self, kind: str, message: str, *, status: int = 0, code: str = ""):
-        super().__init__(message)
         self.kind = kind  # status | timeout | connection | malformed | stream
-        self.message = message
+        self.detail = message
         self.status = status
-        self.code = code
+        if code == "" and status and any(hint in message.lower() for hint in _CONTEXT_LENGTH):
+            code = "context_length_exceeded"  # the pipeline moves up the chain on it, without the upstream's text
+        self.code = code if _SAFE_CODE.match(code) else ""
+        self.message = f"HTTP {status}" if kind == "status" else _PUBLIC_MESSAGES.get(kind, "the upstream call failed")
+        super().__init__(self.message)
+        logger.warning("upstream failure (%s, HTTP %s, code %r): %s", kind, status or "-", code, message[:1000])
 
 
 def transport() -> str:

@@ -132,6 +132,10 @@ async def finalize(reply: Reply) -> None:
             await cache_store(ctx, reply.response)
         except Exception:
             logger.exception("cache store failed for %s", ctx.request_id)
+    if ctx.ledger_skip:
+        # An auth failure past the sampled ones: counted in finops_gateway_auth_failures_total only, so that
+        # requests_total keeps matching the rows written (finops:ledger_rows_missing:increase1h).
+        return
     metrics.child(metrics.REQUESTS, ctx.endpoint, ctx.status, ctx.cache_status).inc()
     if ctx.saved_usd:
         metrics.child(metrics.SAVED, ctx.cache_status).inc(float(ctx.saved_usd))

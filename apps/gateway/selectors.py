@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from apps.gateway.upstream_policy import base_url_refusal, key_env_refusal
 from apps.ledger.pricing import Price, PriceBook
 from apps.ledger.selectors import price_book_fetch
 from finops.asyncdb import get_pool
@@ -157,6 +158,11 @@ def _upstreams(provider_rows) -> dict[str, Upstream]:
     for row in provider_rows:
         if not row["enabled"]:
             specs.pop(row["name"], None)
+            continue
+        # A row written around the admin (SQL, a fixture) gets the same policy as the admin form: refused, not used.
+        refusal = key_env_refusal(row["api_key_env"] or "") or base_url_refusal(row["base_url"] or "")
+        if refusal:
+            logger.error("provider row %s ignored: %s", row["name"], refusal)
             continue
         models = row["served_models"]
         specs[row["name"]] = {

@@ -34,8 +34,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             return None
+        # An address that keeps presenting unknown keys gets 429 before the lookup. Imported here: DRF imports this
+        # module while finops.errors (which keys needs) is still importing rest_framework.
+        from apps.tenancy.keys import auth_failure_strike, auth_throttle_check
+
+        client = request.META.get("REMOTE_ADDR") or ""
+        auth_throttle_check(client=client)
         api_key = api_key_for_secret(secret=secret.strip())
         if api_key is None:
+            auth_failure_strike(client=client)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return ApiKeyUser(api_key), api_key
 

@@ -1,12 +1,18 @@
-"""The API key behind a bearer secret, for the request path: asyncpg, a short in-process cache, stale-if-error.
+"""The API key behind a bearer secret, for the request path: asyncpg, short in-process caches, stale-if-error.
 
 - `caller_for_secret`: the key's `Caller` (SHA-256 lookup, constant-time compare), cached for
   FINOPS["API_KEY_CACHE_SECONDS"] — so a revoked key stops working within that window. While Postgres is
   unreachable, a key resolved within FINOPS["API_KEY_STALE_SECONDS"] keeps its last known resolution.
+  Known keys live in a bounded LRU (API_KEY_CACHE_MAX); unknown keys in a separate, smaller negative cache
+  (API_KEY_NEGATIVE_CACHE_MAX), so that random keys never evict the entries that keep known keys working
+  through an outage. A client address with too many failed authentications (AUTH_FAILURES_PER_MINUTE) gets
+  429 for further unknown keys *before* any database lookup.
+- `auth_failure_note`: counts a refused authentication (Prometheus, all of them) and says whether it gets a
+  ledger row (AUTH_FAILURE_ROWS_PER_MINUTE per client address, or per revoked key).
 - `api_key_rate_admit`: the key's requests per minute (ApiKey.rate_limit_per_minute).
 - `api_keys_mark_used`: ApiKey.last_used_at, touched by the ledger writer in its own transaction.
 
-Tenancy owns the key table: this module is the only raw SQL on it.
+Tenancy owns the key table: this module is the only raw SQL on it. The caches and counters are per process.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import asyncio
 import hmac
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,8 +37,6 @@ from finops.limiter import window_admit
 
 logger = logging.getLogger(__name__)
 
-_KEY_CACHE_MAX = 50_000
-
 _KEY_SQL = """
 SELECT k.id, k.prefix, k.key_hash, k.org_id, k.team_id, k.member_id, k.revoked_at, k.rate_limit_per_minute,
        o.store_prompts, o.allow_model_pinning
@@ -41,21 +47,110 @@ _LAST_USED_SQL = (
     "UPDATE tenancy_apikey SET last_used_at = now() "
     "WHERE id = ANY($1::bigint[]) AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
 )
+_WINDOW_S = 60.0
+
 
 @dataclass(slots=True)
 class _KeyEntry:
     fresh_until: float  # monotonic: served without a query until then
     stale_until: float  # monotonic: last confirmed by Postgres + API_KEY_STALE_SECONDS
-    caller: Caller | None
+    caller: Caller
     revoked: bool
 
 
-_key_cache: dict[str, _KeyEntry] = {}
+@dataclass(slots=True)
+class _Window:
+    """A fixed one-minute window of events for one subject (a client address, a revoked key)."""
+
+    started: float
+    count: int = 0
+
+
+class AuthThrottled(RateLimited):
+    code = "auth_rate_limited"
+
+
+# Known keys (caller resolved, active or revoked): least recently used first. Never holds unknown keys.
+_key_cache: OrderedDict[str, _KeyEntry] = OrderedDict()
+# Unknown keys: digest -> monotonic time until which "unknown" is answered without a query.
+_unknown_keys: OrderedDict[str, float] = OrderedDict()
+# Failed authentications per client address ("a:<addr>") and ledger rows per subject ("r:<subject>"). Shared with
+# the management API's authentication (apps.tenancy.authentication), which runs in a thread: hence the lock.
+_windows: OrderedDict[str, _Window] = OrderedDict()
+_windows_lock = threading.Lock()
 # During an outage a key is re-checked against Postgres at most this often; in between, its stale entry answers.
 _STALE_RECHECK_S = 1.0
 
 
-async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
+def _lru_put(cache: OrderedDict, key: str, value, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > max(limit, 1):
+        cache.popitem(last=False)
+
+
+def _window(key: str, now: float) -> _Window:
+    window = _windows.get(key)
+    if window is None or now - window.started >= _WINDOW_S:
+        window = _Window(started=now)
+        _lru_put(_windows, key, window, settings.FINOPS["API_KEY_NEGATIVE_CACHE_MAX"])
+    else:
+        _windows.move_to_end(key)
+    return window
+
+
+def _throttle_check(client: str, now: float) -> None:
+    """429 before the database when this address has failed authentication too often this minute."""
+    limit = settings.FINOPS["AUTH_FAILURES_PER_MINUTE"]
+    if not limit or not client:
+        return
+    with _windows_lock:
+        window = _windows.get(f"a:{client}")
+    if window is None or now - window.started >= _WINDOW_S or window.count < limit:
+        return
+    retry_after = max(1, math.ceil(window.started + _WINDOW_S - now))
+    raise AuthThrottled(
+        f"Too many failed authentications from this address; retry in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _strike(client: str, now: float) -> None:
+    if client:
+        with _windows_lock:
+            _window(f"a:{client}", now).count += 1
+
+
+def auth_throttle_check(*, client: str) -> None:
+    """For a key lookup outside the gateway (the management API): raise AuthThrottled (429) when `client` has
+    failed authentication FINOPS["AUTH_FAILURES_PER_MINUTE"] times this minute, before the lookup."""
+    _throttle_check(client, time.monotonic())
+
+
+def auth_failure_strike(*, client: str) -> None:
+    """Count a failed key lookup of `client` outside the gateway against the same per-address limit."""
+    _strike(client, time.monotonic())
+
+
+def auth_failure_note(*, reason: str, client: str = "", api_key_id: int | None = None) -> bool:
+    """Count a refused authentication (reason: missing, unknown, revoked, throttled) in
+    finops_gateway_auth_failures_total; True when it should also get a ledger row: the first
+    AUTH_FAILURE_ROWS_PER_MINUTE per client address (per key, for a revoked key) and minute, and no more than
+    AUTH_FAILURE_ROWS_MAX_PER_MINUTE in all (a flood from many addresses), in this process."""
+    metrics.AUTH_FAILURES.labels(reason=reason).inc()
+    cfg = settings.FINOPS
+    now = time.monotonic()
+    with _windows_lock:
+        subject = _window(f"r:k{api_key_id}" if api_key_id is not None else f"r:a{client}", now)
+        subject.count += 1
+        if subject.count > cfg["AUTH_FAILURE_ROWS_PER_MINUTE"]:
+            return False
+        total = _window("r:*", now)
+        total.count += 1
+        return total.count <= cfg["AUTH_FAILURE_ROWS_MAX_PER_MINUTE"]
+
+
+async def caller_for_secret(secret: str, *, client: str = "") -> tuple[Caller | None, bool]:
     """(caller, revoked): the key's caller, or (None, False) for an unknown key.
 
     A revoked key still names its caller, so that the rejected request is attributed to the org it
@@ -66,6 +161,10 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
     keeps working, a key seen revoked stays refused. A key never seen (or seen only as unknown) raises,
     and the gateway answers 503: it cannot tell a new key from a forged one without the database. The
     window is bounded because a key revoked during the outage cannot be known until Postgres is back.
+
+    `client` is the caller's address: a key this process does not know yet is looked up only if that
+    address has not failed authentication FINOPS["AUTH_FAILURES_PER_MINUTE"] times this minute
+    (AuthThrottled, a 429, otherwise). Unknown results and failed lookups count as failures.
     """
     digest = api_key_hash(secret)
     cfg = settings.FINOPS
@@ -73,9 +172,19 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
     stale_s = cfg["API_KEY_STALE_SECONDS"]
     now = time.monotonic()
     entry = _key_cache.get(digest)
-    if entry is not None and entry.fresh_until > now:
-        return entry.caller, entry.revoked
-    fallback = entry if entry is not None and entry.caller is not None and entry.stale_until > now else None
+    if entry is not None:
+        _key_cache.move_to_end(digest)
+        if entry.fresh_until > now:
+            return entry.caller, entry.revoked
+    else:
+        _throttle_check(client, now)
+        unknown_until = _unknown_keys.get(digest)
+        if unknown_until is not None:
+            if unknown_until > now:
+                _strike(client, now)
+                return None, False
+            del _unknown_keys[digest]
+    fallback = entry if entry is not None and entry.stale_until > now else None
     try:
         if fallback is None:
             row = await _key_row(digest)
@@ -83,6 +192,8 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
             row = await asyncio.wait_for(_key_row(digest), cfg["API_KEY_REVALIDATE_TIMEOUT_MS"] / 1000)
     except Exception as exc:
         if fallback is None:
+            if entry is None:
+                _strike(client, now)
             raise
         fallback.fresh_until = now + min(_STALE_RECHECK_S, fallback.stale_until - now)
         metrics.AUTH_STALE.inc()
@@ -104,11 +215,15 @@ async def caller_for_secret(secret: str) -> tuple[Caller | None, bool]:
             allow_model_pinning=row["allow_model_pinning"],
             rate_limit_per_minute=row["rate_limit_per_minute"],
         )
-    # Unknown keys are cached only for the fresh TTL (0: not at all): they are never served stale.
-    if ttl > 0 or (caller is not None and stale_s > 0):
-        if len(_key_cache) >= _KEY_CACHE_MAX:
-            _key_cache.clear()  # bounded memory: a flood of random keys cannot grow it forever
-        _key_cache[digest] = _KeyEntry(now + ttl, now + max(stale_s, ttl), caller, revoked)
+    if caller is None:
+        _key_cache.pop(digest, None)  # deleted since: no longer a known key
+        _strike(client, now)
+        # Unknown keys are cached only for the fresh TTL (0: not at all), apart from the known ones: never served stale.
+        if ttl > 0:
+            _lru_put(_unknown_keys, digest, now + ttl, cfg["API_KEY_NEGATIVE_CACHE_MAX"])
+    elif ttl > 0 or stale_s > 0:
+        _unknown_keys.pop(digest, None)
+        _lru_put(_key_cache, digest, _KeyEntry(now + ttl, now + max(stale_s, ttl), caller, revoked), cfg["API_KEY_CACHE_MAX"])
     return caller, revoked
 
 
@@ -119,6 +234,9 @@ async def _key_row(digest: str):
 
 def caller_cache_clear() -> None:
     _key_cache.clear()
+    _unknown_keys.clear()
+    with _windows_lock:
+        _windows.clear()
 
 
 async def api_keys_mark_used(*, conn, key_ids: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""Tenancy metrics. Labels are bounded: the limiter backend only (per-key counts live in the ledger)."""
+"""Tenancy metrics. Labels are bounded: the limiter backend, the auth failure reason (per-key counts live in the ledger)."""
 
 from __future__ import annotations
 
@@ -13,4 +13,11 @@ RATE_LIMITED = Counter(
 AUTH_STALE = Counter(
     "finops_gateway_auth_stale_total",
     "Requests authenticated from a key's last known state because the key lookup failed (Postgres unreachable).",
+)
+
+AUTH_FAILURES = Counter(
+    "finops_gateway_auth_failures_total",
+    "Gateway requests refused at authentication, by reason (missing, unknown, revoked, throttled); only a sample "
+    "of them gets a ledger row (FINOPS_AUTH_FAILURE_ROWS_PER_MINUTE).",
+    ["reason"],
 )

@@ -160,3 +160,14 @@ def test_services_start_in_order(compose):
 def test_the_image_leaves_out_local_state():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".finops", ".git"} <= set(ignored)
+
+
+def test_prometheus_scrapes_the_api_with_the_metrics_token(compose):
+    """/metrics needs FINOPS_METRICS_TOKEN (finops/views.py): compose requires it, hands the same value to
+    Prometheus as a secret, and the scrape job reads that secret's file."""
+    assert compose["services"]["api"]["environment"]["FINOPS_METRICS_TOKEN"].startswith("${FINOPS_METRICS_TOKEN:?")
+    assert compose["secrets"]["finops_metrics_token"] == {"environment": "FINOPS_METRICS_TOKEN"}
+    assert "finops_metrics_token" in compose["services"]["prometheus"]["secrets"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    api = next(job for job in config["scrape_configs"] if job["job_name"] == "finops-api")
+    assert api["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/finops_metrics_token"}

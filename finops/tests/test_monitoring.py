@@ -48,11 +48,13 @@ def test_the_prometheus_config_keeps_deploys_rules_and_scrapes_api_and_worker(tm
     assert '"127.0.0.1:18000"' in text and '"127.0.0.1:18808"' in text and '"127.0.0.1:18093"' in text
     assert f"- {monitoring.RULES_DIR}/*.yml" in text
     assert '"api:8000"' not in text and '"alertmanager:9093"' not in text and "scrape_interval: 10s" in text
+    assert f"credentials_file: {monitoring.METRICS_TOKEN_FILE}" in text and monitoring.DEPLOY_TOKEN_FILE not in text
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed: `make tools`")
     config = tmp_path / "prometheus.yml"
-    config.write_text(text)
+    config.write_text(text.replace(str(monitoring.METRICS_TOKEN_FILE), str(tmp_path / "token")))
+    (tmp_path / "token").write_text("t")
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 2 rule files found" in result.stdout

@@ -21,7 +21,7 @@ def price(model: str, provider: str = "openai", pk: int = 1, **window) -> dict:
 
 
 def provider_row(name: str, models: list[str], *, enabled: bool = True, api_key_env: str = "") -> dict:
-    return {"name": name, "base_url": f"http://{name}.example/v1/", "api_key_env": api_key_env, "served_models": models,
+    return {"name": name, "base_url": f"https://{name}.example/v1/", "api_key_env": api_key_env, "served_models": models,
             "timeout_s": 30.0, "connect_timeout_s": 2.0, "max_connections": 10, "enabled": enabled}  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def test_admin_rows_add_providers_and_explicit_models_win(no_mock):
     rows = [provider_row("vllm", ["gpt-4o", "llama-local"])]
     catalog = catalog_build(price_rows=[price("gpt-4o"), price("llama-local", provider="self")], provider_rows=rows)
     assert catalog.upstream_for("gpt-4o").name == "vllm"
-    assert catalog.upstream_for("llama-local").base_url == "http://vllm.example/v1"
+    assert catalog.upstream_for("llama-local").base_url == "https://vllm.example/v1"
     assert catalog.upstream_for("llama-local").api_key == "not-needed"
 
 
@@ -94,7 +94,7 @@ def test_a_provider_stores_the_name_of_the_key_variable_never_the_key():
     with pytest.raises(ValidationError) as caught:
         provider.full_clean()
     assert "api_key_env" in caught.value.message_dict
-    provider.api_key_env = "OPENAI_EU_KEY"
+    provider.api_key_env = "FINOPS_UPSTREAM_OPENAI_EU_KEY"  # the allowlist's pattern (apps.gateway.upstream_policy)
     provider.served_models = "gpt-4o"
     with pytest.raises(ValidationError):
         provider.full_clean()

@@ -84,6 +84,11 @@ def anthropic_client(gateway_url: str, secret: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gateway_url, api_key=secret, max_retries=0)
 
 
+def scraped(gateway_url: str) -> str:
+    with httpx2.Client() as http:
+        return http.get(f"{gateway_url}/metrics").text
+
+
 def embedding_cost(tokens: int) -> Decimal:
     return quantize_usd(tokens * EMBEDDING_INPUT / Decimal(1_000_000))
 
@@ -120,6 +125,7 @@ def test_embeddings_float_are_priced_per_input_token_recorded_and_counted(gatewa
     assert raw.headers["x-tokens-prompt"] == str(tokens)
     assert row.reserved_usd == row.cost_usd  # the estimate is the input: nothing else to pay for
     assert_counter_moved(before, row.cost_usd)
+    assert 'finops_gateway_requests_total{cache_status="miss",endpoint="embeddings",outcome="served"}' in scraped(gateway_url)
 
 
 def test_embeddings_base64_decode_to_the_float_vectors_and_the_repeat_is_an_exact_hit(gateway_url, tenant):
@@ -327,6 +333,7 @@ def test_messages_create_is_answered_billed_and_recorded(gateway_url, tenant):
     assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens, 30) > 0
     assert raw.headers["x-cost-usd"] == format(row.cost_usd, "f")
     assert_counter_moved(before, row.cost_usd)
+    assert 'finops_gateway_requests_total{cache_status="miss",endpoint="messages",outcome="served"}' in scraped(gateway_url)
 
 
 def test_messages_stream_events_and_usage_with_the_official_sdk(gateway_url, tenant):

@@ -4,6 +4,8 @@ Django's middleware stack runs its sync middleware through `sync_to_async` (a th
 adds its own request wrapping; measured here, that is several times the whole budget for gateway
 overhead. `/v1/chat/completions` and `/v1/models` are therefore served straight from ASGI events by
 the same pipeline that backs the DRF `/chat` view (apps.gateway.pipeline). No ORM, no thread per request.
+The other wire formats (`/v1/embeddings`, `/v1/responses`, `/v1/messages`) are one module each, behind
+`GatewayASGI.wire` (apps.gateway.wire).
 
 This app also owns the ASGI lifespan: on shutdown it closes the loop's runtime (finops.runtime), newest
 first — queued budget settles and ledger rows of answered requests drain before the clients and pools

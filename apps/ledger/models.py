@@ -87,7 +87,7 @@ class LLMRequest(models.Model):
     """One row per request that reached the gateway, whatever became of it."""
 
     request_id = models.UUIDField(default=uuid.uuid4, unique=True)
-    endpoint = models.CharField(max_length=32)  # chat, chat_completions, embeddings
+    endpoint = models.CharField(max_length=32)  # chat, chat_completions, responses, messages, embeddings
     received_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
 

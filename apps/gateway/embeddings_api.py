@@ -33,7 +33,7 @@ from apps.gateway.providers import UpstreamFailure, _failure
 from apps.gateway.reply import Reply, finalize, finops_headers, finops_summary, snapshot_row
 from apps.gateway.selectors import Catalog, Upstream, catalog_get
 from apps.gateway.stages import rate_admit
-from apps.gateway.wire import WireReply, authorization_of
+from apps.gateway.wire import WireReply, as_dict, authorization_of
 from apps.ledger.pricing import cost_compute
 from apps.routing.decide import circuit_allows, circuit_record
 from finops.asyncredis import get_redis
@@ -203,8 +203,9 @@ async def _cache_lookup(ctx: RequestContext) -> dict[str, Any] | None:
     ctx.model = str(entry.get("m") or ctx.requested_model)
     price = ctx.catalog.price_for(ctx.model, ctx.received_at.date()) if ctx.catalog else None
     if price is not None:
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-        prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else ctx.prompt_tokens_estimate
+        usage = as_dict(response.get("usage"))
+        reported = usage.get("prompt_tokens")
+        prompt = reported if isinstance(reported, int) and reported >= 0 else ctx.prompt_tokens_estimate
         ctx.saved_usd = cost_compute(price=price, prompt_tokens=prompt, completion_tokens=0)
         ctx.price_id, ctx.provider = price.id, price.provider
     return response
@@ -338,7 +339,7 @@ async def _upstream(ctx: RequestContext, upstream: Upstream) -> dict[str, Any]:
 
 
 def _bill(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> None:
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = as_dict(response.get("usage"))
     prompt = usage.get("prompt_tokens")
     if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
         prompt = ctx.prompt_tokens_estimate  # no usage from the upstream: our own count
@@ -347,7 +348,7 @@ def _bill(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> No
 
 def _respond(ctx: RequestContext, response: dict[str, Any]) -> Reply:
     summary = finops_summary(ctx)
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = as_dict(response.get("usage"))
     payload = {
         "object": "list",
         "data": response.get("data") or [],

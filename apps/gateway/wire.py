@@ -41,6 +41,11 @@ class WireReply:
 Handler = Callable[[RequestContext, dict[str, str], bytes, FinopsError | None], Awaitable[WireReply]]
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (upstream and client JSON is checked, never trusted)."""
+    return value if isinstance(value, dict) else {}
+
+
 def authorization_of(headers: dict[str, str]) -> str | None:
     """`Authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (what the anthropic SDK sends)."""
     if headers.get("authorization"):

@@ -23,7 +23,7 @@ import orjson
 
 from apps.gateway import pipeline
 from apps.gateway.context import RequestContext
-from apps.gateway.wire import WireReply, authorization_of, finalizer, named_event, sse_events
+from apps.gateway.wire import WireReply, as_dict, authorization_of, finalizer, named_event, sse_events
 from finops.errors import BadRequest, FinopsError
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
@@ -145,7 +145,7 @@ def anthropic_usage(usage: dict[str, Any] | None, finops: dict[str, Any] | None 
     finops = finops if isinstance(finops, dict) else {}
     prompt = _int(usage.get("prompt_tokens")) or _int(finops.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens")) or _int(finops.get("completion_tokens"))
-    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    details = as_dict(usage.get("prompt_tokens_details"))
     read = _int(details.get("cached_tokens"))
     write = _int(details.get("cache_write_tokens"))
     return {
@@ -163,8 +163,9 @@ def _message_id(ctx: RequestContext) -> str:
 def to_message(ctx: RequestContext, completion: dict[str, Any]) -> dict[str, Any]:
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    message = as_dict(choice.get("message"))
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
     finops = completion.get("finops")
     return {
         "id": _message_id(ctx),
@@ -180,7 +181,7 @@ def to_message(ctx: RequestContext, completion: dict[str, Any]) -> dict[str, Any
 
 
 def anthropic_error(status: int, payload: dict[str, Any]) -> dict[str, Any]:
-    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    error = as_dict(payload.get("error"))
     kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {
         "type": "error",
@@ -197,7 +198,7 @@ class MessagesStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         ctx = self.ctx
-        start = {
+        start: dict[str, Any] = {
             "id": _message_id(ctx),
             "type": "message",
             "role": "assistant",

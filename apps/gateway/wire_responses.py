@@ -25,7 +25,7 @@ import orjson
 
 from apps.gateway import pipeline
 from apps.gateway.context import RequestContext
-from apps.gateway.wire import WireReply, authorization_of, finalizer, named_event, sse_events
+from apps.gateway.wire import WireReply, as_dict, authorization_of, finalizer, named_event, sse_events
 from finops.errors import BadRequest, FinopsError
 
 UNSUPPORTED = {
@@ -177,10 +177,8 @@ def responses_usage(usage: dict[str, Any] | None, finops: dict[str, Any] | None 
     finops = finops if isinstance(finops, dict) else {}
     prompt = _int(usage.get("prompt_tokens")) or _int(finops.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens")) or _int(finops.get("completion_tokens"))
-    prompt_details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    completion_details = (
-        usage.get("completion_tokens_details") if isinstance(usage.get("completion_tokens_details"), dict) else {}
-    )
+    prompt_details = as_dict(usage.get("prompt_tokens_details"))
+    completion_details = as_dict(usage.get("completion_tokens_details"))
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": _int(prompt_details.get("cached_tokens"))},
@@ -220,7 +218,7 @@ def _envelope(ctx: RequestContext, request: dict[str, Any], *, status: str, mode
         "truncation": "disabled",
         "usage": None,
         "user": request.get("user"),
-        "metadata": request.get("metadata") if isinstance(request.get("metadata"), dict) else {},
+        "metadata": as_dict(request.get("metadata")),
     }
 
 
@@ -242,8 +240,9 @@ def _finish(envelope: dict[str, Any], finish_reason: str | None) -> None:
 def to_response(ctx: RequestContext, request: dict[str, Any], completion: dict[str, Any]) -> dict[str, Any]:
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    message = as_dict(choice.get("message"))
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
     envelope = _envelope(ctx, request, status="completed", model=completion.get("model") or ctx.model)
     _finish(envelope, choice.get("finish_reason"))
     envelope["output"] = [_message_item(ctx, text, status=envelope["status"])]

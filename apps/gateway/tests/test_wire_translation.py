@@ -123,7 +123,10 @@ def test_responses_request_becomes_a_chat_request():
         ],
         "max_completion_tokens": 500,
         "reasoning_effort": "low",
-        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+        },
     }
     assert wire_responses.to_chat({"model": "m", "input": "hi", "text": {"format": {"type": "text"}}}) == {
         "model": "m",

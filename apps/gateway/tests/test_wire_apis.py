@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from apps.budgets.models import BudgetCounter, Reservation
-from apps.gateway.tests.conftest import mini_cost, only_row, unique_prompt
+from apps.gateway.tests.conftest import mini_cost, only_row, unique_prompt, wait_for_row
 from apps.ledger.models import LLMRequest
 from apps.ledger.money import quantize_usd
 from finops.tokens import count_tokens
@@ -397,3 +397,61 @@ def test_messages_without_max_tokens_or_with_a_bad_key(gateway_url, tenant):
         )
     assert caught.value.response.json()["error"]["type"] == "authentication_error"
     assert only_row(caught.value.response.headers["x-request-id"]).endpoint == "messages"
+
+
+# --- budgets and upstream faults, on every format ---------------------------------------------------------------
+
+
+@pytest.fixture
+def broke(make_tenant, prices):
+    """A tenant whose block budget has nothing left: every priced request is refused before the upstream."""
+    from apps.budgets.models import Budget
+    from apps.budgets.services import budget_create
+
+    tenant = make_tenant()
+    budget_create(
+        budget=Budget(scope="user", org=tenant.org, team=tenant.team, member=tenant.member, period="monthly",
+                      cap_usd=Decimal("0.00"), action="block", soft_pct=[100])
+    )  # fmt: skip
+    return tenant
+
+
+def test_a_spent_budget_blocks_each_api_in_its_own_error_shape(gateway_url, broke):
+    client = openai_client(gateway_url, broke.secret)
+    with pytest.raises(openai.RateLimitError) as embeddings:
+        client.embeddings.create(
+            model="text-embedding-3-small", input=unique_prompt(), extra_headers={"Cache-Control": "no-cache"}
+        )
+    with pytest.raises(openai.RateLimitError) as responses:
+        client.responses.create(model="gpt-4o-mini", input=unique_prompt())
+    with pytest.raises(anthropic.RateLimitError) as messages:
+        anthropic_client(gateway_url, broke.secret).messages.create(
+            model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": unique_prompt()}]
+        )
+    assert embeddings.value.response.json()["error"]["code"] == "budget_exceeded"
+    assert responses.value.response.json()["error"]["code"] == "budget_exceeded"
+    assert messages.value.response.json()["error"]["type"] == "rate_limit_error"
+    for caught, endpoint in ((embeddings, "embeddings"), (responses, "responses"), (messages, "messages")):
+        row = wait_for_row(caught.value.response.headers["x-request-id"])
+        assert (row.endpoint, row.status, row.http_status, row.budget_state, row.cost_usd, row.attempts) == (
+            endpoint, "rejected", 429, "blocked", 0, 0,
+        )  # fmt: skip
+    assert spent() == 0
+
+
+def test_an_upstream_failure_is_a_502_with_a_failed_row_and_nothing_spent(gateway_url, tenant):
+    before = spent()
+    with pytest.raises(openai.APIStatusError) as caught:
+        openai_client(gateway_url, tenant.secret).embeddings.create(
+            model="text-embedding-3-small", input=unique_prompt(), extra_headers={"X-Mock-Error": "500"}
+        )
+    assert caught.value.status_code == 502
+    row = only_row(caught.value.response.headers["x-request-id"])
+    assert (row.endpoint, row.status, row.http_status, row.cost_usd, row.attempts) == ("embeddings", "failed", 502, 0, 1)
+    assert_counter_moved(before, Decimal(0))
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        anthropic_client(gateway_url, tenant.secret).messages.create(
+            model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": unique_prompt()}],
+            extra_headers={"X-Mock-Error": "503"},
+        )  # fmt: skip
+    assert failed.value.status_code == 502 and failed.value.response.json()["error"]["type"] == "api_error"

@@ -137,7 +137,7 @@ class ValueListFilter(admin.SimpleListFilter):
 class EndpointFilter(ValueListFilter):
     title = "endpoint"
     parameter_name = "endpoint"
-    values = ("chat", "chat_completions", "embeddings")
+    values = ("chat", "chat_completions", "responses", "messages", "embeddings")
 
 
 class RouteStrategyFilter(ValueListFilter):

@@ -455,3 +455,43 @@ def test_an_upstream_failure_is_a_502_with_a_failed_row_and_nothing_spent(gatewa
             extra_headers={"X-Mock-Error": "503"},
         )  # fmt: skip
     assert failed.value.status_code == 502 and failed.value.response.json()["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "events"),
+    [
+        ("/v1/messages", {"max_tokens": 400}, b"event: content_block_delta"),
+        ("/v1/responses", {"max_output_tokens": 400}, b"event: response.output_text.delta"),
+    ],
+)
+def test_a_client_that_hangs_up_mid_stream_is_billed_for_what_was_streamed_and_settled(gateway_url, tenant, path, body, events):
+    import socket
+    from urllib.parse import urlparse
+
+    from demo.mock_llm import mock_answer
+    from finops.tokens import count_message_tokens
+
+    messages = [{"role": "user", "content": unique_prompt("Write a long essay about cost control")}]
+    payload = {"model": "gpt-4o-mini", "stream": True, **body}
+    payload["messages" if path == "/v1/messages" else "input"] = messages if path == "/v1/messages" else messages[0]["content"]
+    raw = json.dumps(payload).encode()
+    url = urlparse(gateway_url)
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nx-api-key: {tenant.secret}\r\n"
+        f"Content-Type: application/json\r\nX-Mock-Chunk-Delay-Ms: 40\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
+    before = spent()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while received.count(events) < 3:
+            received += sock.recv(65536)
+        head = received.split(b"\r\n\r\n", 1)[0].decode()
+        sock.shutdown(socket.SHUT_RDWR)
+    request_id = next(line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("x-request-id"))
+    row = only_row(request_id)
+    assert (row.endpoint, row.status, row.stream) == (path.rsplit("/", 1)[1], "disconnected", True)
+    assert 3 <= row.completion_tokens < count_tokens(mock_answer("gpt-4o-mini", messages))
+    assert row.prompt_tokens == count_message_tokens(messages)
+    assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens) > 0
+    assert_counter_moved(before, row.cost_usd)

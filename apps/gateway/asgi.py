@@ -43,6 +43,7 @@ WIRE_ENDPOINTS = {
     "/v1/embeddings": ("embeddings", embeddings_api.embeddings),
     "/v1/responses": ("responses", wire_responses.responses),
     "/v1/messages": ("messages", wire_messages.messages),
+    "/v1/messages/count_tokens": ("messages", wire_messages.count_tokens),  # free: no ledger row, like /v1/models
 }
 
 

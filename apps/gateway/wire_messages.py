@@ -25,6 +25,7 @@ from apps.gateway import pipeline
 from apps.gateway.context import RequestContext
 from apps.gateway.wire import WireReply, as_dict, authorization_of, finalizer, named_event, sse_events
 from finops.errors import BadRequest, FinopsError
+from finops.tokens import count_message_tokens
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {
@@ -64,6 +65,25 @@ async def messages(ctx: RequestContext, headers: dict[str, str], body: bytes, re
     payload = reply.payload or {}
     out = to_message(ctx, payload) if reply.status == 200 else anthropic_error(reply.status, payload)
     return WireReply(status=reply.status, headers=reply.headers, payload=out, finish=finalizer(reply))
+
+
+async def count_tokens(ctx: RequestContext, headers: dict[str, str], body: bytes, rejection: FinopsError | None) -> WireReply:
+    """POST /v1/messages/count_tokens: the prompt's tokens as finops counts them (its estimate), free and unrecorded
+    like GET /v1/models — Claude clients ask it before sending. The key is checked; nothing is reserved or billed."""
+    try:
+        await pipeline.stage2_authenticate(ctx, authorization_of(headers))
+        if rejection is not None:
+            raise rejection
+        try:
+            data = orjson.loads(body or b"")
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        chat = to_chat({"max_tokens": 1, **data, "stream": False})
+    except FinopsError as exc:
+        return WireReply(status=exc.status, headers={}, payload=anthropic_error(exc.status, exc.as_json()))
+    return WireReply(status=200, headers={}, payload={"input_tokens": count_message_tokens(chat["messages"])})
 
 
 # --- request -----------------------------------------------------------------------------------------

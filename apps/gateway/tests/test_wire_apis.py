@@ -495,3 +495,16 @@ def test_a_client_that_hangs_up_mid_stream_is_billed_for_what_was_streamed_and_s
     assert row.prompt_tokens == count_message_tokens(messages)
     assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens) > 0
     assert_counter_moved(before, row.cost_usd)
+
+
+def test_messages_count_tokens_is_free_and_unrecorded(gateway_url, tenant):
+    from finops.tokens import count_message_tokens
+
+    client = anthropic_client(gateway_url, tenant.secret)
+    messages = [{"role": "user", "content": "How much did we spend on embeddings?"}]
+    counted = client.messages.count_tokens(model="gpt-4o-mini", system="Be terse.", messages=messages)
+    assert counted.input_tokens == count_message_tokens([{"role": "system", "content": "Be terse."}, *messages])
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic_client(gateway_url, "fo-not-a-key").messages.count_tokens(model="gpt-4o-mini", messages=messages)
+    time.sleep(0.2)
+    assert LLMRequest.objects.count() == 0

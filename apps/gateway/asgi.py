@@ -4,6 +4,8 @@ Django's middleware stack runs its sync middleware through `sync_to_async` (a th
 adds its own request wrapping; measured here, that is several times the whole budget for gateway
 overhead. `/v1/chat/completions` and `/v1/models` are therefore served straight from ASGI events by
 the same pipeline that backs the DRF `/chat` view (apps.gateway.pipeline). No ORM, no thread per request.
+The other wire formats (`/v1/embeddings`, `/v1/responses`, `/v1/messages`) are one module each, behind
+`GatewayASGI.wire` (apps.gateway.wire).
 
 This app also owns the ASGI lifespan: on shutdown it closes the loop's runtime (finops.runtime), newest
 first — queued budget settles and ledger rows of answered requests drain before the clients and pools
@@ -19,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from apps.gateway import pipeline
+from apps.gateway import embeddings_api, pipeline, wire_messages, wire_responses
 from apps.gateway.selectors import catalog_get
 from apps.ledger.recorder import intent_journal_shutdown
 from finops.asyncdb import get_pool
@@ -34,6 +36,15 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+# The other wire formats: path → (the ledger's endpoint, the module's handler).
+WIRE_ENDPOINTS = {
+    "/v1/embeddings": ("embeddings", embeddings_api.embeddings),
+    "/v1/responses": ("responses", wire_responses.responses),
+    "/v1/messages": ("messages", wire_messages.messages),
+    "/v1/messages/count_tokens": ("messages", wire_messages.count_tokens),  # free: no ledger row, like /v1/models
+}
 
 
 class ClientGone(Exception):
@@ -190,6 +201,12 @@ class GatewayASGI:
                 )
                 return
             await self.chat_completions(scope, receive, send)
+        elif path in WIRE_ENDPOINTS:
+            endpoint, handler = WIRE_ENDPOINTS[path]
+            if method != "POST":
+                await _send_json(send, 405, _error(405, f"Use POST for {path}.", "method_not_allowed"), {"allow": "POST"})
+                return
+            await self.wire(scope, receive, send, endpoint, handler)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 await _send_json(send, 405, _error(405, "Use GET for /v1/models.", "method_not_allowed"), {"allow": "GET"})
@@ -211,6 +228,25 @@ class GatewayASGI:
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             await asyncio.shield(pipeline.finalize(reply))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
+        disconnected = await self._pump(reply.stream, receive, send)
+        await asyncio.shield(reply.stream.finish(disconnected=disconnected))
+
+    async def wire(self, scope, receive, send, endpoint: str, handler) -> None:
+        """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""
+        headers = _headers(scope)
+        ctx = pipeline.stage1_receive(endpoint, headers)
+        limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+        try:
+            body, too_large = await _read_body(receive, limit, headers.get("content-length"))
+        except ClientGone:
+            return
+        rejection = PayloadTooLarge(f"The request body exceeds {limit} bytes.", code="request_too_large") if too_large else None
+        reply = await handler(ctx, headers, body, rejection)
+        if reply.stream is None:
+            await _send_json(send, reply.status, reply.payload, reply.headers)
+            await asyncio.shield(reply.finish())
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
         disconnected = await self._pump(reply.stream, receive, send)
@@ -261,8 +297,9 @@ class GatewayASGI:
                 "object": "model",
                 "created": 0,
                 "owned_by": catalog.upstream_for(model).name if catalog.upstream_for(model) else "finops-router",
+                "kind": catalog.kind_of(model),  # chat | embedding: which endpoint serves it
             }
-            for model in sorted(allowed)
+            for model in sorted(allowed, key=lambda name: (catalog.kind_of(name) != "chat", name))  # chat models first
         }
         if model_id is None:
             await _send_json(send, 200, {"object": "list", "data": list(entries.values())})

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class RequestContext:
-    endpoint: str  # "chat_completions" | "chat"
+    endpoint: str  # "chat_completions" | "chat" | "responses" | "messages" | "embeddings" (the ledger row's)
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
     received_at: dt.datetime = field(default_factory=lambda: clock.now())
     started: float = field(default_factory=time.perf_counter)

@@ -16,7 +16,8 @@ _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.
 
 REQUESTS = Counter(
     "finops_gateway_requests_total",
-    "Chat requests by endpoint, outcome (served, cached, rejected, failed, disconnected) and cache status.",
+    "Requests by endpoint (chat_completions, chat, responses, messages, embeddings), outcome (served, cached, rejected,"
+    " failed, disconnected) and cache status.",
     ["endpoint", "outcome", "cache_status"],
 )
 TOKENS = Counter(

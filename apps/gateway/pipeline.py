@@ -292,6 +292,10 @@ def stage3_validate(
 
     if not catalog.is_known(model):
         raise ModelNotFound(f"The model '{model[:128]}' does not exist or you do not have access to it.", param="model")
+    if (kind := catalog.kind_of(model)) != "chat":  # e.g. the cache's own embedding model: never a $0 chat answer
+        raise BadRequest(
+            f"The model '{model[:128]}' is an {kind} model; use POST /v1/embeddings.", param="model", code="wrong_model_kind"
+        )
     ctx.prompt_tokens_estimate = count_message_tokens(messages)
     limit = settings.FINOPS["GATEWAY_MAX_PROMPT_TOKENS"]
     if ctx.prompt_tokens_estimate > limit:

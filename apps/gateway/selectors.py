@@ -74,6 +74,13 @@ class Catalog:
     def served_models(self) -> list[str]:
         return sorted(self.model_upstream)
 
+    def kind_of(self, model: str) -> str:
+        """The model's kind, "chat" or "embedding" (ModelPrice.kind of its newest price row); router names are chat."""
+        if self.is_router_name(model):
+            return "chat"
+        price = self.prices.latest(model)
+        return price.kind if price is not None else "chat"
+
 
 _catalog: Catalog | None = None
 _refreshing: asyncio.Task | None = None

@@ -15,11 +15,12 @@ from finops import clock
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ["model", "provider", "input_per_1m", "cached_input_per_1m", "output_per_1m", "effective_from", "effective_to"]
-    list_filter = ["provider"]
+    list_filter = ["provider", "kind"]
     search_fields = ["model", "provider"]
     fieldsets = [
         (None, {"fields": ["provider", "model", "source"]}),
         ("USD per 1M tokens", {"fields": ["input_per_1m", "cached_input_per_1m", "output_per_1m"]}),
+        ("Serves", {"fields": ["kind"]}),
         ("In force", {"fields": ["effective_from", "effective_to"]}),
     ]
 
@@ -137,7 +138,7 @@ class ValueListFilter(admin.SimpleListFilter):
 class EndpointFilter(ValueListFilter):
     title = "endpoint"
     parameter_name = "endpoint"
-    values = ("chat", "chat_completions", "embeddings")
+    values = ("chat", "chat_completions", "responses", "messages", "embeddings")
 
 
 class RouteStrategyFilter(ValueListFilter):

@@ -35,6 +35,9 @@ class ModelPrice(models.Model):
     effective_from = models.DateField()
     effective_to = models.DateField(null=True, blank=True)
     source = models.CharField(max_length=500, blank=True)
+    # What the model serves: /v1/chat/completions, /v1/responses, /v1/messages ("chat") or /v1/embeddings ("embedding").
+    # A request to the other kind's endpoint is a 400 naming it; /v1/models lists it.
+    kind = models.CharField(max_length=16, choices=[("chat", "chat"), ("embedding", "embedding")], default="chat")
 
     class Meta:
         db_table = "model_prices"
@@ -84,7 +87,7 @@ class LLMRequest(models.Model):
     """One row per request that reached the gateway, whatever became of it."""
 
     request_id = models.UUIDField(default=uuid.uuid4, unique=True)
-    endpoint = models.CharField(max_length=32)  # chat, chat_completions, embeddings
+    endpoint = models.CharField(max_length=32)  # chat, chat_completions, responses, messages, embeddings
     received_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
 

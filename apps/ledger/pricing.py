@@ -27,6 +27,7 @@ class Price:
     input_per_1m: Decimal
     output_per_1m: Decimal
     cached_input_per_1m: Decimal | None
+    kind: str = "chat"  # ModelPrice.kind: "chat" or "embedding"
 
     @classmethod
     def from_row(cls, row) -> Price:
@@ -37,6 +38,7 @@ class Price:
             input_per_1m=Decimal(_get(row, "input_per_1m")),
             output_per_1m=Decimal(_get(row, "output_per_1m")),
             cached_input_per_1m=None if _get(row, "cached_input_per_1m") is None else Decimal(_get(row, "cached_input_per_1m")),
+            kind=_get_or(row, "kind", "chat"),
         )
 
 
@@ -79,6 +81,16 @@ class PriceBook:
 
 def _get(row, name):
     return getattr(row, name) if hasattr(row, name) else row[name]
+
+
+def _get_or(row, name, default):
+    """An optional column: rows built by hand (tests, older queries) may not carry it."""
+    if hasattr(row, name):
+        return getattr(row, name)
+    try:
+        return row[name]
+    except (KeyError, IndexError, TypeError):
+        return default
 
 
 def cost_compute(*, price: Price, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:

@@ -39,6 +39,7 @@ def price_upsert(
     cached_input_per_1m: Decimal | None,
     effective_from: dt.date,
     source: str = "",
+    kind: str = "chat",
 ) -> tuple[ModelPrice, bool]:
     """Insert a dated price; a changed price for a model closes the previous row's window."""
     with transaction.atomic():
@@ -49,6 +50,7 @@ def price_upsert(
             existing.output_per_1m = output_per_1m
             existing.cached_input_per_1m = cached_input_per_1m
             existing.source = source or existing.source
+            existing.kind = kind
             existing.save()
             return existing, False
         previous = (
@@ -63,7 +65,7 @@ def price_upsert(
                 output_per_1m,
                 cached_input_per_1m,
             )
-            if same:
+            if same and previous.kind == kind:
                 return previous, False
             previous.effective_to = effective_from
             previous.save(update_fields=["effective_to"])
@@ -75,6 +77,7 @@ def price_upsert(
             cached_input_per_1m=cached_input_per_1m,
             effective_from=effective_from,
             source=source,
+            kind=kind,
         )
         return row, True
 
@@ -92,6 +95,7 @@ def prices_load_fixture(*, path: Path) -> int:
             cached_input_per_1m=None if item.get("cached_input_per_1m") is None else Decimal(item["cached_input_per_1m"]),
             effective_from=dt.date.fromisoformat(item["effective_from"]),
             source=item.get("source", ""),
+            kind=item.get("kind", "chat"),
         )
         created += was_created
     return created
@@ -123,6 +127,7 @@ def prices_import_litellm(*, data: dict[str, Any], effective_from: dt.date, sour
             cached_input_per_1m=_per_1m(spec.get("cache_read_input_token_cost")),
             effective_from=effective_from,
             source=source,
+            kind="embedding" if spec.get("mode") == "embedding" else "chat",
         )
         created += was_created
     return created, skipped

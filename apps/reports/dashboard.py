@@ -61,6 +61,7 @@ def dashboard_context(*, scope: Scope, month: Month, user) -> dict:
         tables.append(_table("Top users", overview.users, link=None, limit=10))
     else:
         tables.append(_table("Spend by user", overview.users, link=None, limit=25))
+    tables.append(_table("Spend by API (endpoint)", overview.endpoints, link=None, limit=10))
     models = _table("Top models", overview.models, link=None, limit=10)
 
     days = [day for day, _ in overview.daily]

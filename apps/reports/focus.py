@@ -1,6 +1,8 @@
 """FinOps FOCUS v1.2 rows for LLM usage. Pure: ledger aggregates in, CSV-ready dicts out.
 
-Grain: one row per UTC day × team × model × price row × meter. The issue's "one row per day × team
+Grain: one row per UTC day × team × model × price row × endpoint × meter. The endpoint (chat completions, responses,
+messages, embeddings) is the provider API that was bought: it names ServiceName ("openai Embeddings API") and
+ends ChargeDescription, and is the x_Endpoint column. The issue's "one row per day × team
 × model" is split by meter (input, cached input, output tokens; escalations) because FOCUS prices a
 SKU meter, and each meter has its own unit price; a price change mid-day adds rows rather than
 blending two prices into one.
@@ -63,7 +65,7 @@ OPTIONAL_COLUMNS = [
     "SubAccountId",
     "SubAccountName",
 ]
-EXTENSION_COLUMNS = ["x_Team", "x_Model", "x_Requests", "x_CacheSavings"]
+EXTENSION_COLUMNS = ["x_Team", "x_Model", "x_Endpoint", "x_Requests", "x_CacheSavings"]
 FOCUS_COLUMNS = MANDATORY_COLUMNS + OPTIONAL_COLUMNS + EXTENSION_COLUMNS
 DECIMAL_COLUMNS = ["BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity", "x_CacheSavings"]
 
@@ -75,6 +77,14 @@ METER_INPUT = "Input Tokens"
 METER_CACHED = "Cached Input Tokens"
 METER_OUTPUT = "Output Tokens"
 METER_ESCALATION = "Escalation"
+# The ledger's endpoint → the API it bought (ServiceName, ChargeDescription). "chat" is the /chat form of chat completions.
+ENDPOINT_SERVICES = {
+    "chat_completions": "Chat Completions",
+    "chat": "Chat Completions",
+    "responses": "Responses",
+    "messages": "Messages",
+    "embeddings": "Embeddings",
+}
 # Each request's cost was rounded once to COST_DECIMAL_PLACES, half-even: at most half a unit off.
 ROUNDING_PER_REQUEST = Decimal(1).scaleb(-COST_DECIMAL_PLACES) / 2
 
@@ -108,6 +118,7 @@ class UsageGroup:
     escalation_cost: Decimal
     escalations: int
     saved: Decimal  # cache savings (saved_usd)
+    endpoint: str = "chat_completions"  # the ledger's endpoint (llm_requests.endpoint)
 
 
 def iso(day: dt.date) -> str:
@@ -125,6 +136,7 @@ def quantity(value: Decimal | int) -> str:
 
 def usage_rows(group: UsageGroup, *, billing_start: dt.date, billing_end: dt.date) -> list[dict[str, str]]:
     """The FOCUS rows of one group; their BilledCost adds up to `group.cost` exactly."""
+    service = ENDPOINT_SERVICES.get(group.endpoint, group.endpoint.replace("_", " ").title() or "Chat Completions")
     base = {
         "BillingAccountId": group.org_slug,
         "BillingAccountName": group.org_name,
@@ -140,13 +152,14 @@ def usage_rows(group: UsageGroup, *, billing_start: dt.date, billing_end: dt.dat
         "PublisherName": group.provider or "unknown",
         "ServiceCategory": SERVICE_CATEGORY,
         "ServiceSubcategory": SERVICE_SUBCATEGORY,
-        "ServiceName": f"{group.provider or 'unknown'} API",
+        "ServiceName": f"{group.provider or 'unknown'} {service} API",
         "SkuId": group.model,
         "SkuPriceId": f"model_prices:{group.price.id}" if group.price else "",
         "SubAccountId": f"{group.org_slug}/{group.team_slug}" if group.team_slug else "",
         "SubAccountName": group.team_name,
         "x_Team": group.team_slug,
         "x_Model": group.model,
+        "x_Endpoint": group.endpoint,
     }
     rows: list[dict[str, str]] = []
     meters: list[tuple[str, int, Decimal, Decimal]] = []  # meter, tokens, unit price per 1M, cost
@@ -174,7 +187,7 @@ def usage_rows(group: UsageGroup, *, billing_start: dt.date, billing_end: dt.dat
             {
                 **base,
                 "ChargeCategory": "Usage",
-                "ChargeDescription": f"{group.model} {meter.lower()}",
+                "ChargeDescription": f"{group.model} {meter.lower()} ({service} API)",
                 "SkuMeter": meter,
                 "ConsumedQuantity": quantity(tokens),
                 "ConsumedUnit": "Tokens",
@@ -215,7 +228,7 @@ def usage_rows(group: UsageGroup, *, billing_start: dt.date, billing_end: dt.dat
             {
                 **base,
                 "ChargeCategory": "Usage",
-                "ChargeDescription": f"{group.model} answered from the cache",
+                "ChargeDescription": f"{group.model} answered from the cache ({service} API)",
                 "SkuMeter": METER_INPUT,
                 "ConsumedQuantity": "0",
                 "ConsumedUnit": "Tokens",

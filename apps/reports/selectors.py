@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,7 @@ class SpendOverview:
     teams: list[BreakdownRow]
     users: list[BreakdownRow]
     models: list[BreakdownRow]
+    endpoints: list[BreakdownRow] = field(default_factory=list)  # by API: chat_completions, responses, messages, embeddings
 
     @property
     def forecast(self) -> Decimal:
@@ -116,7 +117,7 @@ def month_forecast(*, spent: Decimal, month: Month, now: dt.datetime | None = No
 
 SUMMARY_SQL = """
 WITH s AS (
-    SELECT date, org_id, team_id, user_id, model, date >= %(cur)s AS cur,
+    SELECT date, org_id, team_id, user_id, model, endpoint, date >= %(cur)s AS cur,
            cost_usd, saved_usd, requests, cache_hits, errors, prompt_tokens, completion_tokens, cached_tokens
     FROM cost_daily_summary
     WHERE date >= %(prev)s AND date < %(end)s {scope}
@@ -128,8 +129,12 @@ FROM s
 GROUP BY GROUPING SETS ({sets})
 """
 # Only the breakdowns a scope shows: each grouping set is another pass of sums over the rows.
-SUMMARY_DIMENSIONS = {"all": ("org_id", "team_id", "model"), "org": ("team_id", "user_id", "model"), "team": ("user_id", "model")}
-ALL_DIMENSIONS = ("org_id", "team_id", "user_id", "model")
+SUMMARY_DIMENSIONS = {
+    "all": ("org_id", "team_id", "model", "endpoint"),
+    "org": ("team_id", "user_id", "model", "endpoint"),
+    "team": ("user_id", "model", "endpoint"),
+}
+ALL_DIMENSIONS = ("org_id", "team_id", "user_id", "model", "endpoint")
 
 
 def _summary_sql(level: str) -> str:
@@ -169,8 +174,8 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
         rows = cursor.fetchall()
 
     by_day: dict[dt.date, Totals] = {}
-    dims: dict[str, dict[Any, dict[bool, Totals]]] = {"org": {}, "team": {}, "user": {}, "model": {}}
-    for g_date, g_org, g_team, g_user, g_model, day, cur, org_id, team_id, user_id, model, *sums in rows:
+    dims: dict[str, dict[Any, dict[bool, Totals]]] = {"org": {}, "team": {}, "user": {}, "model": {}, "endpoint": {}}
+    for g_date, g_org, g_team, g_user, g_model, g_endpoint, day, cur, org_id, team_id, user_id, model, endpoint, *sums in rows:
         totals = _totals(sums)
         if not g_date:
             by_day[day] = totals
@@ -182,6 +187,8 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
             dims["user"].setdefault(user_id, {})[cur] = totals
         elif not g_model:
             dims["model"].setdefault(model, {})[cur] = totals
+        elif not g_endpoint:
+            dims["endpoint"].setdefault(endpoint, {})[cur] = totals
 
     current, prev_total, same_point = Totals(), Totals(), Totals()
     cutoff_day = through.day
@@ -239,6 +246,7 @@ def spend_overview(*, scope: Scope, month: Month, today: dt.date | None = None) 
         teams=breakdown("team", team_labels),
         users=breakdown("user", user_labels),
         models=breakdown("model", {}),
+        endpoints=breakdown("endpoint", {}),
     )
 
 

@@ -410,11 +410,11 @@ SELECT r.org_id, r.team_id, r.model, r.provider, r.price_id,
        coalesce(sum(r.cached_tokens) FILTER (WHERE r.cost_usd > 0), 0),
        coalesce(sum(r.completion_tokens) FILTER (WHERE r.cost_usd > 0), 0),
        coalesce(sum(r.cost_usd), 0), coalesce(sum(r.escalation_cost_usd), 0), count(*) FILTER (WHERE r.escalated),
-       coalesce(sum(r.saved_usd), 0)
+       coalesce(sum(r.saved_usd), 0), r.endpoint
 FROM llm_requests r
 WHERE r.received_at >= %(start)s AND r.received_at < %(end)s {scope}
-GROUP BY 1, 2, 3, 4, 5
-ORDER BY 1, 2, 3, 5
+GROUP BY 1, 2, 3, 4, 5, 15
+ORDER BY 1, 2, 3, 5, 15
 """
 
 
@@ -484,6 +484,7 @@ def focus_export(*, month: Month, out: TextSink, org_slug: str | None = None, pr
             esc,
             escalations,
             saved,
+            endpoint,
         ) in groups:
             result.ledger_cost += cost
             result.cache_savings += saved
@@ -509,6 +510,7 @@ def focus_export(*, month: Month, out: TextSink, org_slug: str | None = None, pr
                 escalation_cost=esc,
                 escalations=escalations,
                 saved=saved,
+                endpoint=endpoint,
             )
             for row in focus.usage_rows(group, billing_start=month.start, billing_end=month.end):
                 writer.writerow(row)

@@ -33,6 +33,8 @@ Per-request controls (request headers)
     X-Mock-Cached-Tokens: <int>      reported as usage.prompt_tokens_details.cached_tokens
                                      (also accepted as body ``metadata.mock_cached_tokens``)
     X-Mock-Logprob: <float>          forces the mean of the returned token logprobs
+    X-Mock-Reasoning-Tokens: <int>   a reasoning model: adds this many hidden tokens to usage.completion_tokens and
+                                     reports them as usage.completion_tokens_details.reasoning_tokens
     Body ``tools`` with ``tool_choice`` "required" or a named function: each answer is a call of that function (the
     first tool for "required") with arguments ``{"answer": <the answer text>}``, streamed in argument fragments.
     Body ``stream_options.continuous_usage_stats`` (vLLM; with ``include_usage``): every chunk carries the usage so

@@ -307,6 +307,11 @@ class MockLLM:
             ]
         completion_tokens = sum(count_tokens(c[0]) for c in choices)
         usage = _usage(prompt_tokens, completion_tokens, cached_tokens)
+        if "x-mock-reasoning-tokens" in headers:  # a reasoning model: hidden tokens, part of the (billed) completion
+            reasoning = max(int(headers["x-mock-reasoning-tokens"]), 0)
+            usage["completion_tokens"] += reasoning
+            usage["total_tokens"] += reasoning
+            usage["completion_tokens_details"]["reasoning_tokens"] = reasoning
         resp_headers = [
             (b"x-mock-replay", b"hit" if replay is not None else b"miss"),
             (b"openai-processing-ms", b"0"),

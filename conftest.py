@@ -147,6 +147,11 @@ def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, work
                 "FINOPS_API_KEY_CACHE_SECONDS": "0",
                 "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "0",
                 "FINOPS_ROUTER_CONFIG_TTL_S": "0",
+                # Every refused request of a test has its row, and all tests share one client address: the sampling
+                # of auth failures and the per-address throttle are tested in test_security_keys.py (which overrides).
+                "FINOPS_AUTH_FAILURE_ROWS_PER_MINUTE": "100000",
+                "FINOPS_AUTH_FAILURE_ROWS_MAX_PER_MINUTE": "100000",
+                "FINOPS_AUTH_FAILURES_PER_MINUTE": "0",
                 **(env or {}),
             }
         )
@@ -172,11 +177,6 @@ def gateway_url(django_db_setup, mock_llm_url):
     env = {
         "FINOPS_UPSTREAM_TIMEOUT_S": "3",
         "FINOPS_GATEWAY_MAX_PROMPT_TOKENS": "2000",
-        # Every refused request of these tests has its row, and the whole session shares one client address:
-        # the sampling of auth failures and the per-address throttle are tested in test_security_keys.py.
-        "FINOPS_AUTH_FAILURE_ROWS_PER_MINUTE": "100000",
-        "FINOPS_AUTH_FAILURE_ROWS_MAX_PER_MINUTE": "100000",
-        "FINOPS_AUTH_FAILURES_PER_MINUTE": "0",
     }
     with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         yield url

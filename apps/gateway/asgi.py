@@ -236,7 +236,7 @@ class GatewayASGI:
     async def wire(self, scope, receive, send, endpoint: str, handler) -> None:
         """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""
         headers = _headers(scope)
-        ctx = pipeline.stage1_receive(endpoint, headers)
+        ctx = pipeline.stage1_receive(endpoint, headers, client=_client(scope))
         limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
         try:
             body, too_large = await _read_body(receive, limit, headers.get("content-length"))

@@ -21,6 +21,7 @@ from apps.gateway.tests.conftest import unique_prompt
 from apps.ledger.models import LLMRequest
 from conftest import gateway_server
 from conftest import test_database_url as database_url
+from finops.conf import FinopsConf
 from finops.testing.pgproxy import PgProxy, pg_target
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -75,6 +76,9 @@ def test_random_keys_leave_known_keys_served_from_the_stale_cache_while_postgres
         "FINOPS_API_KEY_CACHE_MAX": str(KNOWN_CACHE_MAX),
         "FINOPS_API_KEY_NEGATIVE_CACHE_MAX": "1000",
         "FINOPS_AUTH_FAILURES_PER_MINUTE": str(FAILURES_PER_MINUTE),
+        # The product's sampling (gateway_server turns it off for the other tests).
+        "FINOPS_AUTH_FAILURE_ROWS_PER_MINUTE": str(FinopsConf.auth_failure_rows_per_minute),
+        "FINOPS_AUTH_FAILURE_ROWS_MAX_PER_MINUTE": str(FinopsConf.auth_failure_rows_max_per_minute),
         "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "600",
         "FINOPS_ROUTER_CONFIG_TTL_S": "600",
         "FINOPS_CACHE_ENABLED": "0",

@@ -10,14 +10,16 @@ from apps.gateway.models import Provider
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    list_display = ["name", "base_url", "api_key_env", "key_present", "model_count", "timeout_s", "max_connections", "enabled"]
-    list_filter = ["enabled"]
+    list_display = ["name", "kind", "base_url", "api_key_env", "key_present", "model_count", "timeout_s", "max_connections", "enabled"]
+    list_filter = ["enabled", "kind"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     actions = ["enable", "disable"]
     fieldsets = [
-        (None, {"fields": ["name", "base_url", "enabled"]}),
+        (None, {"fields": ["name", "kind", "base_url", "enabled"]}),
+        ("Wire format options", {"fields": ["options"], "description": "Azure: api_version and deployments; Anthropic: "
+                                 "anthropic_version. Empty for OpenAI-compatible and Gemini providers."}),
         ("Credentials", {"fields": ["api_key_env"], "description": "Only the name of the environment variable is stored."}),
         ("Models", {"fields": ["served_models"]}),
         ("Connections", {"fields": ["timeout_s", "connect_timeout_s", "max_connections"]}),

@@ -39,6 +39,8 @@ def price_upsert(
     cached_input_per_1m: Decimal | None,
     effective_from: dt.date,
     source: str = "",
+    cache_write_per_1m: Decimal | None = None,
+    priority_multiplier: Decimal | None = None,
 ) -> tuple[ModelPrice, bool]:
     """Insert a dated price; a changed price for a model closes the previous row's window."""
     with transaction.atomic():
@@ -48,6 +50,8 @@ def price_upsert(
             existing.input_per_1m = input_per_1m
             existing.output_per_1m = output_per_1m
             existing.cached_input_per_1m = cached_input_per_1m
+            existing.cache_write_per_1m = cache_write_per_1m
+            existing.priority_multiplier = priority_multiplier
             existing.source = source or existing.source
             existing.save()
             return existing, False
@@ -58,11 +62,10 @@ def price_upsert(
             .first()
         )
         if previous:
-            same = (previous.input_per_1m, previous.output_per_1m, previous.cached_input_per_1m) == (
-                input_per_1m,
-                output_per_1m,
-                cached_input_per_1m,
-            )
+            same = (
+                previous.input_per_1m, previous.output_per_1m, previous.cached_input_per_1m, previous.cache_write_per_1m,
+                previous.priority_multiplier,
+            ) == (input_per_1m, output_per_1m, cached_input_per_1m, cache_write_per_1m, priority_multiplier)  # fmt: skip
             if same:
                 return previous, False
             previous.effective_to = effective_from
@@ -73,6 +76,8 @@ def price_upsert(
             input_per_1m=input_per_1m,
             output_per_1m=output_per_1m,
             cached_input_per_1m=cached_input_per_1m,
+            cache_write_per_1m=cache_write_per_1m,
+            priority_multiplier=priority_multiplier,
             effective_from=effective_from,
             source=source,
         )
@@ -90,6 +95,8 @@ def prices_load_fixture(*, path: Path) -> int:
             input_per_1m=Decimal(item["input_per_1m"]),
             output_per_1m=Decimal(item["output_per_1m"]),
             cached_input_per_1m=None if item.get("cached_input_per_1m") is None else Decimal(item["cached_input_per_1m"]),
+            cache_write_per_1m=None if item.get("cache_write_per_1m") is None else Decimal(item["cache_write_per_1m"]),
+            priority_multiplier=None if item.get("priority_multiplier") is None else Decimal(item["priority_multiplier"]),
             effective_from=dt.date.fromisoformat(item["effective_from"]),
             source=item.get("source", ""),
         )
@@ -121,6 +128,7 @@ def prices_import_litellm(*, data: dict[str, Any], effective_from: dt.date, sour
             input_per_1m=input_price,
             output_per_1m=output_price,
             cached_input_per_1m=_per_1m(spec.get("cache_read_input_token_cost")),
+            cache_write_per_1m=_per_1m(spec.get("cache_creation_input_token_cost")),
             effective_from=effective_from,
             source=source,
         )

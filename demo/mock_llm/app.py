@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from demo.mock_llm import anthropic, azure, gemini
 from demo.mock_llm.common import (
     _ADVERTISED_MODELS,
     _ERROR_TYPES,
@@ -138,6 +139,8 @@ class MockLLM:
                 if method == "DELETE":
                     self.stats.clear()
                 await _send_json(send, 200, self.stats)
+            elif native := next((m for m in (anthropic, azure, gemini) if m.handles(method, path)), None):
+                await native.handle(self, scope, receive, send)  # the native wire formats (demo/mock_llm/<format>.py)
             else:
                 raise _HTTPError(404, f"Unknown route {method} {scope['path']}", "unknown_url")
         except _HTTPError as exc:

@@ -119,9 +119,10 @@ class LLMRequest(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)  # prompt tokens read from the provider's prompt cache
-    cache_write_tokens = models.PositiveIntegerField(default=0)  # prompt tokens written to it (Anthropic bills them apart)
-    reasoning_tokens = models.PositiveIntegerField(default=0)  # hidden reasoning, a part of completion_tokens
-    service_tier = models.CharField(max_length=16, blank=True)  # as the upstream reported it ("priority", "default"…)
+    # db_default: writers that name their columns (COPY in demo/seed.py, bench's chaos rows) need not know these.
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)  # prompt tokens written to the cache
+    reasoning_tokens = models.PositiveIntegerField(default=0, db_default=0)  # hidden reasoning, part of completion_tokens
+    service_tier = models.CharField(max_length=16, blank=True, default="", db_default="")  # as the upstream said
     cost_usd = cost_field()
     saved_usd = cost_field()
 

@@ -48,17 +48,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="llmrequest",
             name="cache_write_tokens",
-            field=models.PositiveIntegerField(default=0),
+            field=models.PositiveIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name="llmrequest",
             name="reasoning_tokens",
-            field=models.PositiveIntegerField(default=0),
+            field=models.PositiveIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name="llmrequest",
             name="service_tier",
-            field=models.CharField(blank=True, max_length=16),
+            field=models.CharField(blank=True, db_default="", default="", max_length=16),
         ),
         migrations.AddField(
             model_name="modelprice",

@@ -295,4 +295,3 @@ async def _stream(send: Send, watch: Any, message_id: str, model: str, text: str
     await event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                   "usage": {"output_tokens": usage["output_tokens"]}})  # fmt: skip
     await event("message_stop", {}, more=False)
-

@@ -24,7 +24,11 @@ FINISH = {"stop": "STOP", "stop_sequence": "STOP", "length": "MAX_TOKENS"}
 
 
 def handles(method: str, path: str) -> bool:
-    return method == "POST" and path.startswith(PREFIX) and (path.endswith(":generateContent") or path.endswith(":streamGenerateContent"))
+    return (
+        method == "POST"
+        and path.startswith(PREFIX)
+        and (path.endswith(":generateContent") or path.endswith(":streamGenerateContent"))
+    )
 
 
 def _reshape(status: int, error: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from apps.gateway.adapters.anthropic import StreamTranslator, chat_to_messages, messages_to_chat
 from apps.gateway.adapters.base import UpstreamFailure
 from apps.gateway.adapters.gemini import GeminiStreamTranslator, chat_to_gemini, gemini_to_chat
+from apps.gateway.billing import bill
 from apps.gateway.usage import Usage, anthropic_usage, gemini_usage, usage_read
 from apps.ledger.pricing import Price, cost_compute, cost_upper_bound
 
@@ -219,3 +221,44 @@ def test_priority_and_cache_writes_price_at_their_rates_and_the_upper_bound_cove
     assert cost_upper_bound(price=gpt, prompt_tokens=1000, completion_tokens=0, service_tier="priority") == Decimal(
         "0.0035000000"
     )
+
+
+def _ctx_and_catalog(model: str, **price_columns):
+    from apps.gateway.context import RequestContext
+    from apps.gateway.selectors import catalog_build
+
+    row = {"id": 7, "provider": "openai", "model": model, "input_per_1m": "2.00", "output_per_1m": "8.00",
+           "cached_input_per_1m": "0.50", "effective_from": dt.date(2025, 1, 1), "effective_to": None, **price_columns}  # fmt: skip
+    ctx = RequestContext(endpoint="chat_completions", received_at=dt.datetime(2026, 6, 17, tzinfo=dt.UTC))
+    ctx.model, ctx.provider = model, "openai"
+    return ctx, catalog_build(price_rows=[row], provider_rows=[])
+
+
+def test_billing_prices_a_priority_answer_and_keeps_the_usage_details_on_the_row():
+    ctx, catalog = _ctx_and_catalog("gpt-4.1", priority_multiplier="1.75")
+    response = {"service_tier": "priority", "choices": [], "usage": {
+        "prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100,
+        "prompt_tokens_details": {"cached_tokens": 400}, "completion_tokens_details": {"reasoning_tokens": 60}}}  # fmt: skip
+    bill(ctx, catalog, response)
+    assert ctx.cost_usd == Decimal("0.0038500000")  # (600 × 2 + 400 × 0.5 + 100 × 8) × 1.75, per 1M
+    row = ctx.ledger_row()
+    assert (row["cached_tokens"], row["cache_write_tokens"], row["reasoning_tokens"], row["service_tier"]) == (
+        400,
+        0,
+        60,
+        "priority",
+    )
+
+
+def test_billing_a_priority_answer_without_a_multiplier_bills_standard_rates_and_says_so(caplog):
+    ctx, catalog = _ctx_and_catalog("gpt-4.1")
+    bill(ctx, catalog, {"service_tier": "priority", "choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 0}})
+    assert ctx.cost_usd == Decimal("0.0020000000")
+    assert "does not price" in caplog.text
+
+
+def test_billing_a_deepseek_answer_bills_its_cache_hits_at_the_cached_rate():
+    ctx, catalog = _ctx_and_catalog("deepseek-chat")
+    bill(ctx, catalog, {"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 10,
+                                                 "prompt_cache_hit_tokens": 800, "prompt_cache_miss_tokens": 200}})  # fmt: skip
+    assert (ctx.cached_tokens, ctx.cost_usd) == (800, Decimal("0.0008800000"))  # 200 × 2 + 800 × 0.5 + 10 × 8

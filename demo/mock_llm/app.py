@@ -344,6 +344,7 @@ class MockLLM:
                 forced_logprob=forced_logprob,
                 truncate=truncate,
                 chunk_delay_s=chunk_delay_ms / 1000.0,
+                service_tier=headers.get("x-mock-service-tier", "default"),
             )
             return
 
@@ -369,7 +370,7 @@ class MockLLM:
             "model": model,
             "choices": out_choices,
             "usage": usage,
-            "service_tier": "default",
+            "service_tier": headers.get("x-mock-service-tier", "default"),
             "system_fingerprint": "fp_mock",
         }
         await _send_raw(send, 200, _dumps(payload), b"application/json", resp_headers)
@@ -392,6 +393,7 @@ class MockLLM:
         forced_logprob: float | None,
         truncate: bool,
         chunk_delay_s: float,
+        service_tier: str = "default",
     ) -> None:
         await send(
             {
@@ -412,7 +414,7 @@ class MockLLM:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "service_tier": "default",
+                "service_tier": service_tier,
                 "system_fingerprint": "fp_mock",
                 "choices": [choice] if choice is not None else [],
             }

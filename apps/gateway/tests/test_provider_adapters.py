@@ -235,3 +235,32 @@ def _remember_mock(mock_llm_url):
 
 def _mock_v1() -> str:
     return _MOCK_URL[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_priority_answer_from_an_openai_compatible_upstream_bills_at_the_rows_multiplier(
+    gateway_url, make_tenant, prices, stream
+):
+    from apps.gateway.tests.conftest import mini_cost
+
+    ModelPrice.objects.filter(model="gpt-4o-mini").update(priority_multiplier=Decimal("1.5"))  # a test multiplier
+    tenant, budget = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    kwargs = dict(model="gpt-4o-mini", max_tokens=20, service_tier="priority", extra_headers={"X-Mock-Service-Tier": "priority"},
+                  messages=[{"role": "user", "content": unique_prompt("Fast, please")}])  # fmt: skip
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(stream=True, **kwargs)
+        final = list(raw.parse())[-1]
+        assert final.service_tier == "priority"
+        cost_seen = final.model_extra["finops"]["cost_usd"]
+    else:
+        raw = client.chat.completions.with_raw_response.create(**kwargs)
+        assert raw.parse().service_tier == "priority"
+        cost_seen = raw.headers["x-cost-usd"]
+    row = only_row(raw.headers["x-request-id"])
+    assert row.service_tier == "priority"
+    assert row.cost_usd == quantize_usd(mini_cost(row.prompt_tokens, row.completion_tokens) * Decimal("1.5")) > 0
+    assert cost_seen == format(row.cost_usd, "f")
+    # The request asked for priority: its reservation was priced with the multiplier too.
+    assert row.reserved_usd == quantize_usd(mini_cost(row.prompt_tokens, 20) * Decimal("1.5"))
+    assert spent(budget, row.cost_usd) == row.cost_usd

@@ -181,8 +181,13 @@ def status_failure(status: int, raw: bytes) -> UpstreamFailure:
     """An HTTP error answer (OpenAI's, Anthropic's and Google's error JSON all put it under "error")."""
     code, message = "", ""
     try:
-        error = orjson.loads(raw).get("error") or {}
-        code = str(error.get("code") or error.get("type") or error.get("status") or "")
+        data = orjson.loads(raw)
+        error = data.get("error") or {}
+        code = error.get("code")
+        if not (isinstance(code, str) and code):
+            # Anthropic: {"type": "error", "error": {"type": "rate_limit_error"}}; Google: {"error": {"code": 429, "status": …}}
+            code = error.get("type") if data.get("type") == "error" else error.get("status")
+        code = str(code or "")
         message = str(error.get("message") or "")
     except Exception:
         message = raw[:200].decode(errors="replace")

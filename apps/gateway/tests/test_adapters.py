@@ -262,3 +262,31 @@ def test_billing_a_deepseek_answer_bills_its_cache_hits_at_the_cached_rate():
     bill(ctx, catalog, {"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 10,
                                                  "prompt_cache_hit_tokens": 800, "prompt_cache_miss_tokens": 200}})  # fmt: skip
     assert (ctx.cached_tokens, ctx.cost_usd) == (800, Decimal("0.0008800000"))  # 200 × 2 + 800 × 0.5 + 10 × 8
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": null}}', ""),  # OpenAI
+        (b'{"type": "error", "error": {"type": "not_found_error", "message": "model: x"}}', "not_found_error"),  # Anthropic
+        (b'{"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}', "INVALID_ARGUMENT"),  # Gemini
+        (b'{"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 300000 tokens"}}',
+         "context_length_exceeded"),
+    ],
+)  # fmt: skip
+def test_each_providers_error_json_maps_onto_one_failure(raw, code):
+    from apps.gateway.adapters.base import status_failure
+
+    failure = status_failure(400, raw)
+    assert (failure.kind, failure.status, failure.code) == ("status", 400, code)
+
+
+def test_provider_options_are_validated_in_the_admin():
+    from django.core.exceptions import ValidationError
+
+    from apps.gateway.models import validate_provider_options
+
+    validate_provider_options({"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}})
+    for bad in ([], {"api_key": "sk-…"}, {"deployments": {"gpt-4o": ""}}, {"api_version": ""}):
+        with pytest.raises(ValidationError):
+            validate_provider_options(bad)

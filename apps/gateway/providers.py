@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from apps.gateway.adapters import adapter_for
-from apps.gateway.adapters.base import OPENAI, EventStream, UpstreamFailure, failure_from, status_failure
+from apps.gateway.adapters.base import EventStream, UpstreamFailure, failure_from, status_failure
 from apps.gateway.adapters.openai_compat import RAW, SDK, SDK_HTTPX, client_for, transport
 from apps.gateway.selectors import Upstream
 
@@ -30,20 +28,13 @@ _failure = failure_from  # the names this module had before the adapters
 _status_failure = status_failure
 
 
-def _body_for(upstream: Upstream, body: bytes | dict[str, Any]) -> bytes | dict[str, Any]:
-    # The OpenAI-compatible adapter relays bytes as they are; the translating adapters need the dict.
-    if isinstance(body, bytes) and upstream.kind not in ("", OPENAI):
-        return orjson.loads(body)
-    return body
-
-
 async def upstream_complete(upstream: Upstream, body: bytes | dict[str, Any], *, headers: dict[str, str]) -> dict[str, Any]:
     """The completion as a chat.completion dict (usage in the internal shape: apps.gateway.usage)."""
-    return await adapter_for(upstream.kind).complete(upstream, _body_for(upstream, body), headers=headers)
+    return await adapter_for(upstream.kind).complete(upstream, body, headers=headers)
 
 
 async def upstream_stream(
     upstream: Upstream, body: bytes | dict[str, Any], *, headers: dict[str, str]
 ) -> tuple[EventStream, dict[str, Any]]:
     """A streaming completion: the stream of chat.completion.chunk dicts and its first chunk (errors before it raise)."""
-    return await adapter_for(upstream.kind).stream(upstream, _body_for(upstream, body), headers=headers)
+    return await adapter_for(upstream.kind).stream(upstream, body, headers=headers)

@@ -143,7 +143,8 @@ MOCK_NATIVE_KINDS = {"anthropic": ("anthropic", "/v1"), "google": ("gemini", "/v
 
 
 def _mock_native(upstreams: dict[str, Upstream], prices: PriceBook, model: str) -> Upstream | None:
-    native = MOCK_NATIVE_KINDS.get(prices.latest(model).provider)
+    price = prices.latest(model)
+    native = MOCK_NATIVE_KINDS.get(price.provider) if price is not None else None
     return upstreams.get(f"{MOCK_PROVIDER}-{native[0]}") if native else None
 
 
@@ -159,11 +160,11 @@ def _upstreams(provider_rows) -> dict[str, Upstream]:
             api_key="sk-mock", timeout_s=cfg["UPSTREAM_TIMEOUT_S"], connect_timeout_s=cfg["UPSTREAM_CONNECT_TIMEOUT_S"],
             max_connections=cfg["UPSTREAM_MAX_CONNECTIONS"], mock=True,
         )  # fmt: skip
-        upstreams = {MOCK_PROVIDER: Upstream(name=MOCK_PROVIDER, base_url=mock_url, models=(ALL_PRICED,), **common)}
+        mocks = {MOCK_PROVIDER: Upstream(name=MOCK_PROVIDER, base_url=mock_url, models=(ALL_PRICED,), **common)}
         for kind, path in MOCK_NATIVE_KINDS.values():
             name = f"{MOCK_PROVIDER}-{kind}"
-            upstreams[name] = Upstream(name=name, base_url=root + path, models=(), kind=kind, **common)
-        return upstreams
+            mocks[name] = Upstream(name=name, base_url=root + path, models=(), kind=kind, **common)
+        return mocks
     specs: dict[str, dict] = {}
     for spec in cfg["UPSTREAMS"]:
         specs[spec["name"]] = dict(spec)

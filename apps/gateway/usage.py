@@ -65,10 +65,10 @@ def usage_read(usage: Any, *, service_tier: Any = None) -> Usage | None:
     if anthropic:
         cached, written = read, write
     else:
-        cached = _int(details.get("cached_tokens"))
-        if cached is None:  # DeepSeek's context cache
-            cached = _int(usage.get("prompt_cache_hit_tokens"))
-        cached = cached or 0
+        reported = _int(details.get("cached_tokens"))
+        if reported is None:  # DeepSeek's context cache
+            reported = _int(usage.get("prompt_cache_hit_tokens"))
+        cached = reported or 0
         written = _int(details.get("cache_write_tokens")) or _int(usage.get("cache_creation_input_tokens")) or 0
     reasoning = _int(out_details.get("reasoning_tokens")) or _int(usage.get("reasoning_tokens")) or 0
     total = _int(usage.get("total_tokens"))

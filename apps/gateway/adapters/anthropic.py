@@ -29,8 +29,10 @@ from django.conf import settings
 from apps.gateway.adapters.base import (
     ANTHROPIC,
     Adapter,
+    Body,
     EventStream,
     UpstreamFailure,
+    as_dict,
     completion_limit,
     post_json,
     post_sse,
@@ -97,7 +99,7 @@ def _tool_uses(calls: Any) -> list[dict[str, Any]]:
     for call in calls if isinstance(calls, list) else []:
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         try:
             arguments = orjson.loads(function.get("arguments") or "{}")
         except orjson.JSONDecodeError:
@@ -296,15 +298,15 @@ class AnthropicMessages(Adapter):
     def _request(self, body: dict[str, Any]) -> dict[str, Any]:
         return chat_to_messages(body, default_max_tokens=settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"])
 
-    async def complete(self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
+        body = as_dict(body)
         session = session_for(upstream, _headers(upstream))
         answer = await post_json(session, f"{upstream.base_url}/messages", self._request(body), headers=headers,
                                  error=status_failure)  # fmt: skip
         return messages_to_chat(answer, model=str(body.get("model", "")))
 
-    async def stream(
-        self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]
-    ) -> tuple[EventStream, dict[str, Any]]:
+    async def stream(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> tuple[EventStream, dict[str, Any]]:
+        body = as_dict(body)
         session = session_for(upstream, _headers(upstream))
         response = await post_sse(session, f"{upstream.base_url}/messages", self._request(body), headers=headers,
                                   error=status_failure)  # fmt: skip

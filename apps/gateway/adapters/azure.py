@@ -15,7 +15,7 @@ from typing import Any
 
 from openai import AsyncAzureOpenAI
 
-from apps.gateway.adapters.base import AZURE, Adapter, EventStream
+from apps.gateway.adapters.base import AZURE, Adapter, Body, EventStream, as_dict
 from apps.gateway.adapters.openai_compat import _close_client, as_bytes, sdk_complete, sdk_options, sdk_stream
 from apps.gateway.selectors import Upstream
 from finops.runtime import runtime
@@ -51,14 +51,14 @@ def azure_client(upstream: Upstream, deployment: str) -> AsyncAzureOpenAI:
 class AzureOpenAI(Adapter):
     kind = AZURE
 
-    async def complete(self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
+        body = as_dict(body)
         client = azure_client(upstream, deployment_for(upstream, str(body.get("model", ""))))
         answer = await sdk_complete(client, upstream.name, as_bytes(body), headers)
         answer["model"] = body.get("model", answer.get("model"))  # Azure names the model, not the deployment
         return answer
 
-    async def stream(
-        self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]
-    ) -> tuple[EventStream, dict[str, Any]]:
+    async def stream(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> tuple[EventStream, dict[str, Any]]:
+        body = as_dict(body)
         client = azure_client(upstream, deployment_for(upstream, str(body.get("model", ""))))
         return await sdk_stream(client, upstream.name, as_bytes(body), headers)

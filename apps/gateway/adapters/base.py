@@ -37,17 +37,22 @@ class UpstreamFailure(Exception):
         self.code = code
 
 
+Body = dict[str, Any] | bytes  # the internal request: a dict, or its JSON (relayed as it is when the format is OpenAI's)
+
+
+def as_dict(body: Body) -> dict[str, Any]:
+    return orjson.loads(body) if isinstance(body, bytes) else body
+
+
 class Adapter:
     """One wire format. Subclasses implement both calls; `body` is the internal (OpenAI chat) request."""
 
     kind = ""
 
-    async def complete(self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def stream(
-        self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]
-    ) -> tuple[EventStream, dict[str, Any]]:
+    async def stream(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> tuple[EventStream, dict[str, Any]]:
         raise NotImplementedError
 
 
@@ -183,11 +188,11 @@ def status_failure(status: int, raw: bytes) -> UpstreamFailure:
     try:
         data = orjson.loads(raw)
         error = data.get("error") or {}
-        code = error.get("code")
-        if not (isinstance(code, str) and code):
+        given = error.get("code")
+        if not (isinstance(given, str) and given):
             # Anthropic: {"type": "error", "error": {"type": "rate_limit_error"}}; Google: {"error": {"code": 429, "status": …}}
-            code = error.get("type") if data.get("type") == "error" else error.get("status")
-        code = str(code or "")
+            given = error.get("type") if data.get("type") == "error" else error.get("status")
+        code = str(given or "")
         message = str(error.get("message") or "")
     except Exception:
         message = raw[:200].decode(errors="replace")

@@ -23,8 +23,10 @@ from django.conf import settings
 from apps.gateway.adapters.base import (
     GEMINI,
     Adapter,
+    Body,
     EventStream,
     UpstreamFailure,
+    as_dict,
     completion_limit,
     post_json,
     post_sse,
@@ -187,16 +189,16 @@ class GeminiGenerateContent(Adapter):
     def _request(self, body: dict[str, Any]) -> dict[str, Any]:
         return chat_to_gemini(body, default_max_tokens=settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"])
 
-    async def complete(self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
+        body = as_dict(body)
         session = session_for(upstream, {"x-goog-api-key": upstream.api_key})
         model = str(body.get("model", ""))
         answer = await post_json(session, _url(upstream, model, "generateContent"), self._request(body), headers=headers,
                                  error=status_failure)  # fmt: skip
         return gemini_to_chat(answer, model=model)
 
-    async def stream(
-        self, upstream: Upstream, body: dict[str, Any], *, headers: dict[str, str]
-    ) -> tuple[EventStream, dict[str, Any]]:
+    async def stream(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> tuple[EventStream, dict[str, Any]]:
+        body = as_dict(body)
         session = session_for(upstream, {"x-goog-api-key": upstream.api_key})
         model = str(body.get("model", ""))
         url = _url(upstream, model, "streamGenerateContent") + "?alt=sse"

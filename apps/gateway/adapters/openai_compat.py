@@ -29,6 +29,7 @@ from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient, DefaultAsyncH
 from apps.gateway.adapters.base import (
     OPENAI,
     Adapter,
+    Body,
     EventStream,
     UpstreamFailure,
     failure_from,
@@ -82,7 +83,7 @@ def client_for(upstream: Upstream) -> AsyncOpenAI | aiohttp.ClientSession:
     return client
 
 
-def as_bytes(body: dict[str, Any] | bytes) -> bytes:
+def as_bytes(body: Body) -> bytes:
     return body if isinstance(body, bytes) else orjson.dumps(body)
 
 
@@ -118,7 +119,7 @@ async def sdk_stream(client: AsyncOpenAI, name: str, body: bytes, headers: dict[
 class OpenAICompatible(Adapter):
     kind = OPENAI
 
-    async def complete(self, upstream: Upstream, body: dict[str, Any] | bytes, *, headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
         client = client_for(upstream)
         if not isinstance(client, aiohttp.ClientSession):
             return await sdk_complete(client, upstream.name, as_bytes(body), headers)
@@ -134,9 +135,7 @@ class OpenAICompatible(Adapter):
             raise failure_from(exc) from exc
         return checked_completion(upstream.name, raw)
 
-    async def stream(
-        self, upstream: Upstream, body: dict[str, Any] | bytes, *, headers: dict[str, str]
-    ) -> tuple[EventStream, dict[str, Any]]:
+    async def stream(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> tuple[EventStream, dict[str, Any]]:
         client = client_for(upstream)
         if not isinstance(client, aiohttp.ClientSession):
             return await sdk_stream(client, upstream.name, as_bytes(body), headers)

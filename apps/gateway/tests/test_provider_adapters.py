@@ -5,6 +5,7 @@ and the provider's prompt-cache usage billed at its own rate."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -117,23 +118,46 @@ def test_a_claude_model_through_the_anthropic_adapter_bills_cache_writes_and_rea
     assert spent(budget, total) == total
 
 
-def test_a_gemini_model_bills_cached_reads_and_thinking_tokens(gateway_url, tenant):
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_gemini_model_bills_cached_reads_and_thinking_tokens(gateway_url, tenant, stream):
     client = client_for(gateway_url, tenant.secret)
-    raw = client.chat.completions.with_raw_response.create(
-        model="gemini-2.5-flash", max_tokens=30, messages=[{"role": "user", "content": unique_prompt("Gemini, a haiku")}],
-        extra_headers={"X-Mock-Cached-Tokens": "8", "X-Mock-Reasoning-Tokens": "25"},
-    )  # fmt: skip
-    completion = raw.parse()
-    assert completion.choices[0].message.content.startswith("Mock answer from gemini-2.5-flash")
+    kwargs = dict(model="gemini-2.5-flash", max_tokens=30, messages=[{"role": "user", "content": unique_prompt("Gemini, a haiku")}],
+                  extra_headers={"X-Mock-Cached-Tokens": "8", "X-Mock-Reasoning-Tokens": "25"})  # fmt: skip
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage, cost_seen = chunks[-1].usage, chunks[-1].model_extra["finops"]["cost_usd"]
+    else:
+        raw = client.chat.completions.with_raw_response.create(**kwargs)
+        completion = raw.parse()
+        text, usage, cost_seen = completion.choices[0].message.content, completion.usage, raw.headers["x-cost-usd"]
+    assert text.startswith("Mock answer from gemini-2.5-flash")
     row = only_row(raw.headers["x-request-id"])
-    assert (row.provider, row.cached_tokens, row.reasoning_tokens) == ("mock-gemini", 8, 25)
-    visible = completion.usage.completion_tokens - 25
-    assert visible > 0 and completion.usage.completion_tokens_details.reasoning_tokens == 25
+    assert (row.provider, row.cached_tokens, row.reasoning_tokens, row.stream) == ("mock-gemini", 8, 25, stream)
+    visible = usage.completion_tokens - 25
+    assert visible > 0 and usage.completion_tokens_details.reasoning_tokens == 25
     # gemini-2.5-flash: $0.30 in, $0.075 cached, $2.50 out (thinking billed as output), per 1M, by hand.
     expected = quantize_usd(((row.prompt_tokens - 8) * Decimal("0.30") + 8 * Decimal("0.075")
                              + (visible + 25) * Decimal("2.50")) / Decimal(1_000_000))  # fmt: skip
     assert row.cost_usd == expected
-    assert raw.headers["x-cost-usd"] == format(row.cost_usd, "f")
+    assert cost_seen == format(row.cost_usd, "f")
+
+
+def test_a_claude_model_answers_with_a_tool_call(gateway_url, tenant):
+    client = client_for(gateway_url, tenant.secret)
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look it up",
+                                               "parameters": {"type": "object", "properties": {"answer": {"type": "string"}}}}}]  # fmt: skip
+    raw = client.chat.completions.with_raw_response.create(
+        model=SONNET, tools=tools, tool_choice={"type": "function", "function": {"name": "lookup"}},
+        messages=[{"role": "user", "content": unique_prompt("Look up the capital")}],
+    )  # fmt: skip
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "lookup" and json.loads(call.function.arguments)["answer"].startswith("Mock answer")
+    row = only_row(raw.headers["x-request-id"])
+    assert row.provider == "mock-anthropic" and raw.headers["x-cost-usd"] == format(row.cost_usd, "f")
 
 
 def test_an_azure_deployment_bills_cached_reads_on_a_stream(gateway_url, tenant):

@@ -76,6 +76,10 @@ def charge(
     metrics.child(metrics.TOKENS, *labels, "completion").inc(completion)
     if cached:
         metrics.child(metrics.TOKENS, *labels, "cached").inc(cached)
+    if cache_write:
+        metrics.child(metrics.TOKENS, *labels, "cache_write").inc(cache_write)
+    if reasoning:
+        metrics.child(metrics.TOKENS, *labels, "reasoning").inc(min(reasoning, completion))
     metrics.child(metrics.COST, *labels).inc(float(cost))
 
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import httpx2
 import openai
 import pytest
 
@@ -116,6 +117,8 @@ def test_a_claude_model_through_the_anthropic_adapter_bills_cache_writes_and_rea
         assert row.cost_usd <= row.reserved_usd  # the reservation priced every prompt token as a (dearer) cache write
         total += row.cost_usd
     assert spent(budget, total) == total
+    scraped = httpx2.get(f"{gateway_url}/metrics").text
+    assert f'finops_gateway_tokens_total{{kind="cache_write",model="{SONNET}",provider="mock-anthropic"' in scraped
 
 
 @pytest.mark.parametrize("stream", [False, True])

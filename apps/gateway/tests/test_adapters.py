@@ -290,3 +290,16 @@ def test_provider_options_are_validated_in_the_admin():
     for bad in ([], {"api_key": "sk-…"}, {"deployments": {"gpt-4o": ""}}, {"api_version": ""}):
         with pytest.raises(ValidationError):
             validate_provider_options(bad)
+
+
+def test_a_settings_provider_may_name_its_kind_and_options(settings, monkeypatch):
+    from apps.gateway.selectors import catalog_build
+
+    monkeypatch.setenv("TEST_GEMINI_KEY", "g-test")
+    settings.FINOPS = {**settings.FINOPS, "MOCK_LLM_URL": "", "UPSTREAMS": [
+        {"name": "google", "kind": "gemini", "base_url": "https://generativelanguage.googleapis.com/v1beta",
+         "api_key_env": "TEST_GEMINI_KEY", "models": ["*"], "options": {}}]}  # fmt: skip
+    row = {"id": 1, "provider": "google", "model": "gemini-2.5-flash", "input_per_1m": "0.30", "output_per_1m": "2.50",
+           "cached_input_per_1m": "0.075", "effective_from": dt.date(2025, 6, 17), "effective_to": None}  # fmt: skip
+    upstream = catalog_build(price_rows=[row], provider_rows=[]).upstream_for("gemini-2.5-flash")
+    assert (upstream.name, upstream.kind, upstream.api_key, upstream.mock) == ("google", "gemini", "g-test", False)

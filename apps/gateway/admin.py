@@ -12,15 +12,18 @@ from apps.gateway.upstream_policy import base_url_refusal, key_env_refusal
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     list_display = [
-        "name", "base_url", "api_key_env", "key_present", "policy_ok", "model_count", "timeout_s", "max_connections", "enabled",
+        "name", "kind", "base_url", "api_key_env", "key_present", "policy_ok", "model_count", "timeout_s",
+        "max_connections", "enabled",
     ]  # fmt: skip
-    list_filter = ["enabled"]
+    list_filter = ["enabled", "kind"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     actions = ["enable", "disable"]
     fieldsets = [
-        (None, {"fields": ["name", "base_url", "enabled"]}),
+        (None, {"fields": ["name", "kind", "base_url", "enabled"]}),
+        ("Wire format options", {"fields": ["options"], "description": "Azure: api_version and deployments; Anthropic: "
+                                 "anthropic_version. Empty for OpenAI-compatible and Gemini providers."}),
         (
             "Credentials",
             {

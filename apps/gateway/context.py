@@ -85,6 +85,9 @@ class RequestContext:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # ⊂ prompt_tokens, written to the provider's prompt cache (apps.gateway.usage)
+    reasoning_tokens: int = 0  # ⊂ completion_tokens
+    service_tier: str = ""  # as the upstream reported it
     cost_usd: Decimal = ZERO
     price_id: int | None = None
 
@@ -137,6 +140,9 @@ class RequestContext:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            service_tier=self.service_tier,
             cost_usd=self.cost_usd,
             saved_usd=self.saved_usd,
             cache_status=self.cache_status,

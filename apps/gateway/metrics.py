@@ -22,7 +22,7 @@ REQUESTS = Counter(
 )
 TOKENS = Counter(
     "finops_gateway_tokens_total",
-    "Tokens billed by upstreams, by kind (prompt, completion, cached).",
+    "Tokens billed by upstreams, by kind (prompt, completion; cached, cache_write ⊂ prompt; reasoning ⊂ completion).",
     ["provider", "model", "tier", "kind"],
 )
 COST = Counter(

@@ -21,15 +21,51 @@ def validate_model_list(value) -> None:
         raise ValidationError('Enter a JSON list of model names, e.g. ["gpt-4o", "gpt-4o-mini"], or ["*"].')
 
 
+PROVIDER_OPTION_KEYS = {"api_version", "deployments", "anthropic_version"}
+
+
+def validate_provider_options(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError('Enter a JSON object, e.g. {"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}}.')
+    unknown = set(value) - PROVIDER_OPTION_KEYS
+    if unknown:
+        raise ValidationError(f"Unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(PROVIDER_OPTION_KEYS))}.")
+    deployments = value.get("deployments", {})
+    if not isinstance(deployments, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in deployments.items()):
+        raise ValidationError('"deployments" maps model names to Azure deployment names: {"gpt-4o": "prod-4o"}.')
+    for key in ("api_version", "anthropic_version"):
+        if key in value and not (isinstance(value[key], str) and value[key]):
+            raise ValidationError(f'"{key}" must be a non-empty string.')
+
+
 class Provider(models.Model):
-    """An OpenAI-compatible upstream (OpenAI, vLLM, Ollama, LM Studio, Anthropic's compatible endpoint…).
+    """An upstream provider: OpenAI-compatible (OpenAI, vLLM, Ollama, DeepSeek…), Anthropic, Azure OpenAI or Gemini.
 
     Adds to the providers of `FINOPS_UPSTREAMS`; a row with the same name replaces the settings entry.
     The API key is read from the environment variable named in `api_key_env` and never stored.
     """
 
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible (/chat/completions)"
+        ANTHROPIC = "anthropic", "Anthropic Messages (/messages)"
+        AZURE = "azure", "Azure OpenAI (deployments, api-version)"
+        GEMINI = "gemini", "Google Gemini (generateContent)"
+
     name = models.SlugField(max_length=64, unique=True)
-    base_url = models.URLField(max_length=500, help_text="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    kind = models.CharField(
+        "wire format", max_length=16, choices=Kind.choices, default=Kind.OPENAI,
+        help_text="Which adapter speaks to it (docs/usage.md, Providers and adapters).",
+    )  # fmt: skip
+    base_url = models.URLField(
+        max_length=500,
+        help_text="OpenAI-compatible: https://api.openai.com/v1 · Anthropic: https://api.anthropic.com/v1 · "
+        "Azure: https://<resource>.openai.azure.com · Gemini: https://generativelanguage.googleapis.com/v1beta",
+    )
+    options = models.JSONField(
+        default=dict, blank=True, validators=[validate_provider_options],
+        help_text='Per kind. Azure: {"api_version": "2024-10-21", "deployments": {"gpt-4o": "my-deployment"}} '
+        '(a model without an entry uses a deployment of its own name). Anthropic: {"anthropic_version": "2023-06-01"}.',
+    )  # fmt: skip
     api_key_env = models.CharField(
         "API key environment variable",
         max_length=128,

@@ -387,7 +387,7 @@ def _upstream_body(ctx: RequestContext, model: str, *, stream: bool) -> dict[str
 
 async def _attempt(ctx: RequestContext, upstream: Upstream, model: str, *, stream: bool):
     """One upstream call: the completion dict, or (stream, first event). Raises _Retry or FinopsError."""
-    headers = ctx.mock_headers if upstream.name == "mock" else {}  # fault injection reaches the mock only
+    headers = ctx.mock_headers if upstream.mock else {}  # fault injection reaches the mock only
     body = orjson.dumps(_upstream_body(ctx, model, stream=stream))
     try:
         if stream:

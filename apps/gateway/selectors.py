@@ -30,7 +30,7 @@ MOCK_PROVIDER = "mock"
 ALL_PRICED = "*"
 
 _PROVIDERS_SQL = """
-SELECT name, base_url, api_key_env, served_models, timeout_s, connect_timeout_s, max_connections, enabled
+SELECT name, kind, options, base_url, api_key_env, served_models, timeout_s, connect_timeout_s, max_connections, enabled
 FROM gateway_provider ORDER BY name
 """
 
@@ -48,6 +48,9 @@ class Upstream:
     connect_timeout_s: float
     max_connections: int
     models: tuple[str, ...]
+    kind: str = "openai"  # the wire format: openai | anthropic | azure | gemini (apps.gateway.adapters)
+    options: dict = field(default_factory=dict, compare=False, hash=False)  # the kind's options (azure: api_version…)
+    mock: bool = False  # the built-in mock LLM: the request's X-Mock-* fault injection headers are forwarded
 
 
 @dataclass(slots=True)
@@ -136,29 +139,40 @@ def catalog_build(*, price_rows: PriceBook | Iterable, provider_rows) -> Catalog
             if model == ALL_PRICED:
                 for priced_model in prices.models():
                     if upstream.name == MOCK_PROVIDER or prices.latest(priced_model).provider == upstream.name:
-                        wildcard.setdefault(priced_model, upstream)
+                        wildcard.setdefault(priced_model, _mock_native(catalog.upstreams, prices, priced_model) or upstream)
             else:
                 explicit.setdefault(model, upstream)
     catalog.model_upstream = {**wildcard, **explicit}
     return catalog
 
 
+# Mock mode: the price row's provider → (the adapter kind, its path on the mock).
+MOCK_NATIVE_KINDS = {"anthropic": ("anthropic", "/v1"), "google": ("gemini", "/v1beta"), "azure": ("azure", "")}
+
+
+def _mock_native(upstreams: dict[str, Upstream], prices: PriceBook, model: str) -> Upstream | None:
+    price = prices.latest(model)
+    native = MOCK_NATIVE_KINDS.get(price.provider) if price is not None else None
+    return upstreams.get(f"{MOCK_PROVIDER}-{native[0]}") if native else None
+
+
 def _upstreams(provider_rows) -> dict[str, Upstream]:
     cfg = settings.FINOPS
     mock_url = cfg["MOCK_LLM_URL"]
     if mock_url:
-        # Mock mode: every priced model goes to the mock, so a development setup never spends real money.
-        return {
-            MOCK_PROVIDER: Upstream(
-                name=MOCK_PROVIDER,
-                base_url=mock_url,
-                api_key="sk-mock",
-                timeout_s=cfg["UPSTREAM_TIMEOUT_S"],
-                connect_timeout_s=cfg["UPSTREAM_CONNECT_TIMEOUT_S"],
-                max_connections=cfg["UPSTREAM_MAX_CONNECTIONS"],
-                models=(ALL_PRICED,),
-            )
-        }
+        # Mock mode: every priced model goes to the mock, so a development setup never spends real money. The mock
+        # speaks each native wire format too: a model priced under one of MOCK_NATIVE_KINDS' providers goes through
+        # that kind's adapter (mock-anthropic, mock-gemini…), the others through the OpenAI-compatible one.
+        root = mock_url.rstrip("/").removesuffix("/v1")
+        common = dict(
+            api_key="sk-mock", timeout_s=cfg["UPSTREAM_TIMEOUT_S"], connect_timeout_s=cfg["UPSTREAM_CONNECT_TIMEOUT_S"],
+            max_connections=cfg["UPSTREAM_MAX_CONNECTIONS"], mock=True,
+        )  # fmt: skip
+        mocks = {MOCK_PROVIDER: Upstream(name=MOCK_PROVIDER, base_url=mock_url, models=(ALL_PRICED,), **common)}
+        for kind, path in MOCK_NATIVE_KINDS.values():
+            name = f"{MOCK_PROVIDER}-{kind}"
+            mocks[name] = Upstream(name=name, base_url=root + path, models=(), kind=kind, **common)
+        return mocks
     specs: dict[str, dict] = {}
     for spec in cfg["UPSTREAMS"]:
         specs[spec["name"]] = dict(spec)
@@ -172,8 +186,11 @@ def _upstreams(provider_rows) -> dict[str, Upstream]:
             logger.error("provider row %s ignored: %s", row["name"], refusal)
             continue
         models = row["served_models"]
+        options = row["options"] if "options" in row.keys() else {}
         specs[row["name"]] = {
             "name": row["name"],
+            "kind": row["kind"] if "kind" in row.keys() else "openai",
+            "options": json.loads(options) if isinstance(options, str) else options or {},
             "base_url": row["base_url"],
             "api_key_env": row["api_key_env"],
             "models": json.loads(models) if isinstance(models, str) else models,
@@ -196,5 +213,7 @@ def _upstreams(provider_rows) -> dict[str, Upstream]:
             connect_timeout_s=float(spec.get("connect_timeout_s") or cfg["UPSTREAM_CONNECT_TIMEOUT_S"]),
             max_connections=int(spec.get("max_connections") or cfg["UPSTREAM_MAX_CONNECTIONS"]),
             models=tuple(spec.get("models") or ()),
+            kind=spec.get("kind") or "openai",
+            options=dict(spec.get("options") or {}),
         )
     return upstreams

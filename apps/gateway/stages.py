@@ -27,7 +27,7 @@ from apps.cache import lookup
 from apps.gateway.context import RequestContext
 from apps.gateway.selectors import Catalog, catalog_get
 from apps.ledger.money import ZERO
-from apps.ledger.pricing import cost_compute
+from apps.ledger.pricing import cost_upper_bound
 from apps.routing import decide
 from apps.routing.types import RouteDecision
 from apps.tenancy.keys import api_key_rate_admit
@@ -170,7 +170,9 @@ def estimate(ctx: RequestContext, catalog: Catalog, model: str) -> Decimal:
     if price is None:
         raise UnpricedModel(f"Model '{model}' has no price in force; an administrator must add a ModelPrice row.", param="model")
     completion = (ctx.max_tokens or settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]) * max(ctx.n, 1)
-    return cost_compute(price=price, prompt_tokens=ctx.prompt_tokens_estimate, completion_tokens=completion)
+    # Every prompt token at the dearest prompt-side rate (an Anthropic cache write is 1.25 × input), × priority if asked.
+    tier = ctx.body.get("service_tier") if isinstance(ctx.body.get("service_tier"), str) else None
+    return cost_upper_bound(price=price, prompt_tokens=ctx.prompt_tokens_estimate, completion_tokens=completion, service_tier=tier)
 
 
 async def budget_reserve(ctx: RequestContext) -> None:

@@ -46,6 +46,7 @@ class ChatStream:
         self.finished = False
         self.first_sent_at: float | None = None
         self.journal_at = 0.0
+        self.service_tier: str | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         event = self.first
@@ -98,6 +99,8 @@ class ChatStream:
             if choice.get("finish_reason"):
                 self.finish_reasons[index] = choice["finish_reason"]
                 finishing = True
+        if isinstance(event.get("service_tier"), str):
+            self.service_tier = event["service_tier"]  # priced by the row's multiplier (apps.gateway.usage)
         usage = event.get("usage")
         if isinstance(usage, dict):
             # The latest usage replaces the previous one: with vLLM's continuous_usage_stats every chunk carries the
@@ -196,14 +199,15 @@ class ChatStream:
         if self.billed:
             return
         if isinstance(self.ctx.upstream_usage, dict):
-            bill(self.ctx, self.catalog, {"usage": self.ctx.upstream_usage, "choices": []})
+            bill(self.ctx, self.catalog, {"usage": self.ctx.upstream_usage, "choices": [], "service_tier": self.service_tier})
             self.billed = True
         else:
             self._bill_streamed()
 
     def _bill_streamed(self) -> None:
         completion = self._streamed_tokens()
-        charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0)
+        charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0,
+               service_tier=self.service_tier or "")  # fmt: skip
         self.billed = True
 
     def completion(self) -> dict[str, Any]:

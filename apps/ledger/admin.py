@@ -14,12 +14,18 @@ from finops import clock
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ["model", "provider", "input_per_1m", "cached_input_per_1m", "output_per_1m", "effective_from", "effective_to"]
+    list_display = [
+        "model", "provider", "kind", "input_per_1m", "cached_input_per_1m", "cache_write_per_1m", "output_per_1m",
+        "priority_multiplier", "effective_from", "effective_to",
+    ]  # fmt: skip
     list_filter = ["provider", "kind"]
     search_fields = ["model", "provider"]
     fieldsets = [
         (None, {"fields": ["provider", "model", "source"]}),
-        ("USD per 1M tokens", {"fields": ["input_per_1m", "cached_input_per_1m", "output_per_1m"]}),
+        ("USD per 1M tokens", {"fields": ["input_per_1m", "cached_input_per_1m", "cache_write_per_1m", "output_per_1m"],
+                               "description": "Empty cached input / cache write: billed at the input price."}),
+        ("Service tiers", {"fields": ["priority_multiplier"],
+                           "description": "Every rate × this for answers served at service_tier priority (empty: not priced)."}),
         ("Serves", {"fields": ["kind"]}),
         ("In force", {"fields": ["effective_from", "effective_to"]}),
     ]

@@ -32,6 +32,12 @@ class ModelPrice(models.Model):
     output_per_1m = price_field()
     # NULL: the provider gives no discount for cached input, so cached tokens bill at the input price.
     cached_input_per_1m = price_field(null=True, blank=True)
+    # NULL: the provider does not bill cache writes apart (OpenAI, Gemini, DeepSeek): written tokens bill at the
+    # input price. Anthropic's 5-minute cache write is 1.25 × input.
+    cache_write_per_1m = price_field(null=True, blank=True)
+    # The factor on every rate of this row for an answer served at service_tier "priority" (OpenAI's Priority
+    # processing is a uniform multiple of the standard rates per model). NULL: no priority price known.
+    priority_multiplier = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
     effective_from = models.DateField()
     effective_to = models.DateField(null=True, blank=True)
     source = models.CharField(max_length=500, blank=True)
@@ -47,6 +53,11 @@ class ModelPrice(models.Model):
             models.CheckConstraint(
                 condition=Q(input_per_1m__gte=0) & Q(output_per_1m__gte=0) & (Q(cached_input_per_1m__isnull=True) | Q(cached_input_per_1m__gte=0)),
                 name="price_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=(Q(cache_write_per_1m__isnull=True) | Q(cache_write_per_1m__gte=0))
+                & (Q(priority_multiplier__isnull=True) | Q(priority_multiplier__gt=0)),
+                name="price_usage_details_valid",
             ),
             models.CheckConstraint(
                 condition=Q(effective_to__isnull=True) | Q(effective_to__gt=models.F("effective_from")),
@@ -110,7 +121,11 @@ class LLMRequest(models.Model):
 
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
-    cached_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)  # prompt tokens read from the provider's prompt cache
+    # db_default: writers that name their columns (COPY in demo/seed.py, bench's chaos rows) need not know these.
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)  # prompt tokens written to the cache
+    reasoning_tokens = models.PositiveIntegerField(default=0, db_default=0)  # hidden reasoning, part of completion_tokens
+    service_tier = models.CharField(max_length=16, blank=True, default="", db_default="")  # as the upstream said
     cost_usd = cost_field()
     saved_usd = cost_field()
 
@@ -151,6 +166,11 @@ class LLMRequest(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(cost_usd__gte=0) & Q(saved_usd__gte=0), name="llm_request_money_non_negative"),
             models.CheckConstraint(condition=Q(cached_tokens__lte=models.F("prompt_tokens")), name="llm_request_cached_le_prompt"),
+            models.CheckConstraint(
+                condition=Q(cache_write_tokens__lte=models.F("prompt_tokens") - models.F("cached_tokens"))
+                & Q(reasoning_tokens__lte=models.F("completion_tokens")),
+                name="llm_request_usage_details_fit",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -63,11 +63,13 @@ logger = logging.getLogger(__name__)
 COLUMNS: tuple[str, ...] = (
     "request_id", "endpoint", "received_at", "org_id", "team_id", "member_id", "api_key_id", "api_key_prefix",
     "status", "http_status", "error_code", "stream", "requested_model", "model", "provider", "tier", "price_id",
-    "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "saved_usd", "cache_status", "similarity",
-    "requested_tier", "route_strategy", "route_reason", "escalated", "escalation_cost_usd", "fallback_from", "attempts",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "service_tier",
+    "cost_usd", "saved_usd", "cache_status", "similarity", "requested_tier", "route_strategy", "route_reason",
+    "escalated", "escalation_cost_usd", "fallback_from", "attempts",
     "budget_state", "reserved_usd", "upstream_ms", "overhead_ms", "prompt_hash", "prompt_text", "response_text",
 )  # fmt: skip
 _COLUMN_SET = frozenset(COLUMNS)
+_ADDED_COLUMNS: dict[str, Any] = {"cache_write_tokens": 0, "reasoning_tokens": 0, "service_tier": ""}
 MONEY_COLUMNS = frozenset({"cost_usd", "saved_usd", "escalation_cost_usd", "reserved_usd"})
 def row_new(**values: Any) -> dict[str, Any]:
     """A ledger row with every column: the defaults of a request that did nothing, then `values`.
@@ -81,7 +83,8 @@ def row_new(**values: Any) -> dict[str, Any]:
         "request_id": uuid.uuid4(), "endpoint": "", "received_at": clock.now(), "org_id": None, "team_id": None,
         "member_id": None, "api_key_id": None, "api_key_prefix": "", "status": "served", "http_status": 200,
         "error_code": "", "stream": False, "requested_model": "", "model": "", "provider": "", "tier": "",
-        "price_id": None, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": ZERO,
+        "price_id": None, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+        "reasoning_tokens": 0, "service_tier": "", "cost_usd": ZERO,
         "saved_usd": ZERO, "cache_status": "none", "similarity": None, "requested_tier": "", "route_strategy": "",
         "route_reason": "", "escalated": False, "escalation_cost_usd": ZERO, "fallback_from": "", "attempts": 0,
         "budget_state": "none", "reserved_usd": ZERO, "upstream_ms": None, "overhead_ms": None, "prompt_hash": "",
@@ -139,6 +142,9 @@ def row_from_json(text: str | bytes) -> dict[str, Any]:
 
 def row_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {column: data.get(column) for column in COLUMNS}
+    for column, default in _ADDED_COLUMNS.items():  # rows spooled by a release before these columns existed
+        if row[column] is None:
+            row[column] = default
     row["request_id"] = uuid.UUID(row["request_id"])
     row["received_at"] = dt.datetime.fromisoformat(row["received_at"])
     for column in MONEY_COLUMNS:

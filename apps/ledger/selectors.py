@@ -31,8 +31,8 @@ def price_book(*, models: list[str] | None = None) -> PriceBook:
 
 _prices: dict[tuple[str, dt.date], tuple[float, Price | None]] = {}
 PRICE_ROWS_SQL = """
-SELECT id, provider, model, input_per_1m, output_per_1m, cached_input_per_1m, effective_from, effective_to,
-       kind
+SELECT id, provider, model, input_per_1m, output_per_1m, cached_input_per_1m, cache_write_per_1m, priority_multiplier,
+       effective_from, effective_to, kind
 FROM model_prices
 """
 

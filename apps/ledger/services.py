@@ -39,6 +39,8 @@ def price_upsert(
     cached_input_per_1m: Decimal | None,
     effective_from: dt.date,
     source: str = "",
+    cache_write_per_1m: Decimal | None = None,
+    priority_multiplier: Decimal | None = None,
     kind: str = "chat",
 ) -> tuple[ModelPrice, bool]:
     """Insert a dated price; a changed price for a model closes the previous row's window."""
@@ -49,6 +51,8 @@ def price_upsert(
             existing.input_per_1m = input_per_1m
             existing.output_per_1m = output_per_1m
             existing.cached_input_per_1m = cached_input_per_1m
+            existing.cache_write_per_1m = cache_write_per_1m
+            existing.priority_multiplier = priority_multiplier
             existing.source = source or existing.source
             existing.kind = kind
             existing.save()
@@ -60,11 +64,10 @@ def price_upsert(
             .first()
         )
         if previous:
-            same = (previous.input_per_1m, previous.output_per_1m, previous.cached_input_per_1m) == (
-                input_per_1m,
-                output_per_1m,
-                cached_input_per_1m,
-            )
+            same = (
+                previous.input_per_1m, previous.output_per_1m, previous.cached_input_per_1m, previous.cache_write_per_1m,
+                previous.priority_multiplier,
+            ) == (input_per_1m, output_per_1m, cached_input_per_1m, cache_write_per_1m, priority_multiplier)  # fmt: skip
             if same and previous.kind == kind:
                 return previous, False
             previous.effective_to = effective_from
@@ -75,6 +78,8 @@ def price_upsert(
             input_per_1m=input_per_1m,
             output_per_1m=output_per_1m,
             cached_input_per_1m=cached_input_per_1m,
+            cache_write_per_1m=cache_write_per_1m,
+            priority_multiplier=priority_multiplier,
             effective_from=effective_from,
             source=source,
             kind=kind,
@@ -93,6 +98,8 @@ def prices_load_fixture(*, path: Path) -> int:
             input_per_1m=Decimal(item["input_per_1m"]),
             output_per_1m=Decimal(item["output_per_1m"]),
             cached_input_per_1m=None if item.get("cached_input_per_1m") is None else Decimal(item["cached_input_per_1m"]),
+            cache_write_per_1m=None if item.get("cache_write_per_1m") is None else Decimal(item["cache_write_per_1m"]),
+            priority_multiplier=None if item.get("priority_multiplier") is None else Decimal(item["priority_multiplier"]),
             effective_from=dt.date.fromisoformat(item["effective_from"]),
             source=item.get("source", ""),
             kind=item.get("kind", "chat"),
@@ -125,6 +132,7 @@ def prices_import_litellm(*, data: dict[str, Any], effective_from: dt.date, sour
             input_per_1m=input_price,
             output_per_1m=output_price,
             cached_input_per_1m=_per_1m(spec.get("cache_read_input_token_cost")),
+            cache_write_per_1m=_per_1m(spec.get("cache_creation_input_token_cost")),
             effective_from=effective_from,
             source=source,
             kind="embedding" if spec.get("mode") == "embedding" else "chat",

@@ -42,6 +42,9 @@ Per-request controls (request headers)
     X-Mock-Completion-Tokens: <int>  each answer is this many tokens long (before max_tokens cuts it): an
                                      upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
+    X-Mock-Service-Tier: <tier>      the answer's service_tier ("priority": billed at the price row's multiplier)
+    Native formats (their own modules): Anthropic ``/v1/messages`` (anthropic.py), Azure OpenAI
+    ``/openai/deployments/{d}/chat/completions`` (azure.py), Gemini ``/v1beta/models/{m}:generateContent`` (gemini.py)
 
 Per-model faults (``model_faults`` / ``--faults`` / ``POST /_mock/faults``)::
 

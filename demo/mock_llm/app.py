@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from demo.mock_llm import anthropic, azure, gemini
 from demo.mock_llm.common import (
     _ADVERTISED_MODELS,
     _ERROR_TYPES,
@@ -138,6 +139,8 @@ class MockLLM:
                 if method == "DELETE":
                     self.stats.clear()
                 await _send_json(send, 200, self.stats)
+            elif native := next((m for m in (anthropic, azure, gemini) if m.handles(method, path)), None):
+                await native.handle(self, scope, receive, send)  # the native wire formats (demo/mock_llm/<format>.py)
             else:
                 raise _HTTPError(404, f"Unknown route {method} {scope['path']}", "unknown_url")
         except _HTTPError as exc:
@@ -346,6 +349,7 @@ class MockLLM:
                 forced_logprob=forced_logprob,
                 truncate=truncate,
                 chunk_delay_s=chunk_delay_ms / 1000.0,
+                service_tier=headers.get("x-mock-service-tier", "default"),
             )
             return
 
@@ -371,7 +375,7 @@ class MockLLM:
             "model": model,
             "choices": out_choices,
             "usage": usage,
-            "service_tier": "default",
+            "service_tier": headers.get("x-mock-service-tier", "default"),
             "system_fingerprint": "fp_mock",
         }
         await _send_raw(send, 200, _dumps(payload), b"application/json", resp_headers)
@@ -394,6 +398,7 @@ class MockLLM:
         forced_logprob: float | None,
         truncate: bool,
         chunk_delay_s: float,
+        service_tier: str = "default",
     ) -> None:
         await send(
             {
@@ -414,7 +419,7 @@ class MockLLM:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "service_tier": "default",
+                "service_tier": service_tier,
                 "system_fingerprint": "fp_mock",
                 "choices": [choice] if choice is not None else [],
             }

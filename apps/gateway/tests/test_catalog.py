@@ -60,13 +60,30 @@ def test_a_disabled_row_removes_the_settings_provider_and_a_missing_key_skips_it
     assert catalog_build(price_rows=[price("gpt-4o")], provider_rows=[]).upstreams == {}
 
 
-def test_the_mock_toggle_serves_every_priced_model(settings):
+def test_the_mock_toggle_serves_every_priced_model_in_its_providers_wire_format(settings):
     settings.FINOPS = {**settings.FINOPS, "MOCK_LLM_URL": "http://127.0.0.1:9/v1"}
     catalog = catalog_build(
-        price_rows=[price("gpt-4o"), price("claude-x", provider="anthropic")], provider_rows=[provider_row("vllm", ["x"])]
-    )
-    assert {catalog.upstream_for(m).name for m in ("gpt-4o", "claude-x")} == {"mock"}
+        price_rows=[price("gpt-4o"), price("claude-x", provider="anthropic"), price("gemini-x", provider="google"),
+                    price("azure-x", provider="azure")],
+        provider_rows=[provider_row("vllm", ["x"])],
+    )  # fmt: skip
+    served = {m: catalog.upstream_for(m) for m in ("gpt-4o", "claude-x", "gemini-x", "azure-x")}
+    assert {m: (u.name, u.kind, u.base_url, u.mock) for m, u in served.items()} == {
+        "gpt-4o": ("mock", "openai", "http://127.0.0.1:9/v1", True),
+        "claude-x": ("mock-anthropic", "anthropic", "http://127.0.0.1:9/v1", True),
+        "gemini-x": ("mock-gemini", "gemini", "http://127.0.0.1:9/v1beta", True),
+        "azure-x": ("mock-azure", "azure", "http://127.0.0.1:9", True),
+    }
     assert catalog.upstream_for("x") is None
+
+
+def test_an_admin_row_brings_its_kind_and_options(no_mock):
+    row = {**provider_row("azure-prod", ["gpt-4o"]), "kind": "azure",
+           "options": '{"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}}'}  # fmt: skip
+    upstream = catalog_build(price_rows=[price("gpt-4o")], provider_rows=[row]).upstream_for("gpt-4o")
+    assert (upstream.kind, upstream.options["deployments"], upstream.mock) == ("azure", {"gpt-4o": "prod-4o"}, False)
+    plain = catalog_build(price_rows=[price("gpt-4o")], provider_rows=[provider_row("vllm", ["gpt-4o"])])
+    assert plain.upstream_for("gpt-4o").kind == "openai"  # rows read before the kind column existed
 
 
 def test_the_price_in_force_follows_the_dates(no_mock):

@@ -39,7 +39,7 @@ _PUBLIC_MESSAGES = {
     "malformed": "the answer was malformed",
     "stream": "the upstream reported an error",
 }
-_SAFE_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CONTEXT_LENGTH = ("context length", "maximum context", "context_length", "too many tokens", "prompt is too long")
 
 

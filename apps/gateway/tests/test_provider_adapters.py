@@ -224,8 +224,8 @@ def admin_configured_gateway(django_db_setup, mock_llm_url):
     """A gateway with no mock mode: its providers are admin rows (Provider.kind anthropic) pointing at the mock."""
     from conftest import gateway_server
 
-    env = {"FINOPS_MOCK_LLM_URL": "", "FINOPS_UPSTREAMS": "[]", "TEST_ANTHROPIC_GOOD": "sk-ant-test",
-           "TEST_ANTHROPIC_BAD": "sk-bad-key"}  # fmt: skip
+    env = {"FINOPS_MOCK_LLM_URL": "", "FINOPS_UPSTREAMS": "[]", "FINOPS_UPSTREAM_TEST_GOOD_KEY": "sk-ant-test",
+           "FINOPS_UPSTREAM_TEST_BAD_KEY": "sk-bad-key"}  # fmt: skip
     with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         yield url
 
@@ -233,9 +233,9 @@ def admin_configured_gateway(django_db_setup, mock_llm_url):
 def test_an_admin_anthropic_provider_with_a_bad_key_is_a_documented_502(admin_configured_gateway, tenant):
     from apps.gateway.models import Provider
 
-    Provider.objects.create(name="claude-good", kind="anthropic", base_url=_mock_v1(), api_key_env="TEST_ANTHROPIC_GOOD",
+    Provider.objects.create(name="claude-good", kind="anthropic", base_url=_mock_v1(), api_key_env="FINOPS_UPSTREAM_TEST_GOOD_KEY",
                             served_models=[SONNET])  # fmt: skip
-    Provider.objects.create(name="claude-bad", kind="anthropic", base_url=_mock_v1(), api_key_env="TEST_ANTHROPIC_BAD",
+    Provider.objects.create(name="claude-bad", kind="anthropic", base_url=_mock_v1(), api_key_env="FINOPS_UPSTREAM_TEST_BAD_KEY",
                             served_models=["claude-3-5-haiku-20241022"])  # fmt: skip
     client = client_for(admin_configured_gateway, tenant.secret)
     raw = client.chat.completions.with_raw_response.create(model=SONNET, messages=[{"role": "user", "content": unique_prompt()}])

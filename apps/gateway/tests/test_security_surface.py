@@ -144,7 +144,7 @@ def test_a_provider_saved_with_secret_key_is_refused_by_the_model_and_the_admin(
     client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
     form = {
         "name": "leak", "base_url": "https://api.example.com/v1", "enabled": "on", "api_key_env": "SECRET_KEY",
-        "served_models": '["*"]', "timeout_s": "60", "connect_timeout_s": "5", "max_connections": "10",
+        "served_models": '["*"]', "kind": "openai", "options": "{}", "timeout_s": "60", "connect_timeout_s": "5", "max_connections": "10",
     }  # fmt: skip
     response = client.post("/admin/gateway/provider/add/", form)
     assert response.status_code == 200  # the form again, with its error

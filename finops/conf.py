@@ -151,7 +151,7 @@ class FinopsConf:
     cache_semantic_max_chars: int = 2000
     # A missed prompt's entry is embedded by the full model after the response, in the background, using at most
     # this share of one core per process; under more load than that, entries are not added (counted as shed).
-    cache_semantic_store_cpu_share: float = 0.25
+    cache_semantic_store_cpu_share: float = 0.1
     cache_semantic_store_queue: int = 256
 
     # --- budgets -----------------------------------------------------------------------------------------

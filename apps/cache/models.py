@@ -105,13 +105,8 @@ class SemanticCacheEntry(models.Model):
             ),
         ]
         indexes = [
-            HnswIndex(
-                name="semantic_cache_embedding_hnsw",
-                fields=["embedding"],
-                m=16,
-                ef_construction=64,
-                opclasses=["vector_cosine_ops"],
-            ),
+            # Lookups search the static vector (stage 1) and read the full one by id (stage 2): the full vector
+            # needs no index of its own, and every insert is spared its HNSW update (docs/adr/001).
             HnswIndex(
                 name="semantic_cache_static_hnsw",
                 fields=["static_embedding"],

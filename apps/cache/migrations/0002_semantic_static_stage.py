@@ -6,29 +6,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cache', '0001_initial'),
-        ('tenancy', '0003_member_team_change'),
+        ("cache", "0001_initial"),
+        ("tenancy", "0003_member_team_change"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='semanticcacheentry',
-            name='semantic_cache_embedding_hnsw',
+            model_name="semanticcacheentry",
+            name="semantic_cache_embedding_hnsw",
         ),
         migrations.AddField(
-            model_name='cachesettings',
-            name='semantic_max_chars',
-            field=models.PositiveIntegerField(blank=True, help_text='Prompts (last user turn) longer than this skip the semantic tier; empty: FINOPS_CACHE_SEMANTIC_MAX_CHARS.', null=True),
+            model_name="cachesettings",
+            name="semantic_max_chars",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Prompts (last user turn) longer than this skip the semantic tier; empty: FINOPS_CACHE_SEMANTIC_MAX_CHARS.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='semanticcacheentry',
-            name='static_embedding',
+            model_name="semanticcacheentry",
+            name="static_embedding",
             field=pgvector.django.vector.VectorField(dimensions=256, null=True),
         ),
         migrations.AddIndex(
-            model_name='semanticcacheentry',
-            index=pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['static_embedding'], m=16, name='semantic_cache_static_hnsw', opclasses=['vector_cosine_ops']),
+            model_name="semanticcacheentry",
+            index=pgvector.django.indexes.HnswIndex(
+                ef_construction=64,
+                fields=["static_embedding"],
+                m=16,
+                name="semantic_cache_static_hnsw",
+                opclasses=["vector_cosine_ops"],
+            ),
         ),
     ]

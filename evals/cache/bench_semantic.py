@@ -75,7 +75,7 @@ def prompts_of(chars: int, count: int) -> list[str]:
     return out
 
 
-def run(*, classes: tuple[int, ...] = (30, 400, 2000), cached: int = 150, requests: int = 150) -> list[ClassResult]:
+def run(*, classes: tuple[int, ...] = (30, 400, 2000), cached: int = 1000, requests: int = 200) -> list[ClassResult]:
     from apps.cache.services import cache_invalidate
     from apps.embeddings.embeddings import local_embedder
     from apps.ledger.services import prices_load_fixture
@@ -92,8 +92,9 @@ def run(*, classes: tuple[int, ...] = (30, 400, 2000), cached: int = 150, reques
     results = []
     for chars in classes:
         cache_invalidate(org_id=org.id)
-        texts = prompts_of(chars, cached + requests)
-        results.append(asyncio.run(_run_class(chars, texts[:cached], texts[cached:], org=org, team=team, member=member, key=key)))
+        texts = prompts_of(chars, cached + requests)  # fewer when the class has fewer distinct prompts
+        fill, probe = texts[: len(texts) - requests], texts[len(texts) - requests :]
+        results.append(asyncio.run(_run_class(chars, fill, probe, org=org, team=team, member=member, key=key)))
     cache_invalidate(org_id=org.id)
     return results
 

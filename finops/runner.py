@@ -164,6 +164,7 @@ def build_semantic_model(env: dict[str, str]) -> bool:
     build it at startup, together, on the same cores. A no-op when the file exists or another runtime is set."""
     code = (
         "import django; django.setup(); from django.conf import settings; from apps.embeddings.onnx_export import ensure_model;"
+        "from apps.embeddings.static import ensure_table; ensure_table();"  # the semantic tier's static first stage
         "f = settings.FINOPS; r = f['CACHE_LOCAL_RUNTIME'];"
         "(f['CACHE_EMBEDDING_BACKEND'] == 'local' and r.startswith('onnx')) and ensure_model(r)"
     )

@@ -38,7 +38,7 @@ class CacheSettingsAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
         (
             "Semantic matching",
             {
-                "fields": ["threshold"],
+                "fields": ["threshold", "semantic_max_chars"],
                 "description": "Cosine SIMILARITY, 1 = identical (not distance). Lower = more hits and more wrong answers; "
                 "see docs/cache-threshold-runbook.md for the measured trade-off. Changes apply within ~15 s.",
             },
@@ -74,7 +74,7 @@ class SemanticCacheEntryAdmin(OrgScopedAdminMixin, admin.ModelAdmin):
     search_fields = ["prompt_hash", "org__name"]
     date_hierarchy = "created_at"
     actions = ["invalidate_org_model", "invalidate_org"]
-    exclude = ["embedding"]
+    exclude = ["embedding", "static_embedding"]
     readonly_fields = [
         "org", "model_class", "system_prompt_hash", "params_hash", "prompt_hash", "prompt_text", "guard", "response",
         "answer_model", "created_at", "expires_at", "hits", "last_hit_at",

@@ -10,6 +10,10 @@
   dict, also for streams, which the gateway reassembles).
 - `prompt_vectors(state)`: what the semantic tier embedded for this request (text → vector), for the router.
 
+The semantic tier runs in two stages (apps.cache.semantic, docs/adr/001): a static embedding proposes cached
+prompts, and the full model embeds this prompt only to confirm a probable hit; storing a miss embeds it after
+the response, within a CPU budget. Prompts over the org's semantic length limit, or the model's window, skip it.
+
 None of them raises: a cache that fails is a cache that misses ("bypass" when Redis is down). A remote
 embedding is billed on its own ledger row (endpoint "embeddings"), never on the chat row.
 
@@ -36,15 +40,17 @@ from redis.exceptions import RedisError
 from apps.cache import metrics
 from apps.cache.guard import GUARD_MAX_CHARS, Signature, choose_hit, guard_signature
 from apps.cache.keys import RequestKey, request_key, uses_tools
-from apps.cache.selectors import CachePolicy, cache_policy_for, semantic_candidates
+from apps.cache.selectors import CachePolicy, cache_policy_for, confirmed_candidates, static_candidates
+from apps.cache.semantic import guard_survivors, static_vector, store_budget
 from apps.cache.services import exact_entry_store, exact_key, semantic_entry_hit, semantic_entry_store
-from apps.embeddings.embeddings import EmbeddingCaller, backend, embed_prompt
+from apps.embeddings.embeddings import EmbeddingCaller, backend, embed_prompt_cpu
 from apps.ledger.money import ZERO
 from apps.ledger.pricing import Price, cost_compute
 from apps.ledger.selectors import price_in_force_async
 from apps.tenancy.types import Caller
 from finops import clock
 from finops.asyncredis import get_redis
+from finops.conf import conf
 from finops.tokens import count_tokens, message_text
 
 logger = logging.getLogger(__name__)
@@ -104,7 +110,8 @@ class CacheState:
     max_age_s: int | None
     reason: str = ""  # why the cache is bypassed, if it is
     redis_down: bool = False
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # the full model's (only when a candidate had to be confirmed)
+    static_vector: np.ndarray | None = None  # the first stage's
     signature: Signature | None = None
     semantic_looked_up: bool = False
     status: str = "none"  # the last lookup's outcome
@@ -199,7 +206,7 @@ async def _decide(request: CacheRequest) -> CacheState:
         semantic=allowed
         and policy.semantic_enabled
         and key.prompt_text is not None
-        and len(key.prompt_text) <= GUARD_MAX_CHARS
+        and len(key.prompt_text) <= min(GUARD_MAX_CHARS, policy.semantic_max_chars or conf().cache_semantic_max_chars)
         and not tools,
         ttl_s=ttl_s,
         max_age_s=max_age_s,
@@ -282,23 +289,38 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
             return CacheLookup(status=state.status if state.status != "none" else "bypass")
         text = state.key.prompt_text
         state.semantic_looked_up = True
-        state.vector = await embed_prompt(text, caller=_embedding_caller(state.request))
-        if state.vector is None:
+        # Stage 1: the static embedding finds the entries that could be paraphrases (microseconds, any length).
+        state.static_vector, confirmable = static_vector(text)
+        if state.static_vector is None or not confirmable:
+            state.semantic = False  # nothing to store either: no later lookup could confirm it
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
             return CacheLookup(status=state.status)
-        state.signature = guard_signature(text)
         not_before = None
         if state.max_age_s is not None:
             not_before = clock.now() - dt.timedelta(seconds=state.max_age_s)
-        candidates = await semantic_candidates(
+        near = await static_candidates(
             org_id=state.org_id,
             model_class=state.model_class,
             context_hash=state.key.context_hash,
             params_hash=state.key.params_hash,
-            vector=state.vector,
+            vector=state.static_vector,
             k=settings.FINOPS.get("CACHE_SEMANTIC_TOP_K", 5),
+            min_similarity=conf().cache_semantic_static_threshold,
             not_before=not_before,
         )
+        if near:
+            state.signature = guard_signature(text)
+            near = guard_survivors(near, state.signature)
+        if not near:
+            metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="miss").inc()
+            return _looked_up(state, miss)
+        # Stage 2, only for a probable hit: the full model, at the org's threshold, and the guard as before.
+        metrics.CACHE_SEMANTIC_CONFIRMS.inc()
+        state.vector, _ = await embed_prompt_cpu(text, caller=_embedding_caller(state.request))
+        if state.vector is None:
+            metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
+            return CacheLookup(status=state.status)
+        candidates = await confirmed_candidates(org_id=state.org_id, ids=[c.id for c in near], vector=state.vector)
         decision = choose_hit(
             [(c.similarity, Signature.from_json(c.guard)) for c in candidates],
             state.signature,
@@ -458,9 +480,23 @@ async def cache_store(*, state: CacheState, response: dict[str, Any], answer_mod
 
 
 async def _store_semantic(state: CacheState, response: dict[str, Any], answer_model: str) -> None:
+    """After the response: the entry gets both vectors. The full model runs here only within the store budget
+    (apps.cache.semantic); a busier process sheds the entry (the exact tier has it)."""
     text = state.key.prompt_text
-    if state.vector is None and not state.semantic_looked_up:
-        state.vector = await embed_prompt(text, caller=_embedding_caller(state.request))
+    if state.static_vector is None:
+        if state.semantic_looked_up:  # the lookup found the prompt unconfirmable (too long, or still loading)
+            metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()
+            return
+        state.static_vector, confirmable = static_vector(text)
+        if state.static_vector is None or not confirmable:
+            metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()
+            return
+    if state.vector is None:
+        if not store_budget.allows():
+            metrics.CACHE_STORES.labels(tier="semantic", outcome="shed").inc()
+            return
+        state.vector, spent = await embed_prompt_cpu(text, caller=_embedding_caller(state.request))
+        store_budget.spend(spent)
     if state.vector is None:
         metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()
         return
@@ -474,6 +510,7 @@ async def _store_semantic(state: CacheState, response: dict[str, Any], answer_mo
         params_hash=state.key.params_hash,
         prompt_hash=state.key.prompt_hash,
         vector=state.vector,
+        static_vector=state.static_vector,
         prompt_text=text if store_text else None,
         guard=signature.as_json(),
         response=response,

@@ -12,6 +12,8 @@ CACHE_LOOKUPS = Counter("finops_cache_lookups_total", "Cache lookups by tier and
 CACHE_SAVED_USD = Counter("finops_cache_saved_usd_total", "Upstream cost avoided by cache hits, USD.", ["tier"])
 CACHE_STORES = Counter("finops_cache_stores_total", "Answers written to the cache, by tier and outcome.", ["tier", "outcome"])
 # reason: number | operator | negation | entity | polarity | order | unreadable
+# The semantic tier's second stage: full-model embeddings run because the static stage found a candidate.
+CACHE_SEMANTIC_CONFIRMS = Counter("finops_cache_semantic_confirms_total", "Full-model embeddings run to confirm a candidate.")
 CACHE_GUARD_REJECTIONS = Counter(
     "finops_cache_guard_rejections_total", "Semantic candidates above the threshold that the guard refused.", ["reason"]
 )

@@ -4,7 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
-from apps.embeddings import EMBEDDING_DIM
+from apps.embeddings import EMBEDDING_DIM, STATIC_DIM
 
 _threshold_validators = [MinValueValidator(0.5), MaxValueValidator(1.0)]
 
@@ -32,6 +32,11 @@ class CacheSettings(models.Model):
     )
     allow_high_temperature = models.BooleanField(default=False, help_text="Cache requests above max_temperature anyway.")
     allow_tools = models.BooleanField(default=False, help_text="Cache requests that carry tools or function calls.")
+    semantic_max_chars = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Prompts (last user turn) longer than this skip the semantic tier; empty: FINOPS_CACHE_SEMANTIC_MAX_CHARS.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -76,7 +81,9 @@ class SemanticCacheEntry(models.Model):
     system_prompt_hash = models.CharField(max_length=64)
     params_hash = models.CharField(max_length=64)
     prompt_hash = models.CharField(max_length=64)
-    embedding = VectorField(dimensions=EMBEDDING_DIM)
+    embedding = VectorField(dimensions=EMBEDDING_DIM)  # the full model's: confirms a hit
+    # The static first stage's (apps.embeddings.static): finds the candidates. NULL on entries of older releases.
+    static_embedding = VectorField(dimensions=STATIC_DIM, null=True)
     prompt_text = models.TextField(null=True, blank=True)  # noqa: DJ001 - NULL: not kept (org did not opt in)
     guard = models.JSONField(default=dict)
     response = models.JSONField()
@@ -98,9 +105,11 @@ class SemanticCacheEntry(models.Model):
             ),
         ]
         indexes = [
+            # Lookups search the static vector (stage 1) and read the full one by id (stage 2): the full vector
+            # needs no index of its own, and every insert is spared its HNSW update (docs/adr/001).
             HnswIndex(
-                name="semantic_cache_embedding_hnsw",
-                fields=["embedding"],
+                name="semantic_cache_static_hnsw",
+                fields=["static_embedding"],
                 m=16,
                 ef_construction=64,
                 opclasses=["vector_cosine_ops"],

@@ -27,6 +27,7 @@ class CachePolicy:
     max_temperature: float
     allow_high_temperature: bool
     allow_tools: bool
+    semantic_max_chars: int = 0  # longer last user turns skip the semantic tier; 0: FINOPS_CACHE_SEMANTIC_MAX_CHARS
 
 
 def default_policy() -> CachePolicy:
@@ -39,6 +40,7 @@ def default_policy() -> CachePolicy:
         max_temperature=f.cache_max_temperature,
         allow_high_temperature=False,
         allow_tools=False,
+        semantic_max_chars=f.cache_semantic_max_chars,
     )
 
 
@@ -46,6 +48,7 @@ _policies: dict[int, tuple[float, CachePolicy, dict[str, dict[str, Any]]]] = {}
 
 _POLICY_SQL = """
 SELECT s.enabled, s.semantic_enabled, s.threshold, s.ttl_s, s.max_temperature, s.allow_high_temperature, s.allow_tools,
+       s.semantic_max_chars,
        coalesce((SELECT json_agg(json_build_object('model_class', o.model_class, 'enabled', o.enabled,
                                                    'threshold', o.threshold, 'ttl_s', o.ttl_s))
                  FROM cache_route_overrides o WHERE o.settings_id = s.id), '[]') AS overrides
@@ -72,6 +75,7 @@ async def cache_policy_for(*, org_id: int, model_class: str) -> CachePolicy:
                 max_temperature=row["max_temperature"],
                 allow_high_temperature=row["allow_high_temperature"],
                 allow_tools=row["allow_tools"],
+                semantic_max_chars=row["semantic_max_chars"] or conf().cache_semantic_max_chars,
             )
             raw = row["overrides"]
             for item in json.loads(raw) if isinstance(raw, str) else raw:
@@ -90,6 +94,7 @@ async def cache_policy_for(*, org_id: int, model_class: str) -> CachePolicy:
         max_temperature=policy.max_temperature,
         allow_high_temperature=policy.allow_high_temperature,
         allow_tools=policy.allow_tools,
+        semantic_max_chars=policy.semantic_max_chars,
     )
 
 
@@ -166,3 +171,78 @@ async def semantic_candidates(
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+# The two stages of a lookup (docs/adr/001). Stage 1: the nearest entries by the static embedding, same scope
+# filter; only entries at or above the static threshold are returned, with their guard signatures.
+_STATIC_NEAREST_SQL = """
+SELECT id, similarity, guard FROM (
+    SELECT id, 1 - (static_embedding <=> $1::vector) AS similarity, guard
+    FROM semantic_cache_entries
+    WHERE org_id = $2 AND model_class = $3 AND system_prompt_hash = $4 AND params_hash = $5 AND expires_at > now()
+      AND created_at >= $7 AND static_embedding IS NOT NULL
+    ORDER BY static_embedding <=> $1::vector
+    LIMIT $6
+) nearest
+WHERE similarity >= $8
+"""
+
+# Stage 2: the full model's similarity of those entries (the org filter again: never trust ids alone).
+_CONFIRM_SQL = """
+SELECT id, 1 - (embedding <=> $1::vector) AS similarity, guard, response, answer_model, created_at, expires_at
+FROM semantic_cache_entries
+WHERE id = ANY($2::bigint[]) AND org_id = $3 AND expires_at > now()
+ORDER BY embedding <=> $1::vector
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StaticCandidate:
+    id: int
+    similarity: float  # static cosine
+    guard: dict[str, Any]
+
+
+async def static_candidates(
+    *,
+    org_id: int,
+    model_class: str,
+    context_hash: str,
+    params_hash: str,
+    vector: np.ndarray,
+    k: int,
+    min_similarity: float,
+    not_before: dt.datetime | None = None,
+) -> list[StaticCandidate]:
+    """Stage 1: up to k live entries in the request's scope whose static vector is at least `min_similarity` close."""
+    pool = await get_pool()
+    rows = await pool.fetch(
+        _STATIC_NEAREST_SQL,
+        vector_literal(vector),
+        org_id,
+        model_class,
+        context_hash,
+        params_hash,
+        k,
+        not_before or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        min_similarity,
+    )
+    return [StaticCandidate(id=r["id"], similarity=float(r["similarity"]), guard=_json(r["guard"])) for r in rows]
+
+
+async def confirmed_candidates(*, org_id: int, ids: list[int], vector: np.ndarray) -> list[Candidate]:
+    """Stage 2: those entries with the full model's similarity to `vector`, nearest first."""
+    pool = await get_pool()
+    rows = await pool.fetch(_CONFIRM_SQL, vector_literal(vector), ids, org_id)
+    return [
+        Candidate(
+            id=r["id"],
+            similarity=float(r["similarity"]),
+            guard=_json(r["guard"]),
+            response=_json(r["response"]),
+            answer_model=r["answer_model"],
+            created_at=r["created_at"],
+            expires_at=r["expires_at"],
+        )
+        for r in rows
+    ]

@@ -81,10 +81,11 @@ async def exact_entry_store(
 _UPSERT_SQL = """
 INSERT INTO semantic_cache_entries
     (org_id, model_class, system_prompt_hash, params_hash, prompt_hash, embedding, prompt_text, guard, response,
-     answer_model, created_at, expires_at, hits)
-VALUES ($1, $2, $3, $4, $5, $6::vector, $7, $8::jsonb, $9::jsonb, $10, now(), now() + make_interval(secs => $11), 0)
+     answer_model, created_at, expires_at, hits, static_embedding)
+VALUES ($1, $2, $3, $4, $5, $6::vector, $7, $8::jsonb, $9::jsonb, $10, now(), now() + make_interval(secs => $11), 0,
+        $12::vector)
 ON CONFLICT (org_id, model_class, system_prompt_hash, params_hash, prompt_hash) DO UPDATE
-SET embedding = EXCLUDED.embedding, prompt_text = EXCLUDED.prompt_text, guard = EXCLUDED.guard,
+SET embedding = EXCLUDED.embedding, static_embedding = EXCLUDED.static_embedding, prompt_text = EXCLUDED.prompt_text, guard = EXCLUDED.guard,
     response = EXCLUDED.response, answer_model = EXCLUDED.answer_model,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
 """
@@ -103,7 +104,9 @@ async def semantic_entry_store(
     response: dict[str, Any],
     answer_model: str,
     ttl_s: int,
+    static_vector: np.ndarray | None = None,
 ) -> None:
+    """Insert or refresh an entry. Without `static_vector` (the first stage's) lookups never find it."""
     pool = await get_pool()
     await pool.execute(
         _UPSERT_SQL,
@@ -118,6 +121,7 @@ async def semantic_entry_store(
         json.dumps(response, separators=(",", ":")),
         answer_model[:128],
         float(ttl_s),
+        vector_literal(static_vector) if static_vector is not None else None,
     )
 
 

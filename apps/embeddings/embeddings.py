@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,9 @@ class LocalEmbedder:
                     runtime = "torch"
             if runtime == "torch":
                 model = self._load_torch()
+            from apps.embeddings.static import static_embedder
+
+            static_embedder.load()  # the semantic tier's first stage: ready before the model reports ready
             self.runtime = runtime  # before the model: `ready` callers may encode at once
             self._model = model
             self.encode(["warm up"], check_length=False)
@@ -222,10 +226,41 @@ class LocalEmbedder:
 local_embedder = LocalEmbedder()
 
 
+_static_loading: concurrent.futures.Future | None = None
+
+
 def warmup() -> None:
     """Call at worker start-up (the gateway's lifespan) so the first semantic lookup does not pay the load."""
+    global _static_loading
     if backend() == "local":
-        local_embedder.warmup()
+        local_embedder.warmup()  # loads the static first stage too
+    elif _static_loading is None:
+        from apps.embeddings.static import static_embedder
+
+        _static_loading = _executor.submit(static_embedder.load)
+
+
+def semantic_fits(text: str, pieces: int) -> bool:
+    """Whether the full model can confirm a hit on `text` (`pieces`: its word pieces with [CLS]/[SEP], from the
+    static stage's tokenisation). The local model sees 256 pieces at most and would silently drop the rest."""
+    if backend() == "local":
+        return pieces <= local_embedder.max_seq_length and len(text) <= MAX_LOCAL_CHARS
+    return len(text) <= MAX_REMOTE_CHARS
+
+
+def _encode_timed(text: str) -> tuple[np.ndarray | None, float]:
+    started = time.thread_time()
+    (vector,) = local_embedder.encode([text])
+    return vector, time.thread_time() - started
+
+
+async def embed_prompt_cpu(text: str, *, caller: EmbeddingCaller | None = None) -> tuple[np.ndarray | None, float]:
+    """`embed_prompt` and the seconds it cost: the embedding thread's CPU time (local), the call's wall time (remote)."""
+    if backend() == "local" and local_embedder.ready:
+        return await asyncio.get_running_loop().run_in_executor(_executor, _encode_timed, text)
+    started = time.perf_counter()
+    vector = await embed_prompt(text, caller=caller)
+    return vector, time.perf_counter() - started
 
 
 @dataclass(slots=True, frozen=True)
@@ -276,8 +311,6 @@ def _remote_client():
 
 
 async def _embed_remote(text: str, *, caller: EmbeddingCaller | None) -> np.ndarray | None:
-    import time
-
     model = model_name()
     price = await price_in_force_async(model=model, on=clock.today())
     if price is None:

@@ -29,7 +29,7 @@ import numpy as np
 from django.conf import settings
 from tqdm import tqdm
 
-from apps.cache.guard import COMMON_WORDS, NEGATIONS, Signature, choose_hit, guard_signature
+from apps.cache.guard import COMMON_WORDS, NEGATIONS, Signature, choose_hit, guard_mismatch, guard_signature
 from finops import clock
 
 ROOT = Path(settings.BASE_DIR)
@@ -244,6 +244,14 @@ class SweepResult:
     seconds: float
     examples: list[tuple[str, float, str, str]]  # (kind, similarity, query, cached) hard negatives above 0.92
     embedder: str = ""  # which embedding produced the vectors, e.g. "all-minilm-l6-v2 (onnx-int8 runtime)"
+    # Production's two stages (apps.cache.semantic): candidates are the top-k by the static embedding at or above
+    # `static_threshold`, their full-model similarity decides. None: candidates by the full model (one stage).
+    static_threshold: float | None = None
+    full_model_rows: list[SweepRow] = field(default_factory=list)  # the same sweep with one full-model stage
+    confirm_share: dict[str, float] = field(default_factory=dict)  # per query kind: share that ran the full model
+
+    def full_model_row(self, threshold: float, guard: bool) -> SweepRow | None:
+        return next((r for r in self.full_model_rows if abs(r.threshold - threshold) < 1e-9 and r.guard == guard), None)
 
     def row(self, threshold: float, guard: bool) -> SweepRow:
         return next(r for r in self.rows if abs(r.threshold - threshold) < 1e-9 and r.guard == guard)
@@ -264,6 +272,19 @@ def local_embed(texts: list[str], *, progress: bool = True) -> np.ndarray:
     return np.vstack(out).astype(np.float32) if out else np.zeros((0, 384), dtype=np.float32)
 
 
+def static_embed(texts: list[str]) -> np.ndarray:
+    """The static first stage's vectors (apps.embeddings.static); an empty text's is zero (it never matches)."""
+    from apps.embeddings import STATIC_DIM
+    from apps.embeddings.static import static_embedder
+
+    out = np.zeros((len(texts), STATIC_DIM), dtype=np.float32)
+    for i, text in enumerate(texts):
+        vector, _ = static_embedder.embed(text)
+        if vector is not None:
+            out[i] = vector
+    return out
+
+
 def threshold_sweep(
     pairs: list[Pair],
     *,
@@ -271,7 +292,11 @@ def threshold_sweep(
     embed: Embed | None = None,
     label: str = "",
     progress: bool = True,
+    static: Embed | None = None,
+    static_threshold: float | None = None,
 ) -> SweepResult:
+    """The sweep of the semantic tier as production runs it: with `static` (and `static_threshold`), two stages
+    (the static embedding proposes, the full model `embed` confirms); without, the full model alone."""
     started = time.monotonic()
     embedder = ""
     if embed is None:
@@ -295,8 +320,13 @@ def threshold_sweep(
     origin_sigs = [guard_signature(p.origin) for p in pairs]
     sig_cache: dict[str, Signature] = {}
 
+    static_vectors = static(texts) if static is not None else None
+    static_origins = static_vectors[[index[p.origin] for p in pairs]] if static_vectors is not None else None
+
     # Top-k candidates per query, once; the sweep only replays the decision on them.
     prepared: list[tuple[Query, Signature, list[tuple[float, int]]]] = []
+    one_stage: list[tuple[Query, Signature, list[tuple[float, int]]]] = []
+    confirms: Counter[str] = Counter()
     for q in tqdm(queries, desc="nearest neighbours", unit="query", disable=not progress):
         sims = origins @ vectors[index[q.text]]
         if q.kind == "easy":
@@ -304,11 +334,26 @@ def threshold_sweep(
             sims[q.pair_index] = -2.0  # its own origin is not cached
         top = np.argsort(-sims)[:TOP_K]
         sig = sig_cache.get(q.text) or sig_cache.setdefault(q.text, guard_signature(q.text))
-        prepared.append((q, sig, [(float(sims[j]), int(j)) for j in top]))
+        one_stage.append((q, sig, [(float(sims[j]), int(j)) for j in top]))
+        if static_origins is None or static_vectors is None:
+            continue
+        near = static_origins @ static_vectors[index[q.text]]
+        if q.kind == "easy":
+            near = near.copy()
+            near[q.pair_index] = -2.0
+        # Stage 1 as production: top-k by the static cosine, at or above the static threshold, not refused by the guard.
+        proposed = [int(j) for j in np.argsort(-near)[:TOP_K] if near[j] >= (static_threshold or 0.0)]
+        # Production drops the proposals the guard refuses before confirming (the same outcome as the guard in
+        # `choose_hit`, which the guard-off rows skip), and runs the full model only if one is left.
+        if any(guard_mismatch(sig, origin_sigs[j]) is None for j in proposed):
+            confirms[q.kind.split(":")[0]] += 1
+        prepared.append((q, sig, sorted(((float(sims[j]), j) for j in proposed), key=lambda c: -c[0])))
+    if static_origins is None:
+        prepared = one_stage
 
     # The nearest hard negative of each kind: what the guard has to stop.
     nearest: dict[str, tuple[str, float, str, str]] = {}
-    for q, _, cands in prepared:
+    for q, _, cands in one_stage:
         if q.kind.startswith("hard:") and cands and cands[0][0] >= 0.92:
             kind = q.kind[5:]
             if (
@@ -319,8 +364,34 @@ def threshold_sweep(
                 nearest[kind] = (kind, cands[0][0], q.text, pairs[cands[0][1]].origin)
     examples = sorted(nearest.values(), key=lambda e: -e[1])
 
-    rows = []
     hard_by_kind = Counter(q.kind[5:] for q in queries if q.kind.startswith("hard:"))
+    rows = _decide_all(prepared, pairs, origin_sigs, thresholds, hard_by_kind, progress=progress)
+    full_rows = _decide_all(one_stage, pairs, origin_sigs, thresholds, hard_by_kind, progress=False) if static else []
+    kinds = Counter(q.kind.split(":")[0] for q in queries)
+    return SweepResult(
+        label=label,
+        rows=rows,
+        pairs=len(pairs),
+        hard_by_kind=dict(hard_by_kind),
+        seconds=time.monotonic() - started,
+        examples=examples,
+        embedder=embedder,
+        static_threshold=static_threshold if static is not None else None,
+        full_model_rows=full_rows,
+        confirm_share={k: confirms[k] / n for k, n in kinds.items()} if static is not None else {},
+    )
+
+
+def _decide_all(
+    prepared: list[tuple[Query, Signature, list[tuple[float, int]]]],
+    pairs: list[Pair],
+    origin_sigs: list[Signature],
+    thresholds: list[float],
+    hard_by_kind: Counter[str],
+    *,
+    progress: bool,
+) -> list[SweepRow]:
+    rows = []
     for threshold in tqdm(thresholds, desc="threshold sweep", unit="threshold", disable=not progress):
         for use_guard in (False, True):
             correct = wrong = easy_hits = hard_hits = 0
@@ -354,15 +425,7 @@ def threshold_sweep(
                     hard_hits_by_kind=dict(by_kind),
                 )
             )
-    return SweepResult(
-        label=label,
-        rows=rows,
-        pairs=len(pairs),
-        hard_by_kind=dict(hard_by_kind),
-        seconds=time.monotonic() - started,
-        examples=examples,
-        embedder=embedder,
-    )
+    return rows
 
 
 def sweep_table(result: SweepResult, *, thresholds: Iterable[float] | None = None) -> str:
@@ -402,6 +465,33 @@ def _around_difference(a: str, b: str, *, before: int = 6, width: int = 18) -> t
         return _cell(("… " if start else "") + text + (" …" if start + width < len(words) else ""))
 
     return cut(wa), cut(wb)
+
+
+def _two_stage_markdown(result: SweepResult, default_threshold: float) -> str:
+    """How the sweep above was run (production's two stages), against the full model alone."""
+    alone = result.full_model_row(default_threshold, True)
+    if result.static_threshold is None or alone is None:
+        return ""
+    on = result.row(default_threshold, True)
+    share = result.confirm_share
+    return f"""## Two stages: the static embedding proposes, the full model confirms
+
+The sweep above runs the semantic tier as production does (`apps/cache/semantic.py`, ADR-001): a static
+embedding distilled from the same MiniLM (`apps/embeddings/static.py`) proposes the top {TOP_K} cached prompts at
+or above a static cosine of {result.static_threshold} (`FINOPS_CACHE_SEMANTIC_STATIC_THRESHOLD`); candidates the guard
+already refuses are dropped; only if one is left does the full model embed the prompt, and the hit is decided on
+the full model's cosine at the threshold, with the guard, as before.
+
+| pipeline, at {default_threshold} with the guard | precision | recall | wrong paraphrase hits | easy-negative hits | hard-negative false hits |
+|---|---:|---:|---:|---:|---:|
+| two stages (production) | {on.precision:.3f} | {on.recall:.3f} | {on.wrong_positive} | {on.easy_hits}/{on.easy} | {on.hard_hits}/{on.hard} |
+| full model alone | {alone.precision:.3f} | {alone.recall:.3f} | {alone.wrong_positive} | {alone.easy_hits}/{alone.easy} | {alone.hard_hits}/{alone.hard} |
+
+The full model ran for {share.get("positive", 0):.1%} of the paraphrase queries, {share.get("easy", 0):.1%} of the easy negatives
+and {share.get("hard", 0):.1%} of the hard negatives; every other query was decided a miss by the static stage and the guard
+alone. (GPTCache's questions are about the same few libraries, so many share the words the static stage sees; on
+unrelated traffic the full model runs far less often: `docs/benchmarks.md`, semantic tier.)
+"""
 
 
 def runbook_markdown(result: SweepResult, *, default_threshold: float = 0.92) -> str:
@@ -455,6 +545,7 @@ precision {off.precision:.3f} and **{off.hard_hits}** false hits ({per_kind_off}
 missed paraphrase costs one upstream call while a wrong hit costs a wrong answer.
 {f"The most permissive threshold that still keeps precision ≥ 0.98 and no hard-negative hit on this set is {best_recall.threshold:.2f} (recall {best_recall.recall:.3f})." if best_recall else ""}
 
+{_two_stage_markdown(result, default_threshold)}
 Closest hard negatives (similarity to the cached prompt; the guard is what stops these):
 
 | kind | similarity | query | cached prompt |
@@ -477,6 +568,8 @@ Closest hard negatives (similarity to the cached prompt; the guard is what stops
 
 - Per org: admin → Cache → Cache settings → the org → *threshold*, *semantic enabled*, *TTL*.
 - Per route or model class (the `model` the client sends, e.g. `auto`): the *route overrides* inline on the same page.
+- The longest prompt (last user turn) the semantic tier considers: *semantic max chars* on the same page, default
+  `FINOPS_CACHE_SEMANTIC_MAX_CHARS`; longer prompts are served by the exact tier only.
 - Global default (orgs without a settings row): `FINOPS_CACHE_THRESHOLD` (and `FINOPS_CACHE_TTL_S`,
   `FINOPS_CACHE_MAX_TEMPERATURE`) in the environment, then restart the workers.
 - Changes apply within `FINOPS_CACHE_SETTINGS_CACHE_S` (15 s) on every worker; no restart needed for per-org edits.
@@ -499,11 +592,12 @@ Closest hard negatives (similarity to the cached prompt; the guard is what stops
   invisible to it; only the threshold protects those. The hand-written chat pairs include such cases.
 - Prompts longer than the embedding model's 256 word pieces are not matched by meaning at all (the exact tier
   still serves verbatim repeats), so two long prompts differing at the end never share an answer.
+- A process under load stops adding semantic entries (each needs a full-model embedding after the response)
+  once it has spent `FINOPS_CACHE_SEMANTIC_STORE_CPU_SHARE` of a core on them (metric
+  `finops_cache_stores_total{{tier="semantic",outcome="shed"}}`); the exact tier still stores every answer.
 - Requests with an explicit temperature above `max_temperature` (default 0.7) or with tools are not cached
   unless the org opts in; tool requests are then matched exactly, never by meaning.
 - The HNSW index (pgvector 0.6) filters after the graph search: an org whose scope is a small share of a
   large table is searched exactly through the scope index instead (the planner picks it), which is correct
   but slower at tens of thousands of entries per scope.
 """
-
-

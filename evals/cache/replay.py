@@ -56,11 +56,18 @@ def replay_workload(
     key = ApiKey.objects.filter(member=member, name="cache eval replay", revoked_at=None).first()
     key = key or api_key_create(member=member, name="cache eval replay").api_key
     cache_invalidate(org_id=org.id)
+    from apps.cache.semantic import store_budget
     from apps.embeddings.embeddings import local_embedder
 
     local_embedder.load()
     stream = _workload(pairs, requests=requests, seed=seed)
-    return asyncio.run(_replay(stream, org=org, team=team, member=member, key=key, model=model, progress=progress))
+    # The replay runs requests back to back, far above a real request rate: the store budget (a guard against
+    # load, apps.cache.semantic) would shed entries that real traffic stores; the replay measures the cache.
+    store_budget.unlimited = True
+    try:
+        return asyncio.run(_replay(stream, org=org, team=team, member=member, key=key, model=model, progress=progress))
+    finally:
+        store_budget.unlimited = False
 
 
 def _workload(pairs: list[Pair], *, requests: int, seed: int) -> list[tuple[str, str, str]]:

@@ -174,7 +174,6 @@ def test_the_purge_job_deletes_expired_semantic_rows_only(cache_env, run, redis_
 def test_redis_down_bypasses_the_exact_tier_without_raising(cache_env, run, settings, request):
     import socket
 
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]

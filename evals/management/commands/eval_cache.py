@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 
 from evals.cache import evaluation
 from evals.cache.replay import replay_markdown, replay_workload
+from finops.conf import conf
 
 
 class Command(BaseCommand):
@@ -15,7 +16,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--pairs", type=Path, help="JSON/JSONL (or .gz) of {origin, similar} (default: the full GPTCache set vendored in fixtures/gptcache)"
+            "--pairs",
+            type=Path,
+            help="JSON/JSONL (or .gz) of {origin, similar} (default: the full GPTCache set vendored in fixtures/gptcache)",
         )
         parser.add_argument("--limit", type=int, help="use only the first N GPTCache pairs")
         parser.add_argument("--runbook", type=Path, default=evaluation.RUNBOOK, help="where to write the runbook")
@@ -26,13 +29,17 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         pairs, label = evaluation.load_pairs(options["pairs"], limit=options["limit"])
         evaluation.generate_hard_negatives(pairs)
-        result = evaluation.threshold_sweep(pairs, label=label)
+        # Production's pipeline: the static stage proposes, the full model confirms (apps.cache.semantic).
+        result = evaluation.threshold_sweep(
+            pairs, label=label, static=evaluation.static_embed, static_threshold=conf().cache_semantic_static_threshold
+        )
         self.stdout.write(f"{label}: {sum(result.hard_by_kind.values())} hard negatives {result.hard_by_kind}")
         self.stdout.write(evaluation.sweep_table(result))
-        at_default = result.row(0.92, True)
+        at_default, alone = result.row(0.92, True), result.full_model_row(0.92, True)
         self.stdout.write(
             f"at 0.92 with the guard: precision {at_default.precision:.3f}, recall {at_default.recall:.3f}, "
             f"hard-negative false hits {at_default.hard_hits}/{at_default.hard}"
+            + (f" (full model alone: {alone.precision:.3f} / {alone.recall:.3f} / {alone.hard_hits})" if alone else "")
         )
         from evals.report import subset_heading, write_report, write_section
 

@@ -1,0 +1,160 @@
+"""A static (distilled) embedding of all-MiniLM-L6-v2: the semantic tier's first stage, microseconds per prompt.
+
+Built once, offline, from the shipped weights (model2vec-style, no download): every word piece of the model's
+vocabulary goes through the full model alone (``[CLS] piece [SEP]``, mean-pooled like a sentence), the 30,522
+vectors are centred and projected on their 256 principal axes. A prompt's static vector is then the mean of
+its word pieces' rows, normalised: one tokenisation and one table gather, no model, any length.
+
+It is coarse — word order and context are gone — so it never decides a hit alone. It finds the cached prompts
+that *could* be paraphrases (static cosine >= FINOPS_CACHE_SEMANTIC_STATIC_THRESHOLD), and only then does the
+full model embed the prompt to confirm at the org's threshold (apps.cache.lookup). On the vendored
+paraphrase pairs this two-stage pipeline serves the same hits as the full model alone (docs/adr/001).
+
+The table is kept in ``.finops/models`` (FINOPS_CACHE_MODEL_DIR) under a name that fingerprints the weights
+and the recipe, like the ONNX export; built at first use (about a minute of one core) or ahead of time with
+``python -m apps.embeddings.static``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.embeddings import STATIC_DIM
+from apps.embeddings.onnx_export import model_dir, source_dir
+
+logger = logging.getLogger(__name__)
+
+RECIPE_VERSION = 1  # bump when the recipe changes: the fingerprint (and so the file name) follows
+_BATCH = 2048
+
+
+def fingerprint() -> str:
+    weights = source_dir() / "model.safetensors"
+    parts = {
+        "weights": [weights.stat().st_size, (source_dir() / "config.json").read_text()],
+        "recipe": RECIPE_VERSION,
+        "dim": STATIC_DIM,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def table_path() -> Path:
+    return model_dir() / f"all-minilm-l6-v2-static{STATIC_DIM}-{fingerprint()}.npy"
+
+
+def build_table() -> np.ndarray:
+    """The (vocabulary × STATIC_DIM) float32 table from the shipped weights (torch, one core, about a minute)."""
+    import torch
+    from transformers import AutoModel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a background build must not take the cores the gateway serves on
+    try:
+        model = AutoModel.from_pretrained(str(source_dir()))
+        model.eval()
+        vocab = int(model.config.vocab_size)
+        cls_id, sep_id = _special_ids()
+        out = np.zeros((vocab, model.config.hidden_size), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, vocab, _BATCH):
+                ids = torch.arange(start, min(vocab, start + _BATCH))
+                n = len(ids)
+                inputs = torch.stack([torch.full((n,), cls_id), ids, torch.full((n,), sep_id)], dim=1)
+                hidden = model(
+                    input_ids=inputs, attention_mask=torch.ones_like(inputs), token_type_ids=torch.zeros_like(inputs)
+                ).last_hidden_state
+                out[start : start + n] = hidden.mean(dim=1).numpy()  # the sentence embedding of the piece alone
+    finally:
+        torch.set_num_threads(threads)
+    out -= out.mean(axis=0)
+    _, _, axes = np.linalg.svd(out, full_matrices=False)
+    return (out @ axes[:STATIC_DIM].T).astype(np.float32)
+
+
+def _special_ids() -> tuple[int, int]:
+    vocab = (source_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return vocab.index("[CLS]"), vocab.index("[SEP]")
+
+
+def ensure_table() -> Path:
+    path = table_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("semantic cache: building the static embedding %s (once)", path.name)
+    table = build_table()
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".build-", suffix=".npy", delete=False) as tmp:
+        np.save(tmp, table)
+    os.replace(tmp.name, path)  # atomic: concurrent builders each publish a complete file
+    for stale in path.parent.glob("all-minilm-l6-v2-static*.npy"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return path
+
+
+class StaticEmbedder:
+    """Loads the table once per process (memory-mapped) and embeds prompts with it."""
+
+    def __init__(self) -> None:
+        self._table: np.ndarray | None = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._table is not None
+
+    def load(self) -> None:
+        if self._table is not None:
+            return
+        with self._lock:
+            if self._table is not None:
+                return
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(source_dir() / "tokenizer.json"))
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+            table = np.load(ensure_table(), mmap_mode="r")
+            self._tokenizer = tokenizer
+            self._table = np.ascontiguousarray(table)
+
+    def embed(self, text: str) -> tuple[np.ndarray | None, int]:
+        """(unit vector, word pieces incl. [CLS]/[SEP]); the vector is None for a text without any piece."""
+        self.load()
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        if not ids:
+            return None, 2
+        vector = self._table[ids].mean(axis=0)
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            return None, len(ids) + 2
+        return (vector / norm).astype(np.float32), len(ids) + 2
+
+
+static_embedder = StaticEmbedder()
+
+
+def main() -> int:
+    """Build the table ahead of time (`make`-time, like the ONNX export)."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
+    django.setup()
+    path = ensure_table()
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

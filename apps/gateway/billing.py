@@ -9,7 +9,7 @@ from apps.gateway.context import RequestContext
 from apps.gateway.selectors import Catalog
 from apps.ledger.pricing import Price, cost_compute
 from finops.errors import UnpricedModel
-from finops.tokens import count_tokens, message_text
+from finops.tokens import message_text, token_bound
 
 
 def _int(value: Any) -> int | None:
@@ -25,7 +25,7 @@ def bill(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> Non
     completion = _int(usage.get("completion_tokens"))
     if completion is None:
         completion = sum(
-            count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or []
+            token_bound(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or []
         )
     details = usage.get("prompt_tokens_details")
     cached = (_int(details.get("cached_tokens")) if isinstance(details, dict) else None) or 0

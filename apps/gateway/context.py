@@ -100,6 +100,7 @@ class RequestContext:
     max_tokens_requested: int | None = None  # stage 7: the client's limit before a fail-open clamp
     n_requested: int | None = None  # stage 7: the client's `n` before a fail-open clamp to 1
     reserved: bool = False  # stage 7 ran to completion: settle after the response
+    topup_reservation_ids: list[Any] = field(default_factory=list)  # stage 8-9: reserved before a pricier call
     confidence: ConfidenceCheck | None = None  # stage 9: the router's verdict on the first answer
     billed_response: dict[str, Any] | None = field(default=None, repr=False)  # stage 9 billed it already
     upstream_usage: dict[str, Any] | None = None  # a stream's usage chunk

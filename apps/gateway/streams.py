@@ -16,7 +16,7 @@ from apps.gateway.providers import EventStream, UpstreamFailure
 from apps.gateway.reply import SSE_DONE, Reply, finalize, finops_summary, sse
 from apps.gateway.selectors import Catalog
 from apps.ledger.recorder import ledger_intent_final
-from finops.tokens import count_tokens, message_text
+from finops.tokens import message_text, token_bound
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,9 @@ class ChatStream:
             ctx = self.ctx
             from apps.gateway.pipeline import journal_intent  # the stage-8 journal, refreshed while streaming
 
-            journal_intent(ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200)
+            journal_intent(
+                ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200
+            )
 
     def _client_view(self, event: dict[str, Any]) -> dict[str, Any]:
         if not self.ctx.include_usage and "usage" in event:
@@ -182,10 +184,11 @@ class ChatStream:
         return "".join(self.parts.get(0, []))
 
     def _streamed_tokens(self) -> int:
-        """Our own count of what was streamed: the text and the tool calls' arguments."""
-        text = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+        """Our own count of what was streamed, an upper bound (finops.tokens.token_bound): the text, the reasoning
+        and the tool calls' names and arguments."""
+        text = sum(token_bound("".join(parts)) for parts in self.parts.values())
         calls = sum(
-            count_tokens(call["function"]["name"]) + count_tokens(call["function"]["arguments"])
+            token_bound(call["function"]["name"]) + token_bound(call["function"]["arguments"])
             for calls in self.tool_calls.values()
             for call in calls.values()
         )

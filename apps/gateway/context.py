@@ -85,6 +85,7 @@ class RequestContext:
     cached_tokens: int = 0
     cost_usd: Decimal = ZERO
     price_id: int | None = None
+    usage_estimated: bool = False  # billed from our upper-bound count: the provider reported no (final) usage
 
     status: str = "served"
     http_status: int = 200
@@ -154,6 +155,7 @@ class RequestContext:
             prompt_hash=self.prompt_hash,
             prompt_text=_prompt_text(self.messages) if store else None,
             response_text=self.response_text if store else None,
+            usage_estimated=self.usage_estimated,
         )
 
 

@@ -109,6 +109,10 @@ class LLMRequest(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     cost_usd = cost_field()
+    # The provider reported no usage (a stream abandoned and drained to its deadline without it, or cut short): the
+    # tokens and cost are the gateway's upper-bound count of what it received (finops.tokens.token_bound), capped at
+    # the reservation. docs/adr/013-reservation-upper-bound.md
+    usage_estimated = models.BooleanField(default=False, db_default=False)
     saved_usd = cost_field()
 
     cache_status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.NONE)

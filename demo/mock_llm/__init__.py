@@ -40,6 +40,10 @@ Per-request controls (request headers)
     X-Mock-Completion-Tokens: <int>  each answer is this many tokens long (before max_tokens cuts it): an
                                      upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
+    X-Mock-No-Usage: 1               a stream never reports usage, even when include_usage asks for it
+    X-Mock-Reasoning-Tokens: <int>   each answer first thinks this many tokens, streamed as ``reasoning_content``
+                                     deltas, counted in ``completion_tokens`` (and ``reasoning_tokens``) and cut
+                                     by ``max_tokens`` together with the answer, as OpenAI's reasoning models do
 
 Per-model faults (``model_faults`` / ``--faults`` / ``POST /_mock/faults``)::
 

@@ -37,6 +37,20 @@ ENGLISH = (
 )
 
 
+# Per sample: the bound, cl100k_base, o200k_base and the mock's count (the gateway's counter before #16). Asserted
+# here, quoted in docs/adr/013-reservation-upper-bound.md.
+SAMPLE_COUNTS = {
+    "chinese-91": (273, 92, 63, 11),
+    "base64-46k": (46080, 33165, 31185, 2790),
+}
+
+
+def test_the_samples_counts_are_the_ones_the_adr_quotes():
+    for name, text in (("chinese-91", CHINESE_91), ("base64-46k", BASE64_46K)):
+        counts = (token_bound(text), *(len(encoding.encode(text)) for encoding in ENCODINGS), count_tokens(text))
+        assert counts == SAMPLE_COUNTS[name], name
+
+
 def test_the_issues_samples_are_not_undercounted():
     assert len(CHINESE_91) == 91 and len(BASE64_46K) >= 46_000
     # The mock's word count (the gateway's counter before #16): a handful of "words" for the paragraph, one token

@@ -195,6 +195,39 @@ def test_the_reserved_limit_is_sent_once_under_the_clients_name(
     assert {k: v for k, v in body.items() if k in ("max_tokens", "max_completion_tokens")} == {name: limit}
 
 
+# --- the prompt is counted with an upper bound -------------------------------------------------------------------
+
+
+def test_a_chinese_prompt_reserves_its_upper_bound_not_a_handful_of_words(gateway_url, make_tenant, prices):
+    """91 Chinese characters were 14 "tokens" to the old counter; the reservation now holds 3 per character (the
+    UTF-8 length: a byte-level BPE token is at least one byte), more than a real BPE makes of them."""
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    chinese = "成本控制是每个组织在使用大语言模型时必须认真对待的问题预算上限缓存与路由共同决定了每一次请求的花费" * 2
+    messages = [{"role": "user", "content": unique_prompt(chinese[:91])}]
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", max_tokens=30, messages=messages)
+    row = wait_for_row(raw.headers["x-request-id"])
+    assert prompt_token_bound(messages) >= 3 * 91
+    assert row.reserved_usd == mini_cost(prompt_token_bound(messages), 30)
+    assert row.prompt_tokens == raw.parse().usage.prompt_tokens < 3 * 91  # billed: what the provider counted
+    assert row.cost_usd <= row.reserved_usd
+
+
+def test_a_46_kb_base64_blob_counts_against_the_prompt_limit(gateway_url, make_tenant, prices):
+    """The old counter made a URL-safe base64 blob one token: it passed any prompt limit. Its bound is its length."""
+    tenant = budgeted(make_tenant)
+    client = client_for(gateway_url, tenant.secret)
+    blob = base64.urlsafe_b64encode(bytes(range(256)) * 135).decode()
+    assert len(blob) >= 46_000
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"Decode this: {blob}"}], max_tokens=10
+        )
+    assert (caught.value.status_code, caught.value.body["code"]) == (413, "context_length_exceeded")
+    row = wait_for_row(caught.value.response.headers["x-request-id"])
+    assert (row.status, row.http_status, row.attempts, row.reserved_usd, row.cost_usd) == ("rejected", 413, 0, 0, 0)
+
+
 # --- 3. streams billed once -----------------------------------------------------------------------------------
 
 

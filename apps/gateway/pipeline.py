@@ -486,6 +486,7 @@ def journal_intent(
         row.update(
             status="failed", http_status=http_status, error_code=INTERRUPTED, model=model, tier=tier, provider=provider,
             prompt_tokens=row["prompt_tokens"] + prompt, completion_tokens=row["completion_tokens"] + completion_tokens,
+            usage_estimated=True,  # the prompt's bound and the tokens streamed so far: no provider usage
         )  # fmt: skip
     except Exception:
         logger.exception("ledger intent for %s not built", ctx.request_id)

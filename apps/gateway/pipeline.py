@@ -183,6 +183,9 @@ async def _abandoned_wait(tasks: set[asyncio.Future]) -> None:
 
 async def _end_abandoned(task: asyncio.Future) -> None:
     reply: Reply = await task  # chat() returns a Reply for every Exception
+    if reply.stream is not None:  # a stream nobody will read: read to its usage, bill, settle and record it
+        await reply.stream.finish(disconnected=True)
+        return
     ctx = reply.ctx
     if ctx.status == "served":
         ctx.status = "disconnected"  # answered and billed, but nobody received it (and it is not cached)

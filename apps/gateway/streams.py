@@ -52,6 +52,7 @@ class ChatStream:
         self.parts: dict[int, list[str]] = {}
         self.reasoning: dict[int, list[str]] = {}  # reasoning_content (DeepSeek, vLLM) or reasoning deltas
         self.pending: asyncio.Future | None = None  # the upstream read in flight
+        self.started = False  # chunks() ran: the first event was relayed (else the drain reads it)
         self.roles: dict[int, str] = {}
         self.tool_calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice index → tool call index → call so far
         self.finish_reasons: dict[int, str] = {}
@@ -65,6 +66,7 @@ class ChatStream:
         self.journal_at = 0.0
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
         event = self.first
         try:
             while True:
@@ -256,6 +258,10 @@ class ChatStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings_.gateway_abandoned_drain_s
         events = 0
+        if not self.started:  # nobody relayed anything, not even the first event
+            self.started = True
+            if isinstance(self.first, dict):
+                self._relay(self.first)
         try:
             while not self.billed and events < settings_.gateway_abandoned_drain_max_events:
                 left = deadline - loop.time()

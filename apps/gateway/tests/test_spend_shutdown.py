@@ -70,3 +70,83 @@ def test_a_deploy_ends_abandoned_requests_and_drains_their_settles_before_exitin
         assert row.cost_usd <= row.reserved_usd
         reservation = Reservation.objects.get(request_id=row.request_id)
         assert (reservation.state, reservation.actual_usd) == ("settled", row.cost_usd)  # drained, not swept
+
+
+# --- /v1 cancelled mid-request ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stream", "mock"),
+    [
+        (False, {"x-mock-latency-ms": "1500"}),  # cancelled while waiting for the answer
+        (True, {"x-mock-latency-ms": "1500"}),  # ... for the stream's first event
+        (True, {"x-mock-chunk-delay-ms": "25", "x-mock-completion-tokens": "40"}),  # ... while relaying the stream
+    ],
+    ids=["json", "stream-waiting", "stream-relaying"],
+)
+def test_a_v1_request_whose_handler_is_cancelled_still_ends_once(mock_llm_url, make_tenant, prices, settings, stream, mock):
+    """uvicorn never cancels /v1's handler (it sends http.disconnect), but another server or a forced shutdown may:
+    the pipeline runs in a shielded task (pipeline.chat_to_the_end), so the request is still billed, settled and
+    recorded, once — a stream nobody reads is read to its usage first. The real ASGI app, in-process, driven with
+    ASGI events; the handler is cancelled half a second in."""
+    import asyncio
+    import json
+
+    from apps.budgets.tests.conftest import run
+    from apps.gateway import pipeline
+    from apps.gateway.asgi import GatewayASGI
+
+    settings.FINOPS = {
+        **settings.FINOPS,
+        "MOCK_LLM_URL": mock_llm_url,
+        "BUDGET_TIMEOUT_MS": 10000,
+        "BUDGET_DECISION_MAX_MS": 10000,
+        "GATEWAY_CATALOG_CACHE_SECONDS": 0,
+        "API_KEY_CACHE_SECONDS": 0,
+    }
+    tenant = make_tenant()
+    budget_create(
+        budget=Budget(
+            scope="user", org=tenant.org, team=tenant.team, member=tenant.member, period="monthly",
+            cap_usd=Decimal("100"), action="block", soft_pct=[80],
+        )
+    )  # fmt: skip
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": unique_prompt()}], "max_tokens": 40, "stream": stream}
+    ).encode()
+    scope = {
+        "type": "http", "path": "/v1/chat/completions", "method": "POST",
+        "headers": [(b"authorization", f"Bearer {tenant.secret}".encode()), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *((k.encode(), v.encode()) for k, v in mock.items())],
+    }  # fmt: skip
+    sent: list[dict] = []
+
+    async def main() -> None:
+        requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if requests:
+                return requests.pop()
+            await asyncio.Event().wait()  # the client says nothing more
+
+        async def send(message):
+            sent.append(message)
+
+        handler = asyncio.ensure_future(GatewayASGI(None).v1(scope, receive, send))
+        await asyncio.sleep(0.5)  # authenticated, reserved, waiting for the upstream
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        await pipeline.abandoned_drain()
+
+    run(main)
+    relaying = "x-mock-chunk-delay-ms" in mock
+    assert bool(sent) == relaying  # what reached the client before the cancel
+    row = LLMRequest.objects.get(org=tenant.org)
+    assert (row.endpoint, row.status, row.stream, row.usage_estimated) == ("chat_completions", "disconnected", stream, False)
+    assert row.completion_tokens > 0 and row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens)
+    if relaying:
+        assert row.completion_tokens == 40  # the whole answer, from the usage read after the cancel
+    assert row.cost_usd <= row.reserved_usd
+    reservation = Reservation.objects.get(request_id=row.request_id)
+    assert (reservation.state, reservation.actual_usd) == ("settled", row.cost_usd)

@@ -232,11 +232,12 @@ class ChatStream:
         than a partial usage the provider reported, capped at the completion limit reserved (the provider cannot
         write more); the prompt as reported, else its upper bound. The row says it is estimated."""
         ctx = self.ctx
-        usage = ctx.upstream_usage if isinstance(ctx.upstream_usage, dict) else {}
-        reported = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+        usage: dict[str, Any] = ctx.upstream_usage if isinstance(ctx.upstream_usage, dict) else {}
+        reported_completion, reported_prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        reported = reported_completion if isinstance(reported_completion, int) else 0
         limit = (ctx.max_tokens or conf().gateway_default_max_tokens) * max(ctx.n, 1)
         completion = max(min(self._streamed_tokens(), limit), reported)
-        prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else ctx.prompt_tokens_estimate
+        prompt = reported_prompt if isinstance(reported_prompt, int) else ctx.prompt_tokens_estimate
         charge(ctx, self.catalog, prompt=prompt, completion=completion, cached=0)
         ctx.usage_estimated = True
 

@@ -131,6 +131,10 @@ class FinopsConf:
     # Completions per request (`n`) accepted at most: the estimate reserves n × the completion limit.
     gateway_max_n: int = 8
     gateway_default_max_tokens: int = 1024
+    # A stream whose client left is read on (not relayed) until the provider's final usage, for at most this long
+    # and this many events; only a stream that ends without usage is billed from our upper-bound count (estimated).
+    gateway_abandoned_drain_s: float = 30.0
+    gateway_abandoned_drain_max_events: int = 100_000
     # Prices and providers are cached in each process and reloaded in the background this often.
     gateway_catalog_cache_seconds: float = 60.0
     # Model names that mean "let the router choose" (no price of their own); a trailing * is a prefix.

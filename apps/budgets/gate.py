@@ -11,6 +11,11 @@
 - No answer within FINOPS["BUDGET_TIMEOUT_MS"], or the database unreachable: fail open under the per-user limiter; the decision carries
   `max_tokens_cap` (FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]) for the caller to apply.
 - `budget_settle(reservation_id=…, actual_usd=…)` hands the settle to the per-loop batcher; never raises.
+- `budget_topup(caller=…, request_id=…, amount_usd=…)` reserves more for a request that already holds a
+  reservation, before an escalation or a fallback to a pricier model: a second reservation under the same
+  request id, checked against every cap like the first. It never fails open: a refusal, an outage or a broken
+  schema all raise `BudgetTopupRefused`, and the caller does not make the call. The request's total is settled
+  once, on its first reservation; each top-up is settled at $0 (`budget_settle_topups`), which only releases it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from apps.budgets.services import (
 )
 from apps.ledger.money import ZERO, quantize_usd
 from apps.tenancy.types import Caller
-from finops.errors import BudgetDegradedRateLimited, BudgetExceeded
+from finops.errors import BudgetDegradedRateLimited, BudgetExceeded, FinopsError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,58 @@ async def budget_reserve(
         reserved_usd=quantize_usd(amount_usd) if reserved else ZERO,
         remaining_usd=_non_negative(result.remaining_usd) if reserved else None,
     )
+
+
+class BudgetCheckUnavailable(FinopsError):
+    status = 503
+    type = "server_error"
+    code = "budget_unavailable"
+
+
+class BudgetTopupRefused(Exception):
+    """The top-up was not reserved: `error` is what to tell the client (a BudgetExceeded for a cap)."""
+
+    def __init__(self, reason: str, error: Exception):
+        super().__init__(reason)
+        self.reason = reason  # block | downgrade | unavailable | broken (a bounded metric label)
+        self.error = error
+
+
+async def budget_topup(*, caller: Caller, request_id: uuid.UUID, amount_usd: Decimal, note: str = "") -> BudgetDecision:
+    """Reserve `amount_usd` more for `request_id` (module docstring). Returns the top-up's decision (its reservation
+    id and amount); raises BudgetTopupRefused when any block or downgrade cap of the user, team or org would be
+    exceeded, or the budgets cannot be read: spending without a reservation is what the top-up exists to prevent."""
+    try:
+        result = await reservation_create(
+            org_id=caller.org_id,
+            team_id=caller.team_id,
+            member_id=caller.member_id,
+            request_id=request_id,
+            amount_usd=amount_usd,
+        )
+    except (BudgetUnavailable, BudgetBroken) as exc:
+        reason = "broken" if isinstance(exc, BudgetBroken) else "unavailable"
+        metrics.BUDGET_DECISIONS.labels(state=f"topup_{reason}").inc()
+        raise BudgetTopupRefused(
+            reason, BudgetCheckUnavailable("Budgets could not be checked for the extra upstream call; retry shortly.")
+        ) from exc
+    if result.decision in ("block", "downgrade"):
+        raise BudgetTopupRefused(result.decision, budget_exceeded(result, amount_usd=amount_usd, note=note))
+    alerts_dispatch_soon(result.alert_ids)
+    metrics.BUDGET_DECISIONS.labels(state="topup").inc()
+    reserved = result.decision != "none"
+    return BudgetDecision(
+        state=_STATE.get(result.decision, "ok"),
+        reservation_id=result.reservation_id if reserved else None,
+        reserved_usd=quantize_usd(amount_usd) if reserved else ZERO,
+        remaining_usd=_non_negative(result.remaining_usd) if reserved else None,
+    )
+
+
+async def budget_settle_topups(*, reservation_ids: list[Any]) -> None:
+    """Release a request's top-ups: its total was booked on its first reservation (`budget_settle`)."""
+    for reservation_id in reservation_ids:
+        await budget_settle(reservation_id=reservation_id, actual_usd=ZERO)
 
 
 def budget_exceeded(result: ReserveResult, *, amount_usd: Decimal, note: str = "") -> BudgetExceeded:

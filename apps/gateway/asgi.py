@@ -224,14 +224,19 @@ class GatewayASGI:
         except ClientGone:
             return  # nothing was asked of an upstream: no request to record
         rejection = PayloadTooLarge(f"The request body exceeds {limit} bytes.", code="request_too_large") if too_large else None
-        reply = await pipeline.chat(ctx, authorization=headers.get("authorization"), body=body, rejection=rejection)
+        # In a shielded task: if this handler is cancelled (a server that cancels on disconnect, a forced shutdown),
+        # the request still ends — billed, settled, recorded — once (#16).
+        reply = await pipeline.chat_to_the_end(ctx, authorization=headers.get("authorization"), body=body, rejection=rejection)
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             await asyncio.shield(pipeline.finalize(reply))
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
-        disconnected = await self._pump(reply.stream, receive, send)
-        await asyncio.shield(reply.stream.finish(disconnected=disconnected))
+        disconnected = True  # unless the relay reaches the end: a cancelled handler still finishes the stream
+        try:
+            disconnected = await self._pump(reply.stream, receive, send)
+        finally:
+            await asyncio.shield(reply.stream.finish(disconnected=disconnected))
 
     async def wire(self, scope, receive, send, endpoint: str, handler) -> None:
         """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""

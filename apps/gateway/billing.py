@@ -15,7 +15,7 @@ from apps.gateway.selectors import Catalog
 from apps.gateway.usage import usage_read
 from apps.ledger.pricing import PRIORITY, Price, cost_compute
 from finops.errors import UnpricedModel
-from finops.tokens import count_tokens, message_text
+from finops.tokens import message_text, token_bound
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def bill(ctx: RequestContext, catalog: Catalog, response: dict[str, Any]) -> Non
     usage = usage_read(response.get("usage"), service_tier=response.get("service_tier"))
     if usage is None:  # no usage at all: our own counts (the prompt estimate, the answer's text)
         completion = sum(
-            count_tokens(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or []
+            token_bound(message_text((c.get("message") or {}).get("content"))) for c in response.get("choices") or []
         )
         charge(ctx, catalog, prompt=ctx.prompt_tokens_estimate, completion=completion, cached=0)
         return

@@ -90,6 +90,7 @@ class RequestContext:
     service_tier: str = ""  # as the upstream reported it
     cost_usd: Decimal = ZERO
     price_id: int | None = None
+    usage_estimated: bool = False  # billed from our upper-bound count: the provider reported no (final) usage
 
     status: str = "served"
     http_status: int = 200
@@ -105,6 +106,7 @@ class RequestContext:
     max_tokens_requested: int | None = None  # stage 7: the client's limit before a fail-open clamp
     n_requested: int | None = None  # stage 7: the client's `n` before a fail-open clamp to 1
     reserved: bool = False  # stage 7 ran to completion: settle after the response
+    topup_reservation_ids: list[Any] = field(default_factory=list)  # stage 8-9: reserved before a pricier call
     confidence: ConfidenceCheck | None = None  # stage 9: the router's verdict on the first answer
     billed_response: dict[str, Any] | None = field(default=None, repr=False)  # stage 9 billed it already
     upstream_usage: dict[str, Any] | None = None  # a stream's usage chunk
@@ -161,6 +163,7 @@ class RequestContext:
             prompt_hash=self.prompt_hash,
             prompt_text=_prompt_text(self.messages) if store else None,
             response_text=self.response_text if store else None,
+            usage_estimated=self.usage_estimated,
         )
 
 

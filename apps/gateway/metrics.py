@@ -49,3 +49,8 @@ FALLBACKS = Counter(
 ESCALATIONS = Counter(
     "finops_gateway_escalations_total", "Low-confidence answers re-asked one tier up, by the first tier.", ["tier"]
 )
+ABANDONED_DRAINS = Counter(
+    "finops_gateway_abandoned_stream_drains_total",
+    "Streams whose client left, read on to the end: billed from the provider's usage, or estimated without it.",
+    ["outcome"],
+)

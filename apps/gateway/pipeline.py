@@ -40,6 +40,7 @@ from apps.gateway.reply import (  # noqa: F401 - the transports' interface is th
 from apps.gateway.selectors import Catalog, Upstream, catalog_get
 from apps.gateway.stages import (
     budget_reserve,
+    budget_topup,
     cache_lookup_exact,
     cache_lookup_semantic,
     confidence_escalate,
@@ -63,7 +64,7 @@ from finops.errors import (
     UpstreamTimeout,
 )
 from finops.runtime import runtime
-from finops.tokens import count_message_tokens, message_text
+from finops.tokens import message_text, prompt_token_bound
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,9 @@ async def _abandoned_wait(tasks: set[asyncio.Future]) -> None:
 
 async def _end_abandoned(task: asyncio.Future) -> None:
     reply: Reply = await task  # chat() returns a Reply for every Exception
+    if reply.stream is not None:  # a stream nobody will read: read to its usage, bill, settle and record it
+        await reply.stream.finish(disconnected=True)
+        return
     ctx = reply.ctx
     if ctx.status == "served":
         ctx.status = "disconnected"  # answered and billed, but nobody received it (and it is not cached)
@@ -296,7 +300,10 @@ def stage3_validate(
         raise BadRequest(
             f"The model '{model[:128]}' is an {kind} model; use POST /v1/embeddings.", param="model", code="wrong_model_kind"
         )
-    ctx.prompt_tokens_estimate = count_message_tokens(messages)
+    # An upper bound, not a guess (finops.tokens.token_bound): it is reserved for and checked against the limit.
+    ctx.prompt_tokens_estimate = prompt_token_bound(
+        messages, data.get("tools"), data.get("functions"), data.get("response_format")
+    )
     limit = settings.FINOPS["GATEWAY_MAX_PROMPT_TOKENS"]
     if ctx.prompt_tokens_estimate > limit:
         raise PayloadTooLarge(
@@ -438,6 +445,12 @@ async def stage8_upstream(ctx: RequestContext, catalog: Catalog, chain: list[tup
                 f"{model} is temporarily disabled after repeated upstream failures.", code="circuit_open"
             )
             continue
+        try:  # a fallback or an escalation to a pricier model spends only what it has reserved (#16 item 7)
+            await budget_topup(ctx, catalog, model, why="fallback" if position else "escalation" if ctx.billed_response else "")
+        except FinopsError as refused:
+            metrics.child(metrics.FALLBACKS, model, "budget").inc()
+            last_error = refused
+            continue
         ctx.attempts += 1
         journal_intent(ctx, model=model, tier=tier, provider=upstream.name)  # this process may die mid-call: recorder step 5
         started = time.perf_counter()
@@ -488,6 +501,7 @@ def journal_intent(
         row.update(
             status="failed", http_status=http_status, error_code=INTERRUPTED, model=model, tier=tier, provider=provider,
             prompt_tokens=row["prompt_tokens"] + prompt, completion_tokens=row["completion_tokens"] + completion_tokens,
+            usage_estimated=True,  # the prompt's bound and the tokens streamed so far: no provider usage
         )  # fmt: skip
     except Exception:
         logger.exception("ledger intent for %s not built", ctx.request_id)
@@ -505,7 +519,7 @@ async def stage9_confidence(ctx: RequestContext, catalog: Catalog, response: dic
     except Exception:
         logger.exception("confidence check failed; serving the first answer")
         return response
-    if not escalate:
+    if not escalate or ctx.degraded:  # failed open: nothing reserved, so no extra call
         return response
     chain = ctx.route.chain
     tier = chain[position][0]

@@ -26,7 +26,7 @@ from apps.budgets import gate
 from apps.cache import lookup
 from apps.gateway.context import RequestContext
 from apps.gateway.selectors import Catalog, catalog_get
-from apps.ledger.money import ZERO
+from apps.ledger.money import ZERO, quantize_usd
 from apps.ledger.pricing import cost_upper_bound
 from apps.routing import decide
 from apps.routing.types import RouteDecision
@@ -224,5 +224,31 @@ async def _downgrade(ctx: RequestContext, refused: gate.BudgetDecision) -> gate.
     )
 
 
+async def budget_topup(ctx: RequestContext, catalog: Catalog, model: str, *, why: str) -> None:
+    """Before an upstream call to `model` (a fallback or an escalation): the request's reservations must cover what it
+    has been billed so far plus this call's upper bound; reserve the difference, or raise FinopsError (the call is
+    not made). A request without a reservation (no budget applies, or failed open: limited and clamped) has nothing
+    to top up."""
+    if ctx.reservation_id is None or ctx.caller is None:
+        return
+    need = quantize_usd(ctx.cost_usd + estimate(ctx, catalog, model))
+    short = need - ctx.reserved_usd
+    if short <= 0:
+        return
+    try:
+        decision = await gate.budget_topup(
+            caller=ctx.caller, request_id=ctx.request_id, amount_usd=short, note=f" (an extra call to {model}: {why})"
+        )
+    except gate.BudgetTopupRefused as refused:
+        raise refused.error from refused
+    if decision.reservation_id is not None:
+        ctx.topup_reservation_ids.append(decision.reservation_id)
+        ctx.reserved_usd += decision.reserved_usd
+        ctx.budget_remaining_usd = decision.remaining_usd
+
+
 async def budget_settle(ctx: RequestContext) -> None:
+    """The request's total, once, on its first reservation; its top-ups released."""
     await gate.budget_settle(reservation_id=ctx.reservation_id, actual_usd=ctx.cost_usd or ZERO)
+    if ctx.topup_reservation_ids:
+        await gate.budget_settle_topups(reservation_ids=ctx.topup_reservation_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +17,19 @@ from apps.gateway.providers import EventStream, UpstreamFailure
 from apps.gateway.reply import SSE_DONE, Reply, finalize, finops_summary, sse
 from apps.gateway.selectors import Catalog
 from apps.ledger.recorder import ledger_intent_final
-from finops.tokens import count_tokens, message_text
+from finops.conf import conf
+from finops.tokens import message_text, token_bound
 
 logger = logging.getLogger(__name__)
+
+_END = object()  # the upstream stream ended
+
+
+async def _next_event(events: EventStream) -> Any:
+    try:
+        return await events.__anext__()
+    except StopAsyncIteration:
+        return _END
 
 
 class ChatStream:
@@ -26,7 +37,11 @@ class ChatStream:
 
     The finish_reason chunk is held back until the usage chunk arrives, so that the client's final chunk
     carries the `finops` figures even when it did not ask for usage. If the client leaves, `finish(disconnected=True)`
-    closes the upstream and bills what was streamed: the prompt estimate plus the tokens of the text sent so far.
+    reads the upstream on, not relayed, until its final usage (bounded by FINOPS["GATEWAY_ABANDONED_DRAIN_S"] and
+    ["GATEWAY_ABANDONED_DRAIN_MAX_EVENTS"]) and bills that. A stream that never reports its usage is billed from our
+    upper-bound count of all it sent — text, reasoning, tool calls — capped at the reservation, and its row is
+    marked `usage_estimated`. Each upstream read runs in its own task, so that the transport cancelling the relay
+    on a disconnect does not break the upstream stream the drain goes on reading.
     """
 
     def __init__(self, ctx: RequestContext, catalog: Catalog, events: EventStream, first: Any):
@@ -35,6 +50,9 @@ class ChatStream:
         self.events = events
         self.first = first
         self.parts: dict[int, list[str]] = {}
+        self.reasoning: dict[int, list[str]] = {}  # reasoning_content (DeepSeek, vLLM) or reasoning deltas
+        self.pending: asyncio.Future | None = None  # the upstream read in flight
+        self.started = False  # chunks() ran: the first event was relayed (else the drain reads it)
         self.roles: dict[int, str] = {}
         self.tool_calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice index → tool call index → call so far
         self.finish_reasons: dict[int, str] = {}
@@ -49,6 +67,7 @@ class ChatStream:
         self.service_tier: str | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
         event = self.first
         try:
             while True:
@@ -59,9 +78,8 @@ class ChatStream:
                             self.first_sent_at = time.perf_counter()
                     if self.first_sent_at is not None and not self.billed and time.perf_counter() >= self.journal_at:
                         self._journal()
-                try:
-                    event = await self.events.__anext__()
-                except StopAsyncIteration:
+                event = await self._next()
+                if event is _END:
                     break
         except UpstreamFailure as exc:
             self.failed = "upstream_stream_error"
@@ -74,8 +92,8 @@ class ChatStream:
             yield sse({"error": {"message": "The upstream ended the stream before the answer was complete.", "type": "upstream_error",
                                   "param": None, "code": "upstream_truncated"}})  # fmt: skip
             return
-        if not self.billed:  # no final usage chunk: the last usage seen, else (include_usage ignored) our own count
-            self._bill_usage()
+        if not self.billed:  # the stream ended without a usage-only chunk: the last usage seen, else our own count
+            self._bill_usage(final=True)
         if self.pending_finish is not None:
             yield sse(self._with_summary(self.pending_finish))
             self.pending_finish = None
@@ -94,6 +112,9 @@ class ChatStream:
                 self.roles[index] = delta["role"]
             if isinstance(delta.get("content"), str) and delta["content"]:
                 self.parts.setdefault(index, []).append(delta["content"])
+            for key in ("reasoning_content", "reasoning"):
+                if isinstance(delta.get(key), str) and delta[key]:
+                    self.reasoning.setdefault(index, []).append(delta[key])
             if isinstance(delta.get("tool_calls"), list):
                 self._tool_call_fragments(index, delta["tool_calls"])
             if choice.get("finish_reason"):
@@ -107,7 +128,7 @@ class ChatStream:
             # usage so far (cumulative), so summing them would bill the answer many times over. Billed once, below.
             self.ctx.upstream_usage = usage
         if isinstance(usage, dict) and not choices:  # the final usage chunk
-            self._bill_usage()
+            self._bill_usage(final=True)
             out = []
             if self.pending_finish is not None:
                 out.append(
@@ -163,7 +184,9 @@ class ChatStream:
             ctx = self.ctx
             from apps.gateway.pipeline import journal_intent  # the stage-8 journal, refreshed while streaming
 
-            journal_intent(ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200)
+            journal_intent(
+                ctx, model=ctx.model, tier=ctx.tier, provider=ctx.provider, completion_tokens=streamed, http_status=200
+            )
 
     def _client_view(self, event: dict[str, Any]) -> dict[str, Any]:
         if not self.ctx.include_usage and "usage" in event:
@@ -185,30 +208,81 @@ class ChatStream:
         return "".join(self.parts.get(0, []))
 
     def _streamed_tokens(self) -> int:
-        """Our own count of what was streamed: the text and the tool calls' arguments."""
-        text = sum(count_tokens("".join(parts)) for parts in self.parts.values())
+        """Our own count of what was streamed, an upper bound (finops.tokens.token_bound): the text, the reasoning
+        and the tool calls' names and arguments."""
+        text = sum(token_bound("".join(parts)) for parts in self.parts.values())
+        text += sum(token_bound("".join(parts)) for parts in self.reasoning.values())
         calls = sum(
-            count_tokens(call["function"]["name"]) + count_tokens(call["function"]["arguments"])
+            token_bound(call["function"]["name"]) + token_bound(call["function"]["arguments"])
             for calls in self.tool_calls.values()
             for call in calls.values()
         )
         return text + calls
 
-    def _bill_usage(self) -> None:
-        """Bill the stream, once: from the last usage the upstream reported, else from the text streamed."""
+    def _bill_usage(self, *, final: bool) -> None:
+        """Bill the stream, once: from the provider's final usage (`final`: the usage-only chunk, or the last usage of
+        a stream that ended normally), else estimated (`_bill_estimated`)."""
         if self.billed:
             return
-        if isinstance(self.ctx.upstream_usage, dict):
+        if final and isinstance(self.ctx.upstream_usage, dict):
             bill(self.ctx, self.catalog, {"usage": self.ctx.upstream_usage, "choices": [], "service_tier": self.service_tier})
-            self.billed = True
         else:
-            self._bill_streamed()
-
-    def _bill_streamed(self) -> None:
-        completion = self._streamed_tokens()
-        charge(self.ctx, self.catalog, prompt=self.ctx.prompt_tokens_estimate, completion=completion, cached=0,
-               service_tier=self.service_tier or "")  # fmt: skip
+            self._bill_estimated()
         self.billed = True
+
+    def _bill_estimated(self) -> None:
+        """No final usage: our upper-bound count of everything received (text, reasoning, tool calls), never less
+        than a partial usage the provider reported, capped at the completion limit reserved (the provider cannot
+        write more); the prompt as reported, else its upper bound. The row says it is estimated."""
+        ctx = self.ctx
+        usage: dict[str, Any] = ctx.upstream_usage if isinstance(ctx.upstream_usage, dict) else {}
+        reported_completion, reported_prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        reported = reported_completion if isinstance(reported_completion, int) else 0
+        limit = (ctx.max_tokens or conf().gateway_default_max_tokens) * max(ctx.n, 1)
+        completion = max(min(self._streamed_tokens(), limit), reported)
+        prompt = reported_prompt if isinstance(reported_prompt, int) else ctx.prompt_tokens_estimate
+        charge(ctx, self.catalog, prompt=prompt, completion=completion, cached=0, service_tier=self.service_tier or "")
+        ctx.usage_estimated = True
+
+    async def _next(self) -> Any:
+        """The next upstream event (or _END), read in a task of its own: a cancelled reader leaves it running."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(_next_event(self.events))
+        pending = self.pending
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self.pending = None
+
+    async def _drain(self) -> None:
+        """The client left before the end: read the upstream on, not relayed, until its final usage (or its end),
+        within the drain deadline and event count. Whatever was not billed by then is estimated by the caller."""
+        settings_ = conf()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings_.gateway_abandoned_drain_s
+        events = 0
+        if not self.started:  # nobody relayed anything, not even the first event
+            self.started = True
+            if isinstance(self.first, dict):
+                self._relay(self.first)
+        try:
+            while not self.billed and events < settings_.gateway_abandoned_drain_max_events:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                event = await asyncio.wait_for(self._next(), left)
+                if event is _END:
+                    if self.finish_reasons:  # ended normally: its last usage, if any, is final
+                        self._bill_usage(final=True)
+                    break
+                events += 1
+                if isinstance(event, dict):
+                    self._relay(event)  # collects the text, reasoning, tool calls and usage; nothing is sent
+        except (TimeoutError, UpstreamFailure) as exc:
+            logger.warning("abandoned stream %s not read to its usage: %r", self.ctx.request_id, exc)
+        finally:
+            metrics.child(metrics.ABANDONED_DRAINS, "usage" if self.billed else "estimated").inc()
 
     def completion(self) -> dict[str, Any]:
         """The stream reassembled as a chat.completion, for the cache."""
@@ -234,12 +308,16 @@ class ChatStream:
             return
         self.finished = True
         ctx = self.ctx
+        if disconnected and not self.done and not self.failed and not self.billed:
+            await self._drain()
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
         try:
             await self.events.close()
         except Exception:
             pass
         if not self.billed:
-            self._bill_usage()
+            self._bill_usage(final=False)
         ctx.response_text = self._streamed_text()
         if disconnected and not self.done:
             ctx.status = "disconnected"

@@ -127,6 +127,10 @@ class LLMRequest(models.Model):
     reasoning_tokens = models.PositiveIntegerField(default=0, db_default=0)  # hidden reasoning, part of completion_tokens
     service_tier = models.CharField(max_length=16, blank=True, default="", db_default="")  # as the upstream said
     cost_usd = cost_field()
+    # The provider reported no usage (a stream abandoned and drained to its deadline without it, or cut short): the
+    # tokens and cost are the gateway's upper-bound count of what it received (finops.tokens.token_bound), capped at
+    # the reservation. docs/adr/013-reservation-upper-bound.md
+    usage_estimated = models.BooleanField(default=False, db_default=False)
     saved_usd = cost_field()
 
     cache_status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.NONE)

@@ -67,6 +67,7 @@ COLUMNS: tuple[str, ...] = (
     "cost_usd", "saved_usd", "cache_status", "similarity", "requested_tier", "route_strategy", "route_reason",
     "escalated", "escalation_cost_usd", "fallback_from", "attempts",
     "budget_state", "reserved_usd", "upstream_ms", "overhead_ms", "prompt_hash", "prompt_text", "response_text",
+    "usage_estimated",
 )  # fmt: skip
 _COLUMN_SET = frozenset(COLUMNS)
 _ADDED_COLUMNS: dict[str, Any] = {"cache_write_tokens": 0, "reasoning_tokens": 0, "service_tier": ""}
@@ -88,7 +89,7 @@ def row_new(**values: Any) -> dict[str, Any]:
         "saved_usd": ZERO, "cache_status": "none", "similarity": None, "requested_tier": "", "route_strategy": "",
         "route_reason": "", "escalated": False, "escalation_cost_usd": ZERO, "fallback_from": "", "attempts": 0,
         "budget_state": "none", "reserved_usd": ZERO, "upstream_ms": None, "overhead_ms": None, "prompt_hash": "",
-        "prompt_text": None, "response_text": None,
+        "prompt_text": None, "response_text": None, "usage_estimated": False,
     }  # fmt: skip
     row.update(values)
     return row
@@ -149,6 +150,7 @@ def row_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     row["received_at"] = dt.datetime.fromisoformat(row["received_at"])
     for column in MONEY_COLUMNS:
         row[column] = Decimal(row[column] if row[column] is not None else "0")
+    row["usage_estimated"] = bool(row["usage_estimated"])  # rows spooled before the column existed: False
     return row
 
 

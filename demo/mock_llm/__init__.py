@@ -43,6 +43,10 @@ Per-request controls (request headers)
                                      upstream that writes until its own maximum when no limit is sent
     X-Mock-Retry-After: <seconds>    adds retry-after / retry-after-ms to error responses
     X-Mock-Service-Tier: <tier>      the answer's service_tier ("priority": billed at the price row's multiplier)
+    X-Mock-No-Usage: 1               a stream never reports usage, even when include_usage asks for it
+    X-Mock-Reasoning-Tokens: <int>   each answer first thinks this many tokens, streamed as ``reasoning_content``
+                                     deltas, counted in ``completion_tokens`` (and ``reasoning_tokens``) and cut
+                                     by ``max_tokens`` together with the answer, as OpenAI's reasoning models do
     Native formats (their own modules): Anthropic ``/v1/messages`` (anthropic.py), Azure OpenAI
     ``/openai/deployments/{d}/chat/completions`` (azure.py), Gemini ``/v1beta/models/{m}:generateContent`` (gemini.py)
 

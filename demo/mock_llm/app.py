@@ -287,6 +287,8 @@ class MockLLM:
             self._count("replay_hit" if replay else "replay_miss", model)
 
         choices: list[tuple[str, str, bytes]] = []  # (text, finish_reason, digest)
+        thinking = int(headers.get("x-mock-reasoning-tokens") or 0)  # reasoning tokens per answer, before it
+        reasoning: list[int] = []
         for index in range(n):
             digest = _prompt_digest(model, messages, index)
             text = replay[0] if replay is not None else _answer_from_digest(model, digest)
@@ -300,6 +302,11 @@ class MockLLM:
                     text, finish = cut, "length"
             if truncate and not body.get("stream"):
                 text, finish = truncate_tokens(text, max(1, count_tokens(text) // 2)), "length"
+            if thinking:  # the limit bounds the reasoning and the answer together
+                limited = isinstance(max_tokens, int) and max_tokens > 0
+                reasoning.append(min(thinking, max_tokens) if limited else thinking)
+                if limited and count_tokens(text) > max_tokens - reasoning[-1]:
+                    text, finish = truncate_tokens(text, max_tokens - reasoning[-1]), "length"
             choices.append((text, finish, digest))
 
         tool = _forced_tool(body)
@@ -308,13 +315,9 @@ class MockLLM:
                 (json.dumps({"answer": text}), "tool_calls" if finish == "stop" else finish, digest)
                 for text, finish, digest in choices
             ]
-        completion_tokens = sum(count_tokens(c[0]) for c in choices)
+        completion_tokens = sum(count_tokens(c[0]) for c in choices) + sum(reasoning)
         usage = _usage(prompt_tokens, completion_tokens, cached_tokens)
-        if "x-mock-reasoning-tokens" in headers:  # a reasoning model: hidden tokens, part of the (billed) completion
-            reasoning = max(int(headers["x-mock-reasoning-tokens"]), 0)
-            usage["completion_tokens"] += reasoning
-            usage["total_tokens"] += reasoning
-            usage["completion_tokens_details"]["reasoning_tokens"] = reasoning
+        usage["completion_tokens_details"]["reasoning_tokens"] = sum(reasoning)
         resp_headers = [
             (b"x-mock-replay", b"hit" if replay is not None else b"miss"),
             (b"openai-processing-ms", b"0"),
@@ -326,6 +329,7 @@ class MockLLM:
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            include_usage = include_usage and not _truthy(headers.get("x-mock-no-usage", ""))
             # vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (cumulative).
             continuous = include_usage and bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
             chunk_delay_ms = (
@@ -350,6 +354,7 @@ class MockLLM:
                 truncate=truncate,
                 chunk_delay_s=chunk_delay_ms / 1000.0,
                 service_tier=headers.get("x-mock-service-tier", "default"),
+                reasoning=reasoning,
             )
             return
 
@@ -399,6 +404,7 @@ class MockLLM:
         truncate: bool,
         chunk_delay_s: float,
         service_tier: str = "default",
+        reasoning: list[int] | None = None,
     ) -> None:
         await send(
             {
@@ -449,6 +455,13 @@ class MockLLM:
                     }
                 )
             )
+            if reasoning and reasoning[index]:
+                for i, piece in enumerate(token_pieces(" ".join(["think"] * reasoning[index]))):
+                    if chunk_delay_s > 0 and i and not await watch.sleep(chunk_delay_s):
+                        return
+                    streamed[0] += 1
+                    delta = {"reasoning_content": piece}
+                    await emit(frame({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
             pieces = token_pieces(text)
             entries = _logprob_entries(pieces, digest, forced_logprob) if want_logprobs else None
             limit = max(1, len(pieces) // 2) if truncate else len(pieces)

@@ -253,6 +253,7 @@ def test_a_gateway_killed_mid_stream_gets_its_row_from_the_replay(mock_llm_url, 
     row = LLMRequest.objects.get(request_id=request_id)
     assert (row.status, row.error_code, row.http_status, row.stream) == ("failed", INTERRUPTED, 200, True)
     assert row.completion_tokens > 0  # what had been streamed a moment before the kill
+    assert row.usage_estimated  # the prompt's bound and our count: no provider usage reached the ledger
     assert row.cost_usd == mini_cost(row.prompt_tokens, row.completion_tokens) > mini_cost(row.prompt_tokens, 0)
     assert ledger_outbox_replay(redis_url=settings.REDIS_URL, directory=spool).interrupted == 0
     assert LLMRequest.objects.count() == 1

@@ -20,6 +20,7 @@ from django.db import DatabaseError, connection, transaction
 
 from apps.ledger.models import CostDailySummary, LLMRequest, SeedIncident
 from apps.ledger.money import COST_DECIMAL_PLACES
+from apps.ledger.pricing import token_charge
 from apps.tenancy.models import Organization
 from apps.tenancy.services import api_key_create, member_get_or_create, org_get_or_create, team_get_or_create
 from finops import clock
@@ -190,7 +191,10 @@ def _round_half_even_div(values: np.ndarray, divisor: int) -> np.ndarray:
 
 def costs_1e10(prices: PriceTable, model_idx: np.ndarray, prompt: np.ndarray, cached: np.ndarray, completion: np.ndarray) -> np.ndarray:
     """Cost in units of 1e-10 USD, rounded half-even exactly as quantize_usd does."""
-    e12 = (prompt - cached) * prices.input_u[model_idx] + cached * prices.cached_u[model_idx] + completion * prices.output_u[model_idx]
+    e12 = token_charge(
+        prompt=prompt, cached=cached, cache_write=0, completion=completion, input_rate=prices.input_u[model_idx],
+        cached_rate=prices.cached_u[model_idx], write_rate=prices.input_u[model_idx], output_rate=prices.output_u[model_idx],
+    )  # fmt: skip
     return _round_half_even_div(e12, 100)
 
 

@@ -83,11 +83,28 @@ class PriceBook:
         for windows in self.windows.values():
             windows.sort(key=lambda w: w.effective_from, reverse=True)
 
-    def price_for(self, model: str, on: dt.date) -> Price | None:
+    @classmethod
+    def from_fixture(cls, rows: Iterable[dict]) -> PriceBook:
+        """A book of `fixtures/prices.json` entries (ISO dates as text, no ids): the offline tools' price table."""
+        return cls(
+            {
+                **row,
+                "id": None,
+                "effective_from": dt.date.fromisoformat(row["effective_from"]),
+                "effective_to": dt.date.fromisoformat(row["effective_to"]) if row.get("effective_to") else None,
+            }
+            for row in rows
+        )
+
+    def window_for(self, model: str, on: dt.date) -> PriceWindow | None:
         for window in self.windows.get(model, ()):
             if window.in_force(on):
-                return window.price
+                return window
         return None
+
+    def price_for(self, model: str, on: dt.date) -> Price | None:
+        window = self.window_for(model, on)
+        return window.price if window is not None else None
 
     def latest(self, model: str) -> Price | None:
         windows = self.windows.get(model)
@@ -115,6 +132,22 @@ def _decimal_or_none(row, name) -> Decimal | None:
     """A nullable price column; rows read before the column existed (old fixtures, dict rows) have none."""
     value = _get_or(row, name, None)
     return None if value is None else Decimal(value)
+
+
+def token_charge(*, prompt, cached, cache_write, completion, input_rate, cached_rate, write_rate, output_rate):
+    """THE cost formula, per 1M tokens: each prompt token once at its own rate, plus the completion.
+
+        (prompt − cached − written) × input + cached × cached_input + written × cache_write + completion × output
+
+    Generic over the numbers it is given: int token counts and Decimal rates here, Decimal averages in the offline
+    cost model (evals/costmodel), integer numpy arrays in the demo seed. Its SQL twin is `finops_cost_usd`
+    (apps/ledger/migrations; apps/ledger/tests/test_pricing_sql.py keeps them equal)."""
+    return (
+        (prompt - cached - cache_write) * input_rate
+        + cached * cached_rate
+        + cache_write * write_rate
+        + completion * output_rate
+    )
 
 
 def cost_compute(
@@ -145,12 +178,10 @@ def cost_compute(
         )
     cached_rate = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
     write_rate = price.input_per_1m if price.cache_write_per_1m is None else price.cache_write_per_1m
-    micro_total = (
-        (prompt_tokens - cached_tokens - cache_write_tokens) * price.input_per_1m
-        + cached_tokens * cached_rate
-        + cache_write_tokens * write_rate
-        + completion_tokens * price.output_per_1m
-    )
+    micro_total = token_charge(
+        prompt=prompt_tokens, cached=cached_tokens, cache_write=cache_write_tokens, completion=completion_tokens,
+        input_rate=price.input_per_1m, cached_rate=cached_rate, write_rate=write_rate, output_rate=price.output_per_1m,
+    )  # fmt: skip
     multiplier = price.tier_multiplier(service_tier)
     if multiplier != ONE:
         micro_total *= multiplier

@@ -36,6 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from apps.ledger.money import TOKENS_PER_PRICE_UNIT, quantize_usd
+from apps.ledger.pricing import token_charge
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -161,12 +162,11 @@ class ScenarioCost:
 
 def unit_cost(row: LoadRow, price: PriceRow, *, cached: bool = True) -> Decimal:
     """Cost of one request of `row` at `price`, in USD (unrounded)."""
-    cached_tokens = row.cached_tokens if cached else ZERO
-    micro = (
-        (row.prompt_tokens - cached_tokens) * price.input_per_1m
-        + cached_tokens * price.cached_or_input
-        + row.completion_tokens * price.output_per_1m
-    )
+    micro = token_charge(
+        prompt=row.prompt_tokens, cached=row.cached_tokens if cached else ZERO, cache_write=ZERO,
+        completion=row.completion_tokens, input_rate=price.input_per_1m, cached_rate=price.cached_or_input,
+        write_rate=price.input_per_1m, output_rate=price.output_per_1m,
+    )  # fmt: skip
     return micro / TOKENS_PER_PRICE_UNIT
 
 

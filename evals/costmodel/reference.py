@@ -18,6 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.ledger.pricing import PriceBook
 from demo import seed
 from evals.costmodel.model import AS_RECORDED, Lever, LoadRow, PriceRow, ReferenceLoad
 from finops import clock
@@ -42,24 +43,22 @@ def lognormal_mean(mean_tokens: float, sigma: float) -> Decimal:
 def prices_from_fixture(*, models: list[str], on: dt.date, path: Path = PRICES_FIXTURE) -> dict[str, PriceRow]:
     """The list price in force on `on` for each model, as fixtures/prices.json (the price table's source) states it."""
     rows = json.loads(path.read_text())["prices"]
+    book = PriceBook.from_fixture(rows)  # the ledger's one price-in-force rule
+    sources = {(r["model"], r["effective_from"]): r.get("source", "") for r in rows}
     out: dict[str, PriceRow] = {}
     for model in models:
-        candidates = [
-            r for r in rows
-            if r["model"] == model and dt.date.fromisoformat(r["effective_from"]) <= on
-            and (not r.get("effective_to") or dt.date.fromisoformat(r["effective_to"]) > on)
-        ]  # fmt: skip
-        if not candidates:
+        window = book.window_for(model, on)
+        if window is None:
             raise LookupError(f"{model} has no price in force on {on} in {path.name}")
-        r = max(candidates, key=lambda r: r["effective_from"])
+        price = window.price
         out[model] = PriceRow(
             model=model,
-            provider=r["provider"],
-            input_per_1m=Decimal(r["input_per_1m"]),
-            cached_input_per_1m=Decimal(r["cached_input_per_1m"]) if r.get("cached_input_per_1m") not in (None, "") else None,
-            output_per_1m=Decimal(r["output_per_1m"]),
-            effective_from=dt.date.fromisoformat(r["effective_from"]),
-            source=r.get("source", ""),
+            provider=price.provider,
+            input_per_1m=price.input_per_1m,
+            cached_input_per_1m=price.cached_input_per_1m,
+            output_per_1m=price.output_per_1m,
+            effective_from=window.effective_from,
+            source=sources.get((model, window.effective_from.isoformat()), ""),
         )
     return out
 

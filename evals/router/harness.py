@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from apps.ledger.pricing import Price
+from apps.ledger.pricing import Price, PriceBook
 from apps.ledger.selectors import price_in_force
 from apps.routing import learned
 from apps.routing.engine import LearnedScore, PolicySpec, RouterConfig
@@ -65,18 +65,10 @@ def eval_price(*, model: str, on: dt.date | None = None) -> Price:
     try:
         return price_in_force(model=model, on=on)
     except UnpricedModel:
-        data = json.loads(PRICES_FIXTURE.read_text())
-        for row in data["prices"]:
-            if row["model"] == model:
-                return Price(
-                    id=None,
-                    provider=row["provider"],
-                    model=model,
-                    input_per_1m=Decimal(row["input_per_1m"]),
-                    output_per_1m=Decimal(row["output_per_1m"]),
-                    cached_input_per_1m=Decimal(row["cached_input_per_1m"]) if row.get("cached_input_per_1m") else None,
-                )
-        raise
+        price = PriceBook.from_fixture(json.loads(PRICES_FIXTURE.read_text())["prices"]).price_for(model, on)
+        if price is None:
+            raise
+        return price
 
 
 def router_eval_run(

@@ -130,6 +130,27 @@ def mock_llm_url():
         proc.wait(timeout=10)
 
 
+_MODELS_BUILT: list[bool] = []
+
+
+def _semantic_models_build() -> None:
+    """Build the local embedding model's ONNX file and the semantic tier's static table once, here, before any
+    server starts: on a fresh clone the first server would otherwise build them inside its 60 s start-up wait."""
+    if _MODELS_BUILT:
+        return
+    from apps.embeddings.embeddings import backend
+    from apps.embeddings.static import ensure_table
+    from finops.conf import conf
+
+    if backend() == "local":
+        ensure_table()
+        if conf().cache_local_runtime.startswith("onnx"):
+            from apps.embeddings.onnx_export import ensure_model
+
+            ensure_model(conf().cache_local_runtime)
+    _MODELS_BUILT.append(True)
+
+
 def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, workers: int = 1):
     """Run the project's ASGI app (finops.asgi) under uvicorn against the current test database.
 
@@ -140,6 +161,7 @@ def gateway_server(*, mock_llm_url: str, env: dict[str, str] | None = None, work
 
     @contextlib.contextmanager
     def run():
+        _semantic_models_build()
         port = free_port()
         child_env = child_process_env(
             **{

@@ -296,8 +296,10 @@ Picked on the tuning half: **{report.picked}**.
 
 Swaps asked of a cache of every swap origin (other templates' prompts included), at the picked setting:
 {len(report.cross_template)} hits of {report.sizes["swap pairs"]}. These are not a swap's own origin: another template asks about the same two
-things, and the guard, which compares the two prompts' words and word order, does not see that the relation
-runs the other way in other words. The threshold alone protects these:
+things, and the guard, which compares how the two prompts place the same words, does not see that the relation
+runs the other way when it is worded differently ("how does A affect B" / "what is the impact of B on A"). Only a
+higher threshold stops these; a rule on word order alone refuses too many true paraphrases ("Is it safe to eat
+raw eggs?" / "Are raw eggs safe to eat?"):
 
 | similarity | asked | served the answer of |
 |---|---|---|

@@ -8,7 +8,7 @@ Writes (gzip with a zero timestamp, so a re-run on the same data is byte-identic
   (GSM8K, 40 MMLU subjects, MT-Bench; contaminated prompts already excluded), only the fields the router
   evaluation uses; fixtures/routellm/mt_bench_answers.json.gz — the two models' turn-1 MT-Bench answers
   (`evals.router.evaluation.mt_bench_answers_load`), which price those answers.
-- fixtures/nab/full/ — the 13 realAdExchange + realKnownCause series as .csv.gz and their labelled windows.
+- fixtures/nab/full/ — the 13 realAdExchange + realKnownCause series and the 6 artificialWithAnomaly series as .csv.gz, and their labelled windows.
 - fixtures/gptcache/mock_data.json.gz — GPTCache's 999 paraphrase pairs.
 
 and fixtures/SHA256SUMS. `--check` compares the vendored files with what ../shared/data would produce now and
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-NAB_CORPORA = ("realAdExchange", "realKnownCause")
+NAB_CORPORA = ("realAdExchange", "realKnownCause", "artificialWithAnomaly")  # the last: the leave-one-corpus-out protocol
 
 
 def gz_bytes(data: bytes) -> bytes:

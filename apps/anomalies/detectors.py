@@ -13,7 +13,8 @@ not anomalous with NaN expectations.
 | iqr | quartiles of the trailing `window` points | x > Q3 + `k`·IQR (or < Q1 − k·IQR) | window 168, k 3.0, min_history 24 |
 | pattern | median of the same hour of week in the previous `weeks` weeks (±`slot_halfwidth` hours) | z of the residual on the square-root scale (√x − √expected) against the robust spread of past residuals > `threshold` | season 168, weeks 4, slot_halfwidth 1, threshold 7.0, residual_window 336, power 0.5 |
 | mix | median share over the trailing `window` | share − baseline > `min_shift` and robust z > `threshold` | window 168, min_shift 0.2, threshold 3.0 |
-| combined | the pattern's expectation (else the spike median) | pattern AND (spike z > `confirm_spike` OR iqr score > `confirm_iqr`); before one season of history exists: spike AND iqr | confirm_spike 2.5, confirm_iqr 0.0 (above Q3), and the parameters above |
+| level | mean and standard deviation of the trailing `window` points (the naive static threshold, made causal) | z = (x − mean) / σ > `threshold` | window 672, threshold 5.0, min_history 24 |
+| combined | the pattern's expectation (else the spike median) | pattern AND (spike z > `confirm_spike` OR iqr score > `confirm_iqr`); before one season of history exists: spike AND level | confirm_spike 2.5, confirm_iqr 0.0 (above Q3), and the parameters above |
 
 Scales have floors (`rel_floor`·|baseline| and `abs_floor`) so a flat or all-zero history does not
 turn every small wiggle into an infinite z-score. `direction` is "up" (cost: only increases are
@@ -24,8 +25,8 @@ points closer than a small gap merge (`merge_runs`), and a run that starts withi
 after the end of the series' previous incident joins that incident instead of opening (and paging)
 a new one (`group_runs`). The pattern threshold and power and the cooldown were chosen by a grid
 search on NAB; `manage.py eval_anomalies` repeats that search inside cross-validation (leave one file
-out, and one NAB family out) and reports the out-of-sample figures next to the in-sample ones
-(docs/anomaly-eval.md).
+out, and one NAB family out) and reports the out-of-sample figures next to the in-sample ones, and leaves
+one NAB corpus out at a time against the naive threshold grouped like the scan (docs/anomaly-eval.md).
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ class PatternParams:
 
 
 @dataclass(frozen=True)
+class LevelParams:
+    window: int = 672
+    threshold: float = 5.0
+    min_history: int = 24
+    rel_floor: float = 0.05
+    abs_floor: float = 1e-6
+    direction: str = "up"
+
+
+@dataclass(frozen=True)
 class MixParams:
     window: int = 168
     min_shift: float = 0.2
@@ -93,6 +104,7 @@ class CombinedParams:
     spike: SpikeParams = SpikeParams()
     iqr: IQRParams = IQRParams()
     pattern: PatternParams = PatternParams()
+    level: LevelParams = LevelParams()
     # Confirmation bars: lower than the stand-alone thresholds, because they only have to agree with
     # the pattern detector that the level is also unusual for the last week, not find it on their own.
     confirm_spike: float = 2.5
@@ -231,6 +243,38 @@ def pattern(x: np.ndarray, params: PatternParams = PatternParams(), *, start: in
     return Detection(flags=_flag(score, params.threshold, params.direction), expected=expected, score=score)
 
 
+def level(x: np.ndarray, params: LevelParams = LevelParams(), *, start: int = 0) -> Detection:
+    """z of each point against the mean and standard deviation of the trailing `window` points (NaN skipped).
+
+    The naive static threshold (mean ± k·σ of the past), made causal with a long trailing window instead of
+    a fixed calibration period. Linear time: running sums, no windows materialised.
+    """
+    x = _as2d(x)
+    n = x.shape[1]
+    ok_values = ~np.isnan(x)
+    # Shift by the first value of each series so the running sums of squares do not lose precision.
+    shift = np.nan_to_num(x[np.arange(x.shape[0]), np.argmax(ok_values, axis=1)])[:, None]
+    v = np.where(ok_values, x - shift, 0.0)
+    zeros = np.zeros((x.shape[0], 1))
+    c1 = np.concatenate([zeros, np.cumsum(v, axis=1)], axis=1)
+    c2 = np.concatenate([zeros, np.cumsum(v * v, axis=1)], axis=1)
+    cn = np.concatenate([zeros, np.cumsum(ok_values, axis=1)], axis=1)
+    t = np.arange(max(start, 0), n)
+    lo = np.maximum(0, t - params.window)
+    count = cn[:, t] - cn[:, lo]
+    expected = np.full(x.shape, np.nan)
+    score = np.full(x.shape, np.nan)
+    with np.errstate(all="ignore"):
+        mean = (c1[:, t] - c1[:, lo]) / count
+        sd = np.sqrt(np.maximum((c2[:, t] - c2[:, lo]) / count - mean * mean, 0.0))
+        mean = mean + shift
+        sigma = np.maximum(sd, np.maximum(params.rel_floor * np.abs(mean), params.abs_floor))
+        ok = count >= params.min_history
+        expected[:, t] = np.where(ok, mean, np.nan)
+        score[:, t] = np.where(ok, (x[:, t] - mean) / sigma, np.nan)
+    return Detection(flags=_flag(score, params.threshold, params.direction), expected=expected, score=score)
+
+
 def mix(share: np.ndarray, params: MixParams = MixParams(), *, start: int = 0) -> Detection:
     """Shift in a share (premium models' part of spend, 0..1) against its trailing median.
 
@@ -262,17 +306,21 @@ def mix(share: np.ndarray, params: MixParams = MixParams(), *, start: int = 0) -
 def combined(
     x: np.ndarray, params: CombinedParams = CombinedParams(), *, start: int = 0
 ) -> tuple[Detection, dict[str, Detection]]:
-    """Pattern deviation confirmed by a (relaxed) spike or fence breach; spike AND IQR while no season is known.
+    """Pattern deviation confirmed by a (relaxed) spike or fence breach; spike AND level while no season is known.
 
     Requiring the hour-of-week view to agree removes the daily and weekly peaks that a trailing
     window alone calls spikes; requiring a trailing-window detector to agree removes departures that
-    the last few hours already made normal (a level that has held for days). The expected value is
-    the pattern's where it exists, else the spike detector's median.
+    the last few hours already made normal (a level that has held for days). Before a season of
+    history exists, a point must be a spike against the last week's median AND far from the mean of
+    all the history there is (`level`, the naive threshold made causal): on short histories the
+    long-run level is the steadier reference (leave-one-corpus-out on NAB, docs/anomaly-eval.md).
+    The expected value is the pattern's where it exists, else the spike detector's median.
     """
     parts = {
         "spike": spike(x, params.spike, start=start),
         "iqr": iqr(x, params.iqr, start=start),
         "pattern": pattern(x, params.pattern, start=start),
+        "level": level(x, params.level, start=start),
     }
     return combine(parts, params), parts
 
@@ -280,13 +328,13 @@ def combined(
 def combine(parts: dict[str, Detection], params: CombinedParams = CombinedParams()) -> Detection:
     """The combined verdict from the parts' scores, applying the thresholds in `params` (only those:
     the baselines are the parts'), so the evaluation can try thresholds without recomputing them."""
-    s, q, p = parts["spike"], parts["iqr"], parts["pattern"]
+    s, q, p, lv = parts["spike"], parts["iqr"], parts["pattern"], parts["level"]
     has_season = ~np.isnan(p.score)
     confirmed = _flag(s.score, params.confirm_spike, params.spike.direction) | _flag(
         q.score, params.confirm_iqr, params.iqr.direction
     )
     before_season = _flag(s.score, params.spike.threshold, params.spike.direction) & _flag(
-        q.score, params.iqr.k, params.iqr.direction
+        lv.score, params.level.threshold, params.level.direction
     )
     flags = np.where(has_season, _flag(p.score, params.pattern.threshold, params.pattern.direction) & confirmed, before_season)
     expected = np.where(np.isnan(p.expected), s.expected, p.expected)

@@ -10,7 +10,11 @@ signatures of both prompts and refuses the hit when
   is missing from the other,
 - one has a word whose antonym the other has instead ("before"/"after", "enable"/"disable"),
 - one narrows the question with an extreme the other lacks ("worst", "top", "maximum", "drawbacks"),
-- a directional word points at a different entity ("from Paris to Rome" vs "from Rome to Paris").
+- a directional word points at a different entity ("from Paris to Rome" vs "from Rome to Paris"),
+- two of their words trade places around the same word: role and argument swaps, "can a lawyer sue a
+  doctor" vs "can a doctor sue a lawyer", "for a host to host a couchsurfer" vs "for a couchsurfer to
+  have a host" (each content word is recorded with the word before it, its *slot*; a slot that takes A in
+  one prompt and B in the other, while both prompts hold both, is a swap; "A and B" vs "B and A" is not).
 A refused paraphrase is a missed saving; a wrong answer is worse, so every rule errs on refusing.
 
 A signature holds keyed hashes (blake2b keyed from SECRET_KEY), never words: stored next to a
@@ -27,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-SIGNATURE_VERSION = 4
+SIGNATURE_VERSION = 5
 # The longest prompt the guard signs: the remote embedding backend's limit. The semantic tier skips longer
 # prompts (only the exact tier serves them), and the signature refuses them, so its cost stays bounded.
 GUARD_MAX_CHARS = 8000
@@ -99,6 +103,27 @@ _NEGATION_SKIP = frozenset(
 # Words where what follows matters: "from A to B", "A than B", "A vs B".
 DIRECTIONAL = frozenset("than from to into vs versus before after over beat beats defeated minus divided".split())
 
+# Skipped when looking for the word before a content word (its slot): "sue a doctor" → sue, "for the host" → for.
+_SLOT_SKIP = frozenset("a an the my your his her our their its this that these those some any".split())
+# A swap keeps the words and moves them: the content words of both prompts must overlap this much (Jaccard),
+# which a rephrasing that only reorders clauses ("X can be used with Y" / "Y is compatible with X") does not.
+SWAP_MIN_OVERLAP = 0.75
+_BE = frozenset("be been being is are was were am isnt arent wasnt werent".split())
+# Words that join arguments symmetrically: "A and B" is "B and A", not a swap.
+_COORDINATORS = frozenset("and or & , / plus".split())
+# Closed-class words: a role is taken by any other word, and a slot is one of these ("for a host", "can a
+# lawyer", "does inflation", "to yaml"). Content words as slots are compounds ("last git commit" / "last commit
+# in git") that rephrasings reorder freely.
+_FUNCTION_WORDS = (
+    _NEGATION_SKIP
+    | _SLOT_SKIP
+    | frozenset(
+        """what which who whom whose when where why how whether can could will would shall should may might must do does did
+    is are was were be been being have has had it its of in on at for to by with from as than into onto against about
+    over under between toward towards via through after before without within among upon like""".split()
+    )
+)
+
 # Capitalised only because they start a sentence (or are "I"): not entities. Question words, pronouns,
 # auxiliaries, and the imperative verbs prompts start with.
 COMMON_WORDS = frozenset(
@@ -140,6 +165,10 @@ class Signature:
     extremes: tuple[str, ...]  # hashed extreme/narrowing words present
     directional: bool
     arguments: tuple[tuple[str, str], ...]  # (hashed directional word, hashed entity right after it): "to" → "rome"
+    # (hashed slot word, hashed content stem): each content word with the word before it (determiners skipped)
+    slots: tuple[tuple[str, str], ...] = ()
+    coordinated: tuple[tuple[str, str], ...] = ()  # sorted (hashed stem, hashed stem) joined by and/or
+    passive: bool = False  # a form of "be" right before a past participle ("is hosted", "are used")
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -153,6 +182,9 @@ class Signature:
             "ext": list(self.extremes),
             "dir": self.directional,
             "arg": [list(p) for p in self.arguments],
+            "slot": [list(p) for p in self.slots],
+            "coo": [list(p) for p in self.coordinated],
+            "pas": self.passive,
         }
 
     @classmethod
@@ -170,6 +202,9 @@ class Signature:
             extremes=tuple(data.get("ext", ())),
             directional=bool(data.get("dir")),
             arguments=tuple(tuple(p) for p in data.get("arg", ())),
+            slots=tuple(tuple(p) for p in data.get("slot", ())),
+            coordinated=tuple(tuple(p) for p in data.get("coo", ())),
+            passive=bool(data.get("pas")),
         )
 
 
@@ -267,6 +302,7 @@ def guard_signature(text: str) -> Signature:
             if hashed not in entities:
                 entities.append(hashed)
 
+    slots, coordinated = _slots(text, words, folded_words)
     numbers = _numbers_in_order(text, words)
     operators = "".join(_OPERATOR_RE.findall(text)) if number_spans else ""
     return Signature(
@@ -279,7 +315,45 @@ def guard_signature(text: str) -> Signature:
         extremes=tuple(sorted(extremes)),
         directional=directional,
         arguments=tuple(sorted(arguments)),
+        slots=slots,
+        coordinated=coordinated,
+        passive=any(w in _BE and folded_words[i + 1].endswith(("ed", "en")) for i, w in enumerate(folded_words[:-1])),
     )
+
+
+def _slots(
+    text: str, words: list[tuple[str, int, int]], folded_words: list[str]
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Each content word with its slot: the word before it, determiners skipped, within its sentence and
+    clause (a comma or sentence break in between cuts it); and the pairs of content words joined by a
+    coordinator ("A and B", "A or B", "A, B"). One pass over the words: linear in the prompt."""
+    slots: set[tuple[str, str]] = set()
+    coordinated: set[tuple[str, str]] = set()
+    previous: int | None = None  # index of the last non-determiner word in this clause
+    for position, (_, start, _) in enumerate(words):
+        folded = folded_words[position]
+        if previous is not None:
+            between = text[words[previous][2] : start]
+            if any(c in ".!?;:\n()" for c in between):
+                previous = None
+        if folded in _SLOT_SKIP:
+            continue
+        if folded not in _FUNCTION_WORDS and not folded[0].isdigit():
+            stem = _h(_stem(folded))
+            slot = folded_words[previous] if previous is not None else ""
+            # Every content word is recorded (the overlap test needs them all); "" when no function word leads it.
+            slots.add((_h(slot) if slot in _FUNCTION_WORDS else "", stem))
+        if previous is not None and folded not in _FUNCTION_WORDS and not folded[0].isdigit():
+            between = text[words[previous][2] : start]
+            if slot in _COORDINATORS or "," in between or "/" in between or "&" in between:
+                # "A and B": find A, the content word before the coordinator.
+                before = previous - 1 if slot in _COORDINATORS else previous
+                while before >= 0 and folded_words[before] in _SLOT_SKIP:
+                    before -= 1
+                if before >= 0 and folded_words[before] not in _FUNCTION_WORDS:
+                    coordinated.add(tuple(sorted((_h(_stem(folded_words[before])), stem))))  # type: ignore[arg-type]
+        previous = position
+    return tuple(sorted(slots)), tuple(sorted(coordinated))  # type: ignore[arg-type]
 
 
 def _negation_scope(folded_words: list[str], position: int) -> list[str]:
@@ -368,7 +442,30 @@ def guard_mismatch(a: Signature, b: Signature) -> str | None:
         a_cues, b_cues = _by_cue(a.arguments), _by_cue(b.arguments)
         if any(a_cues[cue] != b_cues[cue] for cue in a_cues.keys() & b_cues.keys()):
             return "order"
+    if _roles_swapped(a, b):
+        return "swap"
     return None
+
+
+def _roles_swapped(a: Signature, b: Signature) -> bool:
+    """A slot word that both prompts have takes a content word A in one and B in the other, while both
+    prompts hold both A and B and neither has the slot take the other's word; not when A and B are joined by
+    a coordinator ("A and B" is "B and A"). Linear in the slots, but for the pairs of one slot word."""
+    if a.passive != b.passive or (_h("by") in a.tokens) != (_h("by") in b.tokens):
+        return False  # active and passive voice: "A hosts B" is "B is hosted by A"
+    a_words, b_words = {w for _, w in a.slots}, {w for _, w in b.slots}
+    if not a_words or len(a_words & b_words) < SWAP_MIN_OVERLAP * len(a_words | b_words):
+        return False
+    a_by, b_by = _by_cue(a.slots), _by_cue(b.slots)
+    symmetric = set(a.coordinated) | set(b.coordinated)
+    for slot in a_by.keys() & b_by.keys() - {""}:
+        only_a = [w for w in a_by[slot] - b_by[slot] if w in b.tokens]
+        only_b = [w for w in b_by[slot] - a_by[slot] if w in a.tokens]
+        for x in only_a:
+            for y in only_b:
+                if x != y and tuple(sorted((x, y))) not in symmetric:
+                    return True
+    return False
 
 
 def _negation_scopes_differ(a: Signature, b: Signature) -> bool:

@@ -119,7 +119,8 @@ async def route_select(
 async def learned_score(
     *, messages: list[dict[str, Any]], prompt_vectors: Mapping[str, np.ndarray] | None = None
 ) -> LearnedScore | None:
-    """The prompt's score from the served index; None (complexity decides) without an index, text or vector."""
+    """The prompt's score from the served index; None (complexity decides) without an index, text or vector,
+    or when the index abstains (the prompt is far from its exemplars, or their vote is indecisive)."""
     global _embed_retry_at
     index = learned.served_index() if learned.served_index_ready() else await asyncio.to_thread(learned.served_index)
     if index is None:
@@ -137,6 +138,10 @@ async def learned_score(
             _embed_retry_at = time.monotonic() + EMBED_RETRY_AFTER_S
     if vector is None:
         metrics.LEARNED_SCORES.labels("no_vector").inc()
+        return None
+    abstained = index.abstains(vector)
+    if abstained is not None:  # far from the exemplars, or their vote is indecisive: complexity decides
+        metrics.LEARNED_SCORES.labels(f"abstained_{abstained}").inc()
         return None
     metrics.LEARNED_SCORES.labels(outcome).inc()
     return index.score(vector)

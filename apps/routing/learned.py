@@ -14,6 +14,14 @@ vectors; the router reuses the cache's vector when the cache already embedded th
    **score 0..1** = the share of the index's prompts that look less in need of the premium model.
    A threshold of 0.75 therefore sends roughly the hardest quarter of benchmark-like traffic up.
 
+**Abstention.** Topic neighbourhood does not transfer: on subjects or benchmarks the index has never seen,
+its vote is noise (issue #20). So the strategy abstains, and the complexity score decides instead, when
+- the prompt is far from the exemplars: the similarity of its k-th nearest exemplar is below `radius`, the
+  `RADIUS_QUANTILE` quantile of the exemplars' own (leave-one-out) k-th-neighbour similarities; or
+- the neighbours disagree: their mean gain is within `MIN_AGREEMENT` standard errors of the index's typical
+  (median leave-one-out) mean gain, i.e. the vote cannot tell this prompt from an average one.
+Both bars are label-free or fixed in advance, not tuned on held-out data (docs/router-eval.md, leave-out tables).
+
 The index is plain numpy in each worker's memory: exact brute-force cosine over ~8.7k × 128 int8-stored
 vectors takes well under a millisecond, and the hot path makes no query (docs/adr/010-learned-router-index.md).
 `manage.py build_router_index` builds the vendored file from ../shared/data/routellm; the evaluation
@@ -42,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_K = 100
+RADIUS_QUANTILE = 0.05  # abstain below the 5th percentile of the exemplars' own k-th-neighbour similarity
+MIN_AGREEMENT = 3.0  # abstain when the neighbours' mean gain is within 3 standard errors of the typical one
 DEFAULT_DIMS = 128
 # LOO calibration and per-fold builds compare rows in chunks: (chunk × n) float32 similarities at a time.
 CHUNK = 512
@@ -99,6 +109,7 @@ class RouteIndex:
         k: int,
         calibration: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        radius: float | None = None,
     ) -> None:
         self.projection = None if projection is None else projection.astype(np.float32)
         self.codes = codes.astype(np.int8)
@@ -108,7 +119,13 @@ class RouteIndex:
         self.keys = keys.astype(np.uint64)
         self.k = int(k)
         self.meta = dict(meta or {})
-        self.calibration = np.sort(self.loo_gains() if calibration is None else calibration.astype(np.float64))
+        if calibration is None or radius is None:
+            loo, kth = self._loo()
+            calibration = loo if calibration is None else calibration
+            radius = float(np.quantile(kth, RADIUS_QUANTILE)) if radius is None else radius
+        self.calibration = np.sort(np.asarray(calibration, dtype=np.float64))
+        self.radius = float(radius)  # k-th-neighbour similarity below which the index abstains
+        self.typical_gain = float(np.median(self.calibration))
 
     def __len__(self) -> int:
         return len(self.gains)
@@ -155,15 +172,21 @@ class RouteIndex:
 
     def loo_gains(self, progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it) -> np.ndarray:
         """Every exemplar's mean gain from its k nearest *other* prompts (its own duplicates excluded too)."""
+        return self._loo(progress)[0]
+
+    def _loo(self, progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-one-out mean gains and k-th-neighbour similarities of the exemplars."""
         n = len(self)
         k = max(1, min(self.k, n - 1))
         out = np.empty(n, dtype=np.float64)
+        kth = np.empty(n, dtype=np.float64)
         for start in progress(range(0, n, CHUNK)):
             rows = slice(start, min(start + CHUNK, n))
             sims = self.vectors[rows] @ self.vectors.T
             sims[self.keys[rows][:, None] == self.keys[None, :]] = -np.inf
             out[rows] = _mean_top_k(sims, self.gains, k)
-        return out
+            kth[rows] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        return out, kth
 
     def excluding(self, keys: Iterable[int]) -> RouteIndex:
         """The same index without the exemplars of these prompt keys, recalibrated on what is left (held-out scoring)."""
@@ -179,6 +202,25 @@ class RouteIndex:
             meta={**self.meta, "excluded": int(drop.sum())},
         )
 
+    def abstains(self, vector: np.ndarray) -> str | None:
+        """Why the index should not decide for this prompt ("far", "disagree"), or None when its vote counts."""
+        sims = self._sims(vector)
+        k = min(self.k, sims.shape[1])
+        nearest = np.argpartition(-sims, k - 1, axis=1)[0, :k]
+        if float(sims[0, nearest].min()) < self.radius:
+            return "far"
+        gains = self.gains[nearest].astype(np.float64)
+        spread = float(gains.std(ddof=1)) / np.sqrt(k) if k > 1 else 0.0
+        if abs(float(gains.mean()) - self.typical_gain) < MIN_AGREEMENT * max(spread, 1e-9):
+            return "disagree"
+        return None
+
+    def _sims(self, vector: np.ndarray) -> np.ndarray:
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if self.projection is not None:
+            query = query @ self.projection
+        return _unit(query) @ self.vectors.T
+
     # ---------------------------------------------------------------- scoring
 
     def percentile(self, gain: float) -> float:
@@ -193,11 +235,7 @@ class RouteIndex:
         One vector at a time, on purpose: the gateway scores one request, the evaluation loops over
         prompts with this same call, so both do the same floating-point work and decide alike.
         """
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if self.projection is not None:
-            query = query @ self.projection
-        query = _unit(query)
-        sims = query @ self.vectors.T
+        sims = self._sims(vector)
         gain = float(_mean_top_k(sims, self.gains, self.k)[0])
         return LearnedScore(score=round(self.percentile(gain), 6), gain=round(gain, 6), nearest=round(float(sims.max()), 6))
 
@@ -212,6 +250,7 @@ class RouteIndex:
             "keys": self.keys,
             "k": np.array(self.k),
             "calibration": self.calibration.astype(np.float64),  # exact: a loaded index decides as the built one
+            "radius": np.array(self.radius, dtype=np.float64),
             "meta": np.array(json.dumps(self.meta, sort_keys=True)),
         }
         if self.projection is not None:
@@ -237,6 +276,8 @@ class RouteIndex:
                 k=int(data["k"]),
                 calibration=data["calibration"].astype(np.float64),
                 meta=meta,
+                # Files written before abstention existed: the radius is computed once here (leave-one-out, ~1 s).
+                radius=float(data["radius"]) if "radius" in data else None,
             )
 
 

@@ -138,12 +138,22 @@ def _hours(step_seconds: float, hours: float) -> int:
     return max(2, int(round(hours * 3600 / step_seconds)))
 
 
-def nab_params(step_seconds: float, *, power: float | None = None, threshold: float | None = None) -> d.CombinedParams:
+def nab_params(
+    step_seconds: float, *, power: float | None = None, threshold: float | None = None, level: float | None = None
+) -> d.CombinedParams:
     """The scan's defaults (in hours) converted to this file's sampling step, two-sided; `power` and
-    `threshold` replace the pattern detector's defaults (the cross-validation tries several)."""
+    `threshold` replace the pattern detector's defaults, `level` the level detector's threshold (the
+    cross-validation tries several)."""
     h = lambda hours: _hours(step_seconds, hours)  # noqa: E731
     defaults = d.PatternParams()
+    level_defaults = d.LevelParams()
     return d.CombinedParams(
+        level=d.LevelParams(
+            window=h(level_defaults.window),
+            min_history=h(24),
+            direction="both",
+            threshold=level_defaults.threshold if level is None else level,
+        ),
         spike=d.SpikeParams(window=h(168), min_history=h(24), direction="both"),
         iqr=d.IQRParams(window=h(168), min_history=h(24), direction="both"),
         pattern=d.PatternParams(

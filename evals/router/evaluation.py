@@ -90,6 +90,7 @@ class EvalItem:
     chain_tier: str = ""
     learned: float | None = None  # the learned score from an index without this prompt (None: not evaluated)
     learned_gain: float | None = None
+    learned_abstained: str | None = None  # why the index abstained ("far", "disagree"); None: it decided
     plan: RoutePlan | None = field(default=None, repr=False)
 
 
@@ -131,7 +132,6 @@ class SourceReport:
 
     def result(self, name: str) -> PolicyResult:
         return next(r for r in self.results if r.name == name)
-
 
 
 # --------------------------------------------------------------------------- preparing the records
@@ -202,11 +202,20 @@ def items_prepare(
     return items
 
 
-def learned_attach(items: list[EvalItem], scores: Sequence[LearnedScore], *, config: RouterConfig) -> None:
-    """Give each item its (held-out) learned score and let the full chain use it where the served chain would."""
-    for item, score in zip(items, scores, strict=True):
+def learned_attach(
+    items: list[EvalItem],
+    scores: Sequence[LearnedScore],
+    *,
+    config: RouterConfig,
+    abstained: Sequence[str | None] | None = None,
+) -> None:
+    """Give each item its (held-out) learned score and let the full chain use it where the served chain would:
+    not where the index abstains (`RouteIndex.abstains`), which leaves the decision to complexity, as served.
+    The learned rows still show the index's own vote on every prompt."""
+    for n, (item, score) in enumerate(zip(items, scores, strict=True)):
         item.learned, item.learned_gain = score.score, score.gain
-        if item.plan is not None and learned_wanted(item.plan):
+        item.learned_abstained = abstained[n] if abstained is not None else None
+        if item.plan is not None and learned_wanted(item.plan) and item.learned_abstained is None:
             item.plan = learned_apply(config, item.plan, score)
             item.chain_strategy, item.chain_tier = item.plan.strategy, item.plan.tier
 

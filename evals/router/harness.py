@@ -57,6 +57,8 @@ class RouterEvalRun:
     learned_note: str = ""  # how the learned scores were held out; empty when they were not evaluated
     learned_index: learned.RouteIndex | None = None  # the index that scored the prompts (custom / eval50 sets)
     limited: bool = False  # only the first --limit records were evaluated: a subset even of the full sets
+    leave_out_markdown: str = ""  # the leave-out protocols (evals.router.heldout), with --learned
+    leave_out: list = field(default_factory=list)  # their evals.router.heldout.Protocol results
 
 
 def eval_price(*, model: str, on: dt.date | None = None) -> Price:
@@ -133,8 +135,8 @@ def router_eval_run(
     if with_learned:
         held_out = router_eval_learned_scores(items, full=dataset == "full", progress=progress)
         if held_out is not None:
-            scores, note, index = held_out
-            learned_attach(items, scores, config=config)
+            scores, note, index, abstained = held_out
+            learned_attach(items, scores, config=config, abstained=abstained)
     reports = evaluate(items, config=config, policy=policy)
     return RouterEvalRun(
         limited=limited,
@@ -176,7 +178,7 @@ def _embed_one_by_one(texts: list[str]) -> np.ndarray:
 
 def router_eval_learned_scores(
     items: list[EvalItem], *, full: bool, progress: bool = True
-) -> tuple[list[LearnedScore], str, learned.RouteIndex | None] | None:
+) -> tuple[list[LearnedScore], str, learned.RouteIndex | None, list[str | None]] | None:
     """Learned scores for the evaluated prompts from indexes that do not contain them; None without an index.
 
     - full sets: grouped k-fold cross-validation. Each fold's index is built by `RouteIndex.build` (PCA,
@@ -194,16 +196,20 @@ def router_eval_learned_scores(
         vectors = learned.prompts_embed(texts, progress=progress, cache_file=embedding_cache_file())
         gains = [i.strong_score - i.weak_score for i in items]
         bar = _bar(progress, "cross-validation folds", "fold", EVAL_FOLDS)
-        scores = learned.held_out_scores(
-            vectors, gains, keys, [learned.fold_of(key, EVAL_FOLDS) for key in keys], k=k, dims=dims, progress=bar
-        )
+        fold_scores: list[LearnedScore | None] = [None] * len(items)
+        abstained: list[str | None] = [None] * len(items)
+        folds = learned.held_out_indexes(vectors, gains, keys, [learned.fold_of(key, EVAL_FOLDS) for key in keys], k=k, dims=dims)
+        for test, fold_index in bar(folds):
+            for i in test:
+                fold_scores[i], abstained[i] = fold_index.score(vectors[i]), fold_index.abstains(vectors[i])
+        scores = [s for s in fold_scores if s is not None]
         note = (
             f"grouped {EVAL_FOLDS}-fold cross-validation over the {len(items)} prompts (folds by prompt hash, so a "
             f"duplicated prompt never straddles two folds); each fold's index (PCA, int8 vectors, calibration) is built by "
             f"`RouteIndex.build` from the other folds only, k = {k}, {dims} dimensions; the served index holds all of "
             f"these prompts and never scores them here"
         )
-        return scores, note, None
+        return scores, note, None, abstained
     if served is None:
         return None
     excluded = frozenset(keys)
@@ -214,12 +220,13 @@ def router_eval_learned_scores(
         _held_out_memo[:] = [(served, excluded, index)]
     vectors = _embed_one_by_one(texts)
     scores = [index.score(v) for v in vectors]
+    abstained = [index.abstains(v) for v in vectors]
     note = (
         f"the served index ({len(served)} prompts, `{learned.index_path()}`) minus the {len(served) - len(index)} "
         f"exemplars of the evaluated prompts, recalibrated on the other {len(index)} (only its label-free PCA axes "
         f"were fitted with those prompts among the {len(served)})"
     )
-    return scores, note, index
+    return scores, note, index, abstained
 
 
 def _bar(progress: bool, desc: str, unit: str, total: int):
@@ -298,6 +305,8 @@ def router_eval_write(
         command=command,
         learned_note=run.learned_note,
     )
+    if run.leave_out_markdown:
+        md += "\n" + run.leave_out_markdown
     if live:
         md += f"\n## End to end through the gateway\n\n{live['markdown']}\n"
     write_report(doc_path, md, subset=subset)
@@ -338,6 +347,10 @@ def router_eval_out_of_distribution(run: RouterEvalRun, *, progress: bool = True
         dims=dims,
         progress=_bar(progress, "out-of-distribution indexes", "set", len(sources)),
     )
+    from evals.router.heldout import leave_out_evaluate, leave_out_markdown
+
+    run.leave_out = leave_out_evaluate(items, vectors, k=k, dims=dims, progress=_bar(progress, "leave-out slices", "slice", 7))
+    run.leave_out_markdown = leave_out_markdown(run.leave_out, k=k, dims=dims)
     by_id = {i.id: score for i, score in zip(items, scores, strict=True)}
     threshold = run.policy.learned_threshold
     for report in run.reports:

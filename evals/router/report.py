@@ -240,7 +240,15 @@ def markdown_report(
     goal = "meets" if (best.apgr or 0) >= 0.60 else "misses"
     out.append(
         f"- On {label} (n = {head.n}), the best served policy is **{best.name}** with **APGR {best.apgr:.3f}** "
-        f"(random = 0.500, perfect = {head.result('perfect').apgr:.3f}): it {goal} the 0.60 goal. " + _reach_95(best, head) + "."
+        f"(random = 0.500, perfect = {head.result('perfect').apgr:.3f}): it {goal} the 0.60 goal. "
+        + _reach_95(best, head)
+        + "."
+        + (
+            " (The learned rows are the index's own vote on every prompt, k-fold held out; the gateway follows it only where "
+            "the index does not abstain, see the full chain and § Leave-out protocols.)"
+            if best.name.startswith("learned")
+            else ""
+        )
     )
     out.append(
         f"- The full chain of route `finops/{policy.name}` at its configured thresholds ({chain_text(policy, items, theta_c)}) "

@@ -8,6 +8,7 @@ DETECTORS = {
     "spike": lambda x: d.spike(x),
     "iqr": lambda x: d.iqr(x),
     "pattern": lambda x: d.pattern(x),
+    "level": lambda x: d.level(x),
     "combined": lambda x: d.combined(x)[0],
 }
 
@@ -96,6 +97,35 @@ def test_start_limits_the_work_without_changing_the_verdicts():
     tail = d.combined(x, start=780)[0]
     assert np.array_equal(full.flags[0, 780:], tail.flags[0, 780:])
     assert not tail.flags[0, :780].any()
+
+
+def test_level_is_the_naive_threshold_made_causal():
+    """z against the mean and σ of the trailing window, computed with running sums: equal to the direct sums."""
+    rng = np.random.default_rng(7)
+    x = 1000.0 + rng.normal(0, 5, 900)
+    x[100:110] = np.nan  # gaps are skipped, not zeros
+    params = d.LevelParams(window=200)
+    got = d.level(x, params)
+    for t in (30, 150, 450, 899):
+        past = x[max(0, t - 200) : t]
+        past = past[~np.isnan(past)]
+        expected = (x[t] - past.mean()) / max(past.std(), 0.05 * abs(past.mean()))
+        assert got.score[0, t] == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(got.score[0, 105])
+    tail = d.level(x, params, start=600)
+    np.testing.assert_allclose(tail.score[0, 600:], got.score[0, 600:])
+    assert np.isnan(tail.score[0, :600]).all()
+
+
+def test_before_a_season_the_combined_detector_needs_spike_and_level():
+    """In the first week (no hour-of-week baseline yet) a point must stand out from the last week's median
+    (spike) and from the mean of all the history there is (level); a new daily peak is neither."""
+    x = seasonal()[: 5 * 24]
+    assert flagged(d.combined(x)[0]) == []
+    y = with_spike(x, at=100, size=400)
+    assert flagged(d.combined(y)[0]) == [100]
+    strict = d.CombinedParams(level=d.LevelParams(threshold=1e6))
+    assert flagged(d.combined(y, strict)[0]) == []
 
 
 def test_series_are_detected_side_by_side():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,55 @@ def test_choose_hit_takes_the_first_candidate_above_the_threshold_that_the_guard
     assert choose_hit([(0.99, wrong), (0.91, right)], query, threshold=0.92).index is None
     assert choose_hit([(0.99, None)], query, threshold=0.92).rejections == ("unreadable",)
     assert choose_hit([(0.99, wrong)], query, threshold=0.92, use_guard=False).index == 0
+
+
+# --- argument structure: role and argument swaps ---------------------------------------------------------
+
+SWAPS = Path(__file__).resolve().parents[3] / "fixtures" / "cache_swaps" / "swaps.jsonl.gz"
+
+
+def _swap_pairs() -> list[dict]:
+    import gzip
+
+    with gzip.open(SWAPS, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def test_every_vendored_argument_swap_is_refused_whatever_the_similarity():
+    """The guard refuses each swap against its own origin, so no threshold can serve one (0 hits on the set)."""
+    rows = _swap_pairs()
+    assert len(rows) >= 300
+    served = [r for r in rows if guard_mismatch(guard_signature(r["swapped"]), guard_signature(r["origin"])) is None]
+    assert served == []
+    assert any(r["source"] == "issue #20" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (
+            "What is it like for a host to host a CouchSurfer with Asperger's?",
+            "What is it like for a couchsurfer to have a host with Asperger's?",
+        ),
+        ("Can a lawyer sue a doctor?", "Can a doctor sue a lawyer?"),
+        ("How does inflation affect unemployment?", "How does unemployment affect inflation?"),
+        ("Why do cats chase mice?", "Why do mice chase cats?"),
+        ("How do I convert json to yaml?", "How do I convert yaml to json?"),
+    ],
+)
+def test_a_role_swap_is_refused(a, b):
+    assert guard_mismatch(guard_signature(a), guard_signature(b)) == "swap"
+    assert guard_mismatch(guard_signature(a), guard_signature(a)) is None
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("What is the difference between a cat and a dog?", "What is the difference between a dog and a cat?"),
+        ("How does inflation affect unemployment?", "What is the effect of inflation on unemployment?"),
+        ("Python is used by Google.", "Google uses Python."),
+        ("The Datasets library can be used with TensorFlow.", "TensorFlow is compatible with the Datasets library."),
+    ],
+)
+def test_symmetric_reorderings_and_voice_changes_are_not_swaps(a, b):
+    assert guard_mismatch(guard_signature(a), guard_signature(b)) != "swap"

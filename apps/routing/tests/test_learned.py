@@ -116,6 +116,36 @@ def test_excluding_drops_the_prompts_and_recalibrates(tiny_index) -> None:
     assert len(smaller.calibration) == len(smaller)
 
 
+def test_the_index_abstains_far_from_its_exemplars_and_decides_near_them(tiny_index) -> None:
+    assert tiny_index.abstains(embed(HARD_QUERY)) is None
+    assert tiny_index.abstains(embed(EASY_QUERY)) is None
+    # Nothing like it among the exemplars: the k-th neighbour is less similar than the calibrated radius.
+    assert tiny_index.abstains(embed("List the ingredients of a classic Neapolitan pizza dough.")) == "far"
+
+
+def test_the_index_abstains_when_its_neighbours_disagree() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((200, 384)).astype(np.float32)
+    mixed = np.where(rng.random(200) < 0.5, 1.0, -1.0)  # labels unrelated to the vectors: no vote is decisive
+    keys = [learned.prompt_key(f"prompt {i}") for i in range(200)]
+    index = learned.RouteIndex.build(vectors, mixed, keys, k=50, dims=None)
+    reasons = [index.abstains(v) for v in vectors[:40]]
+    assert reasons.count("disagree") >= 35
+    # The same vectors with a clear vote (gain = the sign of one coordinate) decide.
+    clear = learned.RouteIndex.build(vectors, np.sign(vectors[:, 0]) * 1.0, keys, k=5, dims=None)
+    assert clear.abstains(vectors[0] * 3 + np.eye(384, dtype=np.float32)[0] * 40) is None
+
+
+def test_the_radius_survives_save_and_load_and_is_computed_for_older_files(tiny_index, tmp_path: Path) -> None:
+    path = tmp_path / "index.npz"
+    tiny_index.save(path)
+    assert learned.RouteIndex.load(path).radius == tiny_index.radius
+    with np.load(path) as data:
+        older = {name: data[name] for name in data.files if name != "radius"}
+    np.savez(tmp_path / "older.npz", **older)
+    assert learned.RouteIndex.load(tmp_path / "older.npz").radius == pytest.approx(tiny_index.radius, abs=1e-6)
+
+
 def test_held_out_indexes_never_contain_the_rows_they_score() -> None:
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((60, 384)).astype(np.float32)

@@ -127,7 +127,14 @@ def test_pinning_honoured_or_refused_per_org(seeded, make_tenant, fresh_breaker)
 @pytest.mark.django_db
 def test_named_route_and_tier_alias(seeded, make_tenant, fresh_breaker) -> None:
     tenant = make_tenant()
-    evalroute = select(ctx_for(tenant, "finops/eval", "What is 2 + 2?"))
+    # A GSM8K-like word problem: the index's neighbours agree (for "What is 2 + 2?" it abstains, complexity decides).
+    evalroute = select(
+        ctx_for(
+            tenant,
+            "finops/eval",
+            "Seth is twice as old as Brooke. In 2 years, the sum of their ages will be 28. How old is Seth?",
+        )
+    )
     assert evalroute.strategy == "learned"  # the eval route routes by the learned index (test_learned.py)
     assert [m for _, m in evalroute.chain] in (["mixtral-8x7b-instruct", "gpt-4-1106-preview"], ["gpt-4-1106-preview"])
     tier = select(ctx_for(tenant, "finops/premium", "hi"))

@@ -25,6 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-runbook", action="store_true", help="do not write the runbook")
         parser.add_argument("--replay", type=int, default=1500, metavar="N", help="requests in the workload replay (0: skip)")
         parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
+        parser.add_argument("--no-heldout", action="store_true", help="skip the held-out half and the argument-swap set")
 
     def handle(self, *args, **options):
         pairs, label = evaluation.load_pairs(options["pairs"], limit=options["limit"])
@@ -48,6 +49,16 @@ class Command(BaseCommand):
         if not options["no_runbook"]:
             write_report(options["runbook"], evaluation.runbook_markdown(result), subset=subset)
             self.stdout.write(f"wrote {options['runbook']}" + (" (subset section)" if subset else ""))
+        if not options["no_heldout"]:
+            from evals.cache import heldout
+
+            held = heldout.heldout_evaluate(pairs, embed=evaluation.local_embed, embedder=result.embedder)
+            self.stdout.write(
+                f"held out ({held.picked}, picked on the other half): precision {held.held_out.precision:.3f}, "
+                f"recall {held.held_out.recall:.3f}; swap hits {held.swaps_all.swap_hits}/{held.swaps_all.swaps}"
+            )
+            if subset is None and not options["no_runbook"]:
+                heldout.write_heldout_section(options["runbook"], held)
         replay = None
         if options["replay"]:
             replay = replay_workload(pairs, requests=options["replay"])

@@ -19,7 +19,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--full", action="store_true", help="use the full GSM8K + MMLU + MT-Bench sets (vendored in fixtures/routellm, or --data)"
+            "--full",
+            action="store_true",
+            help="use the full GSM8K + MMLU + MT-Bench sets (vendored in fixtures/routellm, or --data)",
         )
         parser.add_argument(
             "--full-if-available", action="store_true", help="--full when the RouteLLM data is found, else the 50 prompts"
@@ -66,6 +68,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if opts["learned"] and not opts["no_learned"]:
             router_eval_out_of_distribution(run, progress=not opts["no_progress"])
+            for protocol in run.leave_out:
+                for part in protocol.slices + ([protocol.pooled] if protocol.pooled else []):
+                    self.stdout.write(
+                        f"{protocol.name}, {part.name} (n = {part.n}): served APGR {part.served:.3f}, complexity "
+                        f"{part.complexity:.3f}, learned {part.learned:.3f}, abstained {part.abstained:.1%}"
+                    )
         live = None
         if opts["live"]:
             if not opts["api_key"]:

@@ -145,3 +145,17 @@ def test_a_subset_run_leaves_the_headline_alone(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Anomaly detection: evaluation\n\nHeadline: the full sets.\n")
     assert "## Subset run: NAB vendored subset (3 files) (not the headline figures)" in text
+
+
+def test_the_combined_detector_beats_grouped_naive_on_every_left_out_corpus():
+    """Leave one NAB corpus out (vendored in fixtures/nab/full): thresholds picked on the other corpora, scored
+    on the left-out one, against the naive threshold grouped exactly like the scan (same cooldown)."""
+    from evals.anomalies import heldout
+
+    root, _ = evaluation.nab_root(ROOT)
+    report = heldout.heldout_evaluate(root)
+    assert [f.corpus for f in report.folds] == list(heldout.HELDOUT_CORPORA)
+    assert report.cooldown == evaluation.scan_setting().cooldown
+    for fold in report.folds:
+        assert fold.combined.f1 >= fold.naive_grouped.f1 + heldout.MARGIN, fold
+    assert report.passes

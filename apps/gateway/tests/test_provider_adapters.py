@@ -19,6 +19,7 @@ from apps.ledger.models import ModelPrice
 from apps.ledger.money import quantize_usd
 from apps.ledger.pricing import cost_compute
 from apps.ledger.selectors import price_in_force
+from finops.tokens import prompt_token_bound
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -289,5 +290,6 @@ def test_a_priority_answer_from_an_openai_compatible_upstream_bills_at_the_rows_
     assert row.cost_usd == quantize_usd(mini_cost(row.prompt_tokens, row.completion_tokens) * Decimal("1.5")) > 0
     assert cost_seen == format(row.cost_usd, "f")
     # The request asked for priority: its reservation was priced with the multiplier too.
-    assert row.reserved_usd == quantize_usd(mini_cost(row.prompt_tokens, 20) * Decimal("1.5"))
+    bound = prompt_token_bound(kwargs["messages"])  # the reservation's prompt: an upper bound
+    assert row.reserved_usd == quantize_usd(mini_cost(bound, 20) * Decimal("1.5"))
     assert spent(budget, row.cost_usd) == row.cost_usd

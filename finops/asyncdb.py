@@ -139,6 +139,7 @@ class _Breaker:
     reason: str = ""
     trips: int = 0
     probe: asyncio.Task | None = None
+    overdue: int = 0  # queries past their deadline, still in their confirmation window
 
 
 def _breaker() -> _Breaker:
@@ -201,15 +202,20 @@ async def _probe(breaker: _Breaker) -> None:
         breaker.down_since = None
 
 
-async def reply_within(task: asyncio.Future, sent: list[float], timeout_s: float) -> bool:
+async def reply_within(
+    task: asyncio.Future, sent: list[float], timeout_s: float, give_up: Callable[[], bool] | None = None
+) -> bool | None:
     """Wait for `task` until `timeout_s` after `sent[0]` (the loop time the task appends when it sends its query;
     the wait starts counting only then). True when it finished. A deadline that passes is checked once more after
-    the loop has polled I/O again: on a busy loop the timer can fire before a reply already received is read."""
+    the loop has polled I/O again: on a busy loop the timer can fire before a reply already received is read.
+    Before the query is sent, every `timeout_s` of waiting asks `give_up()`; None when it said yes."""
     loop = asyncio.get_running_loop()
     while not task.done():
         remaining = (sent[0] + timeout_s - loop.time()) if sent else timeout_s
         if remaining > 0:
             await asyncio.wait({task}, timeout=remaining)
+            if not sent and not task.done() and give_up is not None and give_up():
+                return None
             continue
         for _ in range(GRACE_YIELDS):
             await asyncio.sleep(0)
@@ -272,6 +278,7 @@ async def query_bounded(
     pool: str = "default",
     trips: bool = True,
     acquire_timeout_ms: float | None = None,
+    on_late: Callable[[Any], None] | None = None,
 ) -> Any:
     """`conn.<method>(sql, *args)` (fetch, fetchrow, fetchval, execute) on the hot-path pool, bounded (see above).
 
@@ -281,6 +288,12 @@ async def query_bounded(
     `timeout` and `unavailable` mark the database down when `trips` (a query that is merely slow, like a vector search,
     passes trips=False). Errors the server answered with (a constraint, a lock timeout) propagate unchanged.
     Waiting for a pool connection is bounded by `acquire_timeout_ms` (default: the connect timeout), apart from it.
+
+    A query past its deadline is not abandoned at once: the caller has its answer (`timeout`), and the query gets
+    FINOPS_DB_CONFIRM_TIMEOUT_MS more to come back. If it does, the database is slow, not down — nothing is marked,
+    and `on_late(result)` may undo what the late query did (the budgets release the reservations nobody waited for).
+    If it does not, its connection is terminated and the database held for down (one slow reply on a loaded machine
+    must not fail every request of the next probe interval open).
     """
     if db_suspect():
         raise DatabaseUnavailable("suspect")
@@ -301,14 +314,17 @@ async def query_bounded(
     acquire_s = conf().asyncpg_connect_timeout_s if acquire_timeout_ms is None else acquire_timeout_ms / 1000
     task = asyncio.get_running_loop().create_task(_send(hot_pool, method, sql, args, sent, held, acquire_s))
     try:
-        answered = await reply_within(task, sent, timeout_s)
+        # Still waiting for a connection while another query is overdue or the database is held for down: the
+        # connections are stuck on a server that does not answer (a new one would hang connecting), not just busy.
+        answered = await reply_within(task, sent, timeout_s, give_up=lambda: db_suspect() or _breaker().overdue > 0)
     except BaseException:  # the request itself went away (CancelledError): do not leave its query behind
         abandon(task, held[0] if held else None)
         raise
-    if not answered:
+    if answered is None:
         abandon(task, held[0] if held else None)
-        if trips:
-            db_mark_down("timeout")
+        raise DatabaseUnavailable("suspect" if db_suspect() else "timeout")
+    if not answered:
+        _confirm_later(task, held, trips=trips, on_late=on_late)
         raise DatabaseUnavailable("timeout")
     exc = task.exception()
     if exc is None:
@@ -320,6 +336,33 @@ async def query_bounded(
             db_mark_down("unavailable")
         raise DatabaseUnavailable("unavailable") from exc
     raise exc
+
+
+def _confirm_later(task: asyncio.Future, held: list, *, trips: bool, on_late: Callable[[Any], None] | None) -> None:
+    breaker = _breaker()
+    breaker.overdue += 1
+
+    async def confirm() -> None:
+        try:
+            late = await reply_within(task, [asyncio.get_running_loop().time()], conf().db_confirm_timeout_ms / 1000)
+        finally:
+            breaker.overdue -= 1
+        if late:
+            if on_late is not None and not task.cancelled() and task.exception() is None:
+                try:
+                    on_late(task.result())
+                except Exception:
+                    logger.exception("undoing a late query's work failed")
+            return
+        abandon(task, held[0] if held else None)
+        if trips:
+            db_mark_down("timeout")
+
+    _abandoned.add(task)
+    task.add_done_callback(_consume)
+    watcher = asyncio.get_running_loop().create_task(confirm())
+    _abandoned.add(watcher)
+    watcher.add_done_callback(_abandoned.discard)
 
 
 async def call_bounded(coro: Awaitable[T], *, timeout_s: float) -> T:

@@ -59,11 +59,15 @@ class FinopsConf:
     asyncpg_command_timeout_s: float = 5.0
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 200
-    # Deadlines on the request path (finops.asyncdb.query_bounded), counted from when a query is sent: a query with
-    # no reply by then is abandoned and the database held for down — every request-path query then fails fast
+    # Deadlines on the request path (finops.asyncdb.query_bounded), counted from when a query is sent: past it the
+    # request degrades; a query still unanswered DB_CONFIRM_TIMEOUT_MS later is abandoned and the database held for
+    # down — every request-path query then fails fast
     # (stale key, no semantic tier, budget fail-open, rows to the outbox) until a probe every
     # DB_PROBE_INTERVAL_MS gets an answer within DB_PROBE_TIMEOUT_MS.
     db_query_timeout_ms: int = 100
+    # A query past its deadline (the request has degraded already) gets this much longer to answer before the
+    # database is held for down: a slow reply on a loaded machine is not an outage.
+    db_confirm_timeout_ms: int = 500
     db_probe_interval_ms: int = 250
     db_probe_timeout_ms: int = 1000
 

@@ -111,12 +111,12 @@ def _broken_reason(exc: BaseException) -> str:
     return "error"
 
 
-async def _query(method: str, sql: str, *args: Any, timeout_ms: int) -> Any:
+async def _query(method: str, sql: str, *args: Any, timeout_ms: int, on_late=None) -> Any:
     """One bounded round trip on the budgets' pool: BudgetUnavailable (fail open) or BudgetBroken (fail closed)."""
     try:
         # A connection of the budgets' own pool is free unless one is being (re)connected: waiting for it is bounded
         # by the connect timeout, apart from the deadline (finops.asyncdb.query_bounded).
-        return await query_bounded(method, sql, *args, timeout_ms=timeout_ms, pool="budgets")
+        return await query_bounded(method, sql, *args, timeout_ms=timeout_ms, pool="budgets", on_late=on_late)
     except DatabaseUnavailable as exc:
         raise BudgetUnavailable("unavailable" if exc.reason == "busy" else exc.reason) from exc
     except asyncpg.exceptions.LockNotAvailableError as exc:  # the server answered: a lock held past the deadline
@@ -178,11 +178,19 @@ async def reserve_many(items: list[_Reserve]) -> list[ReserveResult]:
         # `lock_timeout` (fail open, the database is up) instead of looking like a hung database.
         max(1, timeout_ms // 2),
         timeout_ms=timeout_ms,
+        on_late=_release_late,
     )
     by_index = {row["idx"]: row for row in rows}
     if len(by_index) != len(items):  # the function returns one row per request; be defensive anyway
         raise BudgetBroken("error")
     return [_result(by_index[n]) for n in range(1, len(items) + 1)]
+
+
+def _release_late(rows: list[asyncpg.Record]) -> None:
+    """A batch that answered after its requests had failed open: release what it reserved (nobody will settle it)."""
+    for row in rows:
+        if row["reservation_id"] is not None:
+            reservation_settle_later(reservation_id=row["reservation_id"], actual_usd=Decimal(0))
 
 
 class _ReserveQueue:

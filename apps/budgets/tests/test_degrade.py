@@ -4,9 +4,11 @@
   exactly what one-at-a-time reservations would have left.
 - A busy event loop is not a slow database: a reply that arrived while the loop was blocked past the deadline is
   read, not thrown away as a timeout (no fail-open).
-- Postgres hung (finops.testing.pgproxy holds every byte, as under SIGSTOP): the reserve fails open, and every
-  later request-path query of the loop fails fast (`suspect`) — keys from their last known state, the cache
-  policy bypassed — until the probe sees Postgres answer again.
+- Postgres hung (finops.testing.pgproxy holds every byte, as under SIGSTOP): the reserve fails open, and once the
+  query is still unanswered after the confirmation window every later request-path query of the loop fails fast
+  (`suspect`) — keys from their last known state, the cache policy bypassed — until the probe sees Postgres again.
+- Postgres only slow (the reply comes after the deadline, within the confirmation window): the request failed open,
+  the database is not held for down, and the reservation the late batch made is released.
 No timing is asserted; a hang is detected by outcome (each call returns, with its degraded answer).
 """
 
@@ -135,6 +137,9 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
         try:
             during = ctx_for(tenant, "0.01")
             await asyncio.wait_for(budget_reserve(during), 30)  # the deadline gives up; 30 s only means "not hung"
+            deadline = time.monotonic() + 30
+            while not db_suspect() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # still no answer after the confirmation window: held for down
             suspect_after_reserve = db_suspect()
             stale, revoked = await asyncio.wait_for(caller_for_secret(tenant.secret), 30)
             cache_policy_forget()
@@ -166,3 +171,40 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
     assert policy_reason == "suspect"  # no round trip while the database is held for down
     assert again.budget_state == "fail_open" and again.fail_open_reason == "suspect"
     assert after.budget_state == "ok" and row == 1  # Postgres answers again: back on the database path
+
+
+def test_a_late_reply_is_not_an_outage_and_its_reservation_is_released(make_tenant, make_budget, settings):
+    settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 50, "DB_CONFIRM_TIMEOUT_MS": 5000}
+    local_window.clear()
+    tenant = make_tenant(user="slow")
+    budget = make_budget(scope="org", tenant=tenant, cap="100.00")
+    proxy = PgProxy(pg_target(database_url()))
+
+    async def scenario():
+        from apps.budgets.hotpath import background_drain
+
+        await get_pool("budgets")
+        await budget_reserve(ctx_for(tenant, "0.01"))  # warm (its reservation stays: $0.01 reserved)
+        proxy.hang()
+        slow = ctx_for(tenant, "0.02")
+        task = asyncio.ensure_future(budget_reserve(slow))
+        await asyncio.wait_for(asyncio.shield(task), 30)  # failed open at the deadline…
+        proxy.resume()  # …and the batch answers afterwards, well within the confirmation window
+        deadline = time.monotonic() + 30
+        state_sql = "SELECT state FROM budget_reservations WHERE request_id = $1"
+        while await query_bounded("fetchval", state_sql, slow.request_id, timeout_ms=5000) != "settled":
+            assert time.monotonic() < deadline, "the late reservation was never released"
+            await asyncio.sleep(0.05)
+        await background_drain()
+        return slow, db_suspect()
+
+    try:
+        with through(proxy):
+            slow, suspect = run(scenario)
+    finally:
+        proxy.close()
+    assert slow.budget_state == "fail_open" and slow.fail_open_reason == "timeout"
+    assert suspect is False  # a late answer is a slow database, not a down one
+    late = Reservation.objects.get(request_id=slow.request_id)
+    assert late.state == "settled" and late.actual_usd == 0  # released: nobody was going to settle it
+    assert counter_of(budget).reserved_usd == Decimal("0.01")  # only the warm-up's reservation

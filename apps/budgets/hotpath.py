@@ -174,9 +174,7 @@ async def reserve_many(items: list[_Reserve]) -> list[ReserveResult]:
         [quantize_usd(max(i.amount_usd, Decimal(0))) for i in items],
         float(conf().budget_reservation_ttl_s),
         [i.over_downgrade for i in items],
-        # The server gives up on a held lock before the client gives up on the server: lock contention answers
-        # `lock_timeout` (fail open, the database is up) instead of looking like a hung database.
-        max(1, timeout_ms // 2),
+        _lock_timeout_ms(timeout_ms),
         timeout_ms=timeout_ms,
         on_late=_release_late,
     )
@@ -184,6 +182,13 @@ async def reserve_many(items: list[_Reserve]) -> list[ReserveResult]:
     if len(by_index) != len(items):  # the function returns one row per request; be defensive anyway
         raise BudgetBroken("error")
     return [_result(by_index[n]) for n in range(1, len(items) + 1)]
+
+
+def _lock_timeout_ms(timeout_ms: int) -> int:
+    """The server gives up on a held lock a little before the client gives up on the server: lock contention then
+    answers `lock_timeout` (the database is up) rather than looking like a hang — and not much sooner either, since
+    two workers' batches queueing on the org's counter row under load is not a reason to fail open."""
+    return max(1, timeout_ms // 2, timeout_ms - 10)
 
 
 def _release_late(rows: list[asyncpg.Record]) -> None:
@@ -307,7 +312,7 @@ async def reservation_settle_many(*, items: list[tuple[int, Decimal]], timeout_m
         timeout_ms = conf().budget_settle_timeout_ms
     ids = [reservation_id for reservation_id, _ in items]
     actuals = [quantize_usd(max(actual, Decimal(0))) for _, actual in items]
-    lock_timeout_ms = max(1, int(timeout_ms) // 2)  # the server answers first (see reserve_many)
+    lock_timeout_ms = _lock_timeout_ms(int(timeout_ms))
     row = await _query("fetchrow", _SETTLE_MANY_SQL, ids, actuals, lock_timeout_ms, timeout_ms=int(timeout_ms))
     return tuple(row[0] or ()) if row is not None else ()
 

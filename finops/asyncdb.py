@@ -129,6 +129,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, crash shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
 )
+_NO_ANSWER: tuple[type[BaseException], ...] = (TimeoutError, *OUTAGE_ERRORS)
 # Before a passed deadline counts, the loop polls I/O this many more times (a reply already read is not a timeout).
 GRACE_YIELDS = 3
 
@@ -302,7 +303,7 @@ async def query_bounded(
         # Creating the pool (the process's first query; the lifespan start-up does it before traffic) is bounded by
         # the connect timeout: connecting, and compiling the init hooks' functions, is not a query's round trip.
         hot_pool = await pool_within(conf().asyncpg_connect_timeout_s, pool)
-    except (TimeoutError, *OUTAGE_ERRORS) as exc:
+    except _NO_ANSWER as exc:
         if trips:
             db_mark_down("unavailable")
         raise DatabaseUnavailable("unavailable") from exc
@@ -326,16 +327,16 @@ async def query_bounded(
     if not answered:
         _confirm_later(task, held, trips=trips, on_late=on_late)
         raise DatabaseUnavailable("timeout")
-    exc = task.exception()
-    if exc is None:
+    error = task.exception()
+    if error is None:
         return task.result()
-    if isinstance(exc, TimeoutError) and not sent:
-        raise DatabaseUnavailable("busy") from exc
-    if isinstance(exc, (TimeoutError, *OUTAGE_ERRORS)):
+    if isinstance(error, TimeoutError) and not sent:
+        raise DatabaseUnavailable("busy") from error
+    if isinstance(error, _NO_ANSWER):
         if trips:
             db_mark_down("unavailable")
-        raise DatabaseUnavailable("unavailable") from exc
-    raise exc
+        raise DatabaseUnavailable("unavailable") from error
+    raise error
 
 
 def _confirm_later(task: asyncio.Future, held: list, *, trips: bool, on_late: Callable[[Any], None] | None) -> None:

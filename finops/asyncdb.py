@@ -157,9 +157,11 @@ async def _close_breaker(breaker: _Breaker) -> None:
 
 
 def db_suspect() -> bool:
-    """True while this loop holds the database for down (a request-path query went unanswered) and no probe has
-    had an answer since."""
-    return _breaker().down_since is not None
+    """True while this loop holds the database for down (a request-path query went unanswered past its confirmation
+    window, and no probe has had an answer since) — or while a query is overdue (past its deadline, unanswered, still
+    in its confirmation window): a new query would most likely wait out its whole deadline too."""
+    breaker = _breaker()
+    return breaker.down_since is not None or breaker.overdue > 0
 
 
 def db_mark_down(reason: str) -> None:
@@ -283,7 +285,8 @@ async def query_bounded(
 ) -> Any:
     """`conn.<method>(sql, *args)` (fetch, fetchrow, fetchval, execute) on the hot-path pool, bounded (see above).
 
-    Raises DatabaseUnavailable: `suspect` at once while the database is held for down; `timeout` when no reply came
+    Raises DatabaseUnavailable: `suspect` at once while the database is held for down or another query is overdue
+    (past its deadline, unanswered, in its confirmation window); `timeout` when no reply came
     `timeout_ms` (default FINOPS_DB_QUERY_TIMEOUT_MS) after the query was sent; `unavailable` when the server cannot be
     reached; `busy` when no pool connection was free within the deadline (local load: the database is not blamed).
     `timeout` and `unavailable` mark the database down when `trips` (a query that is merely slow, like a vector search,
@@ -296,7 +299,7 @@ async def query_bounded(
     If it does not, its connection is terminated and the database held for down (one slow reply on a loaded machine
     must not fail every request of the next probe interval open).
     """
-    if db_suspect():
+    if db_suspect():  # for a database that is merely slow, this lasts until the overdue query's late reply arrives
         raise DatabaseUnavailable("suspect")
     timeout_s = (timeout_ms if timeout_ms is not None else conf().db_query_timeout_ms) / 1000
     try:
@@ -317,7 +320,7 @@ async def query_bounded(
     try:
         # Still waiting for a connection while another query is overdue or the database is held for down: the
         # connections are stuck on a server that does not answer (a new one would hang connecting), not just busy.
-        answered = await reply_within(task, sent, timeout_s, give_up=lambda: db_suspect() or _breaker().overdue > 0)
+        answered = await reply_within(task, sent, timeout_s, give_up=db_suspect)
     except BaseException:  # the request itself went away (CancelledError): do not leave its query behind
         abandon(task, held[0] if held else None)
         raise

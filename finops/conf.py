@@ -149,7 +149,7 @@ class FinopsConf:
     cache_max_temperature: float = 0.7
     cache_semantic_top_k: int = 5
     # The nearest-neighbour query's deadline (a slow vector search skips the tier; it does not mark the database down).
-    cache_semantic_timeout_ms: int = 150
+    cache_semantic_timeout_ms: int = 100
     cache_settings_cache_s: float = 15.0
     cache_embedding_backend: str = "local"  # local | openai
     cache_embedding_model: str = ""  # empty: the default of the backend

@@ -26,6 +26,7 @@ from apps.budgets.hotpath import reserve_queue
 from apps.budgets.models import Reservation
 from apps.budgets.tests.conftest import counter_of, ctx_for, run
 from apps.gateway.stages import budget_reserve
+from apps.ledger.recorder import ledger_drain, ledger_record, row_new
 from conftest import test_database_url as database_url
 from finops.asyncdb import DatabaseUnavailable, close_pools, db_suspect, get_pool, query_bounded
 from finops.errors import BudgetExceeded
@@ -114,6 +115,7 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
         "API_KEY_CACHE_SECONDS": 0,  # every key lookup goes to the database (or its stale entry)
         "BUDGET_DECISION_MAX_MS": 1000,
         "BUDGET_LIMITER_TIMEOUT_MS": 200,
+        "LEDGER_INSERT_TIMEOUT_S": 0.5,
     }
     local_window.clear()
     tenant = make_tenant(user="hung")
@@ -147,6 +149,8 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
                 await asyncio.wait_for(cache_policy_for(org_id=tenant.org.id, model_class="gpt-4o-mini"), 30)
             again = ctx_for(tenant, "0.01")
             await asyncio.wait_for(budget_reserve(again), 30)
+            row = row_new(endpoint="chat_completions", org_id=tenant.org.id, status="served")
+            await asyncio.wait_for(ledger_record(row), 30)  # past LEDGER_INSERT_TIMEOUT_S: to the outbox
         finally:
             proxy.resume()
         deadline = time.monotonic() + 30
@@ -154,13 +158,14 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
             await asyncio.sleep(0.05)  # the probe sees Postgres answer again
         after = ctx_for(tenant, "0.01")
         await budget_reserve(after)
-        row = await query_bounded("fetchval", "SELECT 1")
+        one = await query_bounded("fetchval", "SELECT 1")
+        await ledger_drain()
         await close_pools()
-        return before, during, suspect_after_reserve, (stale, revoked), policy.value.reason, again, after, row
+        return before, during, suspect_after_reserve, (stale, revoked), policy.value.reason, again, after, one, row
 
     try:
         with through(proxy):
-            before, during, suspect, key, policy_reason, again, after, row = run(scenario)
+            before, during, suspect, key, policy_reason, again, after, one, row = run(scenario)
     finally:
         proxy.close()
 
@@ -170,7 +175,9 @@ def test_a_hung_database_fails_open_and_the_next_queries_fail_fast(make_tenant, 
     assert key[0] is not None and key[0].member_id == tenant.member.id and key[1] is False  # known key: last state
     assert policy_reason == "suspect"  # no round trip while the database is held for down
     assert again.budget_state == "fail_open" and again.fail_open_reason == "suspect"
-    assert after.budget_state == "ok" and row == 1  # Postgres answers again: back on the database path
+    assert after.budget_state == "ok" and one == 1  # Postgres answers again: back on the database path
+    outbox = redis_client.xrange(settings.FINOPS["LEDGER_OUTBOX_STREAM"])
+    assert any(str(row["request_id"]).encode() in fields[b"row"] for _, fields in outbox)  # the row waits in the outbox
 
 
 def test_a_late_reply_is_not_an_outage_and_its_reservation_is_released(make_tenant, make_budget, settings):

@@ -82,6 +82,16 @@ def replay_twice(ctx, result: Result) -> None:
         result.notes.append("FAIL: the second replay inserted rows")
 
 
+def fresh_fail_open_minute(ctx) -> None:
+    """Each outage scenario starts with the users' fail-open minute unused (the previous scenario's may still count)."""
+    import redis
+
+    client = redis.Redis.from_url(ctx["redis_url"])
+    keys = list(client.scan_iter("finops:budget:failopen:*"))
+    if keys:
+        client.delete(*keys)
+
+
 def scenario_postgres(ctx, args) -> Result:
     result = Result(f"Postgres unreachable for {args.outage:.0f} s mid-load")
     cut_at = min(args.duration / 4, 5.0)
@@ -89,6 +99,7 @@ def scenario_postgres(ctx, args) -> Result:
     events = [(cut_at, proxy.outage), (cut_at + args.outage, proxy.recover)]
     duration = max(args.duration, cut_at + args.outage + 5)
     result.fault = (cut_at, cut_at + args.outage)
+    fresh_fail_open_minute(ctx)
     asyncio.run(load(ctx["url"], ctx["keys"], model="gpt-4o-mini", duration=duration, concurrency=args.concurrency,
                      result=result, events=events))  # fmt: skip
     proxy.recover()
@@ -140,6 +151,7 @@ def scenario_pg_hang(ctx, args) -> Result:
         pg.thaw()
         window["end"] = time.time()
 
+    fresh_fail_open_minute(ctx)
     before = budget_histogram(ctx["url"])
     result.fault = (cut_at, cut_at + args.hang)
     try:

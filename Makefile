@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos soak tools clean
+.PHONY: help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos chaos-saturation soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -88,8 +88,11 @@ docs-check: install ## every figure in README.md and docs/ is generated or match
 drill: seed ## cost-incident drill: inject a runaway loop, run the scan, walk the runbook's queries (rolled back)
 	$(MANAGE) drill
 
-chaos: services tools ## chaos under load (Redis, upstream faults, Postgres down/hung, Celery and gateway workers killed); results to docs/reliability.md
+chaos: services tools ## chaos under load (Redis, upstream faults, Postgres down/hung, Celery and gateway workers killed, saturation); results to docs/reliability.md
 	$(PY) bench/chaos.py
+
+chaos-saturation: services tools ## healthy database, 2 workers, 64 connections for 60 s: 0 fail-open, 0 budget 429 (prints, does not write docs)
+	$(PY) bench/chaos.py --only saturation --no-write
 
 soak: services tools ## 10 minutes at 50 req/s: zero errors, zero lost rows, worker RSS growth <= 10 % (not part of make test)
 	$(PY) bench/chaos.py --soak 10 --rate 50

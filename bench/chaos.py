@@ -1,7 +1,7 @@
 """Chaos scenarios against a live gateway under load: nothing served may go unrecorded.
 
     .venv/bin/python bench/chaos.py [--duration 20] [--outage 15] [--hang 30] [--concurrency 16] [--users 4]
-                                    [--only redis,upstream,postgres,pg_hang,rollup,gateway_kill] [--no-write]
+                                    [--only redis,upstream,postgres,pg_hang,rollup,gateway_kill,saturation] [--no-write]
 
 Needs `redis-server` on PATH and the `pgserver` wheel (requirements.txt). Everything is started here and owned by
 this script, so nothing it breaks is shared: a Postgres 16 + pgvector of its own (pgserver, in a temp folder deleted
@@ -18,15 +18,21 @@ Scenarios (each asserts its outcome and `lost == 0`; the script exits non-zero o
                 and refuses new ones): requests keep being served (fail-open), rows go to the outbox, and after
                 recovery + `ledger_outbox_replay` every served request has exactly one row.
   pg_hang       Postgres hanging for --hang seconds: SIGSTOP on the private server's postmaster and every child
-                process (connections stay open, nothing answers), under an open-loop --hang-rate. Same outcome as
-                `postgres`, and the budget decisions made during the hang within 60 ms at p99 (the gateway's own
-                finops_budget_check_seconds histogram, scraped from /metrics; the maximum's bucket is reported).
+                process (connections stay open, nothing answers), under --concurrency clients (or an open-loop
+                --hang-rate). Same outcome as `postgres`, the budget decisions made during the hang within 60 ms at
+                p99 (the gateway's own finops_budget_check_seconds histogram, scraped from /metrics; the maximum's
+                bucket is reported), and the added end-to-end latency of the requests answered during the hang
+                p99 <= 150 ms, max <= 500 ms (against the p50 before the hang).
   rollup        A Celery worker killed (SIGKILL) mid-way through a rollup of --rollup-days days of seeded detail rows;
                 a re-run on a new worker gives summaries equal, to the last Decimal digit, to a fresh GROUP BY.
   gateway_kill  A 2-worker gateway with streams in flight: one uvicorn worker is SIGKILLed (not the supervisor).
                 Its clients get an error, uvicorn starts a new worker, and after the replay every request that got
                 a response has exactly one row (the cut streams from the dead worker's intent journal).
-Results go to docs/reliability.md (section between the CHAOS markers).
+  saturation    A healthy database, a 2-worker gateway and --saturation-concurrency connections for --saturation
+                seconds (more than 2 cores can serve): no request may fail open or get the fail-open limiter's 429;
+                overload may only show as 503 `overloaded` (apps.gateway.admission), counted apart.
+Every scenario with a fault window reports the end-to-end latency of the requests answered 200 during the fault
+(p50/p99/max), beside the p50 before it. Results go to docs/reliability.md (section between the CHAOS markers).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ load_env_file()
 RELIABILITY_MD = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- CHAOS:BEGIN -->", "<!-- CHAOS:END -->"
 
+from bench.chaos_saturation import scenario_saturation  # noqa: E402
 from bench.chaos_scenarios import (  # noqa: E402
     scenario_gateway_kill,
     scenario_pg_hang,
@@ -80,6 +87,7 @@ SCENARIOS = {
     "pg_hang": scenario_pg_hang,
     "rollup": scenario_rollup,
     "gateway_kill": scenario_gateway_kill,
+    "saturation": scenario_saturation,
 }
 
 
@@ -90,15 +98,19 @@ def markdown(results: list[Result], args) -> str:
         f"requests in flight (closed loop, aiohttp on loopback; {args.concurrency // 2} streams in the worker-kill "
         f"scenario), {args.users} users, mock LLM upstream, a private Postgres.",
         "",
-        "| scenario | duration | load held (req/s) | served | throttled by design | failed | recorded | duplicates | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | duration | load held (req/s) | served | throttled by design | failed | recorded | duplicates | lost "
+        "| answered 200 during the fault: p50 / p99 / max (ms) | p50 before it (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         c = {"load": f"{r.rps:.0f}", "served": r.served, "throttled": r.throttled, "failed": r.failed,
              "recorded": r.recorded, "duplicates": r.duplicates, **r.cells}  # fmt: skip
+        during, before = r.latency(), r.latency(during=False)
+        fault = f"{during['p50']:.0f} / {during['p99']:.0f} / {during['max']:.0f}" if during.get("n") else "—"
+        base = f"{before['p50']:.0f}" if before.get("n") else "—"
         lines.append(
             f"| {r.name} | {r.duration_s:.0f} s | {c['load']} | {c['served']} | {c['throttled']} | {c['failed']} "
-            f"| {c['recorded']} | {c['duplicates']} | **{r.lost}** |"
+            f"| {c['recorded']} | {c['duplicates']} | **{r.lost}** | {fault} | {base} |"
         )
     lines.append("")
     for r in results:
@@ -201,8 +213,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per scenario")
     parser.add_argument("--outage", type=float, default=15.0, help="seconds Postgres is unreachable")
-    parser.add_argument("--hang", type=float, default=30.0, help="seconds Postgres is frozen (SIGSTOP)")
-    parser.add_argument("--hang-rate", type=float, default=100.0, help="pg_hang: requests per second (open loop)")
+    parser.add_argument("--hang", type=float, default=20.0, help="seconds Postgres is frozen (SIGSTOP)")
+    parser.add_argument(
+        "--hang-rate",
+        type=float,
+        default=0.0,
+        help="pg_hang: requests per second, open loop (0: closed loop of --concurrency clients)",
+    )
+    parser.add_argument("--saturation", type=float, default=60.0, help="saturation: seconds of load")
+    parser.add_argument("--saturation-concurrency", type=int, default=64, help="saturation: connections")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--users", type=int, default=4, help="API keys (one user each) the load round-robins over")
     parser.add_argument("--rollup-days", type=int, default=30, help="rollup scenario: days of seeded detail rows")

@@ -29,6 +29,7 @@ def scenario_redis(ctx, args) -> Result:
         stop_process(ctx["redis"])
         result.notes.append(f"Redis stopped at t={cut_at:.0f}s for the rest of the run")
 
+    result.fault = (cut_at, args.duration)
     asyncio.run(load(ctx["url"], ctx["keys"], model="gpt-4o-mini", duration=args.duration, concurrency=args.concurrency,
                      result=result, events=[(cut_at, kill_redis)]))  # fmt: skip
     count_recorded(result)
@@ -44,6 +45,7 @@ def scenario_upstream(ctx, args) -> Result:
         ("timeout", {"error": "timeout", "rate": 0.3}),
         ("malformed JSON", {"error": "malformed", "rate": 0.3}),  # 200 OK with a body that is not JSON
     ]
+    result.fault = (0.0, args.duration / len(phases))  # each phase restarts the load's clock: every answer is in a fault
     for label, spec in phases:
         mock_faults(ctx["mock"], {"gpt-4o-mini": spec})
         asyncio.run(
@@ -80,12 +82,24 @@ def replay_twice(ctx, result: Result) -> None:
         result.notes.append("FAIL: the second replay inserted rows")
 
 
+def fresh_fail_open_minute(ctx) -> None:
+    """Each outage scenario starts with the users' fail-open minute unused (the previous scenario's may still count)."""
+    import redis
+
+    client = redis.Redis.from_url(ctx["redis_url"])
+    keys = list(client.scan_iter("finops:budget:failopen:*"))
+    if keys:
+        client.delete(*keys)
+
+
 def scenario_postgres(ctx, args) -> Result:
     result = Result(f"Postgres unreachable for {args.outage:.0f} s mid-load")
     cut_at = min(args.duration / 4, 5.0)
     proxy: PgProxy = ctx["proxy"]
     events = [(cut_at, proxy.outage), (cut_at + args.outage, proxy.recover)]
     duration = max(args.duration, cut_at + args.outage + 5)
+    result.fault = (cut_at, cut_at + args.outage)
+    fresh_fail_open_minute(ctx)
     asyncio.run(load(ctx["url"], ctx["keys"], model="gpt-4o-mini", duration=duration, concurrency=args.concurrency,
                      result=result, events=events))  # fmt: skip
     proxy.recover()
@@ -137,17 +151,28 @@ def scenario_pg_hang(ctx, args) -> Result:
         pg.thaw()
         window["end"] = time.time()
 
+    fresh_fail_open_minute(ctx)
     before = budget_histogram(ctx["url"])
+    result.fault = (cut_at, cut_at + args.hang)
     try:
-        # Open loop at a fixed rate: the decision is timed by the gateway, so the load must not queue requests behind
-        # each other in its event loop (a saturating closed loop measures the queue, not the decision).
+        # Closed loop of --concurrency clients by default; --hang-rate N makes it open loop at N requests a second.
         asyncio.run(load(ctx["url"], ctx["keys"], model="gpt-4o-mini", duration=cut_at + args.hang + 5, rate=args.hang_rate,
-                         concurrency=64, result=result, events=[(cut_at, freeze), (cut_at + args.hang, thaw)]))  # fmt: skip
+                         concurrency=64 if args.hang_rate else args.concurrency, result=result,
+                         events=[(cut_at, freeze), (cut_at + args.hang, thaw)]))  # fmt: skip
     finally:
         pg.thaw()  # never leave it frozen, whatever happened
     window.setdefault("end", time.time())
     during = sum(cut_at <= t < cut_at + args.hang for t in result.served_at)
     result.notes.append(f"{during} request(s) served while Postgres hung (fail-open within the per-user limit)")
+    base, hung = result.latency(during=False), result.latency()
+    if base.get("n") and hung.get("n"):
+        added_p99, added_max = hung["p99"] - base["p50"], hung["max"] - base["p50"]
+        within = added_p99 <= 150 and added_max <= 500
+        result.notes.append(
+            f"{'' if within else 'FAIL: '}added latency of the requests answered 200 during the hang (end to end, minus "
+            f"the p50 of {base['p50']:.1f} ms before it): p99 {added_p99:.0f} ms, max {added_max:.0f} ms "
+            f"({'within' if within else 'over'} the bounds of 150 and 500 ms)"
+        )
     after = budget_histogram(ctx["url"])
     time.sleep(3)  # the gateway's writer flushes what it still holds
     replay_twice(ctx, result)

@@ -107,6 +107,15 @@ def prepare_database(users: int = 1) -> list[str]:
         CacheSettings.objects.update_or_create(org=org, defaults={"enabled": True, "semantic_enabled": False})
     except Exception as exc:
         print(f"note: could not turn the semantic cache off ({exc})")
+    from decimal import Decimal
+
+    from apps.budgets.models import Budget
+    from apps.budgets.services import budget_create
+
+    if not Budget.objects.filter(org=org, scope=Budget.Scope.ORG, active=True).exists():
+        # A budget that is never reached: every request takes the reservation round trip, as in production.
+        budget_create(budget=Budget(scope=Budget.Scope.ORG, org=org, period="monthly", cap_usd=Decimal("1000000"),
+                                    action="block", soft_pct=[80]))  # fmt: skip
     return [api_key_create(member=member, name="chaos").secret for member in members]
 
 
@@ -149,6 +158,23 @@ class Result:
     served_at: list[float] = field(default_factory=list)  # seconds since the load started
     cells: dict[str, str] = field(default_factory=dict)  # table cells of a scenario that is not a request load
     lost_override: int | None = None
+    # Every answer: (seconds since the load started when it was sent, end-to-end seconds, HTTP status).
+    answers: list[tuple[float, float, int]] = field(default_factory=list)
+    fault: tuple[float, float] | None = None  # the fault's window, in seconds since the load started
+
+    def latency(self, *, during: bool = True, status: int | None = 200) -> dict[str, float]:
+        """p50/p99/max (ms) and count of the answers sent during the fault window (or before it, during=False)."""
+        if self.fault is None:
+            return {}
+        start, end = self.fault
+        picked = sorted(
+            latency * 1000
+            for sent, latency, code in self.answers
+            if (status is None or code == status) and ((start <= sent < end) if during else sent < start)
+        )
+        if not picked:
+            return {"n": 0}
+        return {"n": len(picked), "p50": quantile(picked, 0.5), "p99": quantile(picked, 0.99), "max": picked[-1]}
 
     @property
     def lost(self) -> int:
@@ -157,6 +183,11 @@ class Result:
     @property
     def rps(self) -> float:
         return (self.served + self.failed + self.throttled) / self.duration_s if self.duration_s else 0.0
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of an ascending list."""
+    return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 1)) - 1))]
 
 
 async def load(url: str, keys: list[str], *, model: str, duration: float, concurrency: int, result: Result, events=(),
@@ -173,9 +204,11 @@ async def load(url: str, keys: list[str], *, model: str, duration: float, concur
     async def one(session: aiohttp.ClientSession, n: int) -> None:
         body = {"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": f"chaos {uuid.uuid4().hex} #{n}: hi"}]}
         key = keys[n % len(keys)]
+        sent = time.monotonic()
         try:
             async with session.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
                 await resp.read()
+                result.answers.append((sent - started, time.monotonic() - sent, resp.status))
                 if resp.status == 200:
                     result.served += 1
                     result.request_ids.append(resp.headers["x-request-id"])

@@ -52,7 +52,7 @@ class FinopsConf:
     api_key_cache_seconds: int = 30
     # Postgres unreachable: a key resolved within this window keeps its last known state (stale-if-error).
     api_key_stale_seconds: int = 900
-    api_key_revalidate_timeout_ms: int = 500
+    api_key_revalidate_timeout_ms: int = 100
     # ApiKey.rate_limit_per_minute (0 = unlimited): a Redis sliding window, in-process when Redis is down.
     api_key_rate_limit_timeout_ms: int = 20
     # Known keys (and keys seen revoked) kept per process, least recently used evicted first. Unknown keys live in a
@@ -88,6 +88,17 @@ class FinopsConf:
     asyncpg_command_timeout_s: float = 5.0
     redis_timeout_s: float = 0.25
     redis_max_connections: int = 200
+    # Deadlines on the request path (finops.asyncdb.query_bounded), counted from when a query is sent: past it the
+    # request degrades; a query still unanswered DB_CONFIRM_TIMEOUT_MS later is abandoned and the database held for
+    # down — every request-path query then fails fast
+    # (stale key, no semantic tier, budget fail-open, rows to the outbox) until a probe every
+    # DB_PROBE_INTERVAL_MS gets an answer within DB_PROBE_TIMEOUT_MS.
+    db_query_timeout_ms: int = 100
+    # A query past its deadline (the request has degraded already) gets this much longer to answer before the
+    # database is held for down: a slow reply on a loaded machine is not an outage.
+    db_confirm_timeout_ms: int = 500
+    db_probe_interval_ms: int = 250
+    db_probe_timeout_ms: int = 1000
 
     # --- anomalies: severity needs both the dollar and the percentage bar --------------------------------
     anomaly_warning_usd: Decimal = Decimal("10")
@@ -135,6 +146,10 @@ class FinopsConf:
     # and this many events; only a stream that ends without usage is billed from our upper-bound count (estimated).
     gateway_abandoned_drain_s: float = 30.0
     gateway_abandoned_drain_max_events: int = 100_000
+    # Load shedding (apps.gateway.admission): past this many requests in flight in one worker, a new /v1 request is
+    # answered 503 `overloaded` with Retry-After: GATEWAY_SHED_RETRY_AFTER_S (0 turns shedding off).
+    gateway_max_in_flight: int = 256
+    gateway_shed_retry_after_s: int = 1
     # Prices and providers are cached in each process and reloaded in the background this often.
     gateway_catalog_cache_seconds: float = 60.0
     # Model names that mean "let the router choose" (no price of their own); a trailing * is a prefix.
@@ -166,6 +181,8 @@ class FinopsConf:
     cache_max_ttl_s: int = 30 * 86400
     cache_max_temperature: float = 0.7
     cache_semantic_top_k: int = 5
+    # The nearest-neighbour query's deadline (a slow vector search skips the tier; it does not mark the database down).
+    cache_semantic_timeout_ms: int = 100
     cache_settings_cache_s: float = 15.0
     cache_embedding_backend: str = "local"  # local | openai
     cache_embedding_model: str = ""  # empty: the default of the backend
@@ -188,11 +205,16 @@ class FinopsConf:
     cache_semantic_store_queue: int = 256
 
     # --- budgets -----------------------------------------------------------------------------------------
-    # The reserve must answer within BUDGET_TIMEOUT_MS (pool acquire + query), else the request fails open:
+    # The reserve must answer within BUDGET_TIMEOUT_MS of being sent (queueing in the worker does not count), else the
+    # request fails open:
     # a per-user limiter of BUDGET_FAIL_OPEN_RPM (Redis, in-process if Redis is down too) and max_tokens
     # clamped to BUDGET_FAIL_OPEN_MAX_TOKENS.
     budget_timeout_ms: int = 50
     budget_settle_timeout_ms: int = 500
+    # The reservations waiting in one worker go out as one round trip (budget_reserve_many), at most this many;
+    # the budgets' own pool keeps that round trip from queueing behind the shared pool.
+    budget_reserve_batch_max: int = 200
+    budget_pool_max: int = 4
     budget_reservation_ttl_s: int = 900
     budget_fail_open_rpm: int = 30
     budget_fail_open_max_tokens: int = 256

@@ -2,7 +2,8 @@
 
 A sliding window (not fixed buckets, which let 2N through across a minute boundary), kept in Redis
 so that every gateway worker shares it; when Redis is unreachable, each process falls back to an
-in-process window of the same size (so the bound becomes N per process: still bounded).
+in-process window of the same size (so the bound becomes N per process: still bounded). The in-process window also counts what Redis admitted, so a
+process that falls back mid-minute keeps counting the same minute.
 
 Core, because more than one app limits requests with it (STYLE.md §11: siblings never import each other):
 - budgets' fail-open limiter (`apps.budgets.limiter.fail_open_admit`): while the budget database is
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from finops.asyncdb import abandon, reply_within
 from finops.asyncredis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,30 @@ return {1, n + 1}
 """
 
 
+# A request the in-process window admitted (Redis too slow or down) is added to the Redis window afterwards, off the
+# request path: the shared minute then counts it too. The token is the member, so an abandoned call that did reach
+# Redis is not counted twice.
+_ADD_LUA = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) / 1000))
+return 1
+"""
+_later: set[asyncio.Task] = set()
+
+
+def _count_in_redis_later(key: str, token: str, window_s: float) -> None:
+    async def add() -> None:
+        try:
+            await get_redis().eval(_ADD_LUA, 1, key, int(window_s * 1_000_000), token)
+        except Exception as exc:  # noqa: BLE001 - Redis down: the in-process window holds the bound meanwhile
+            logger.debug("limiter: could not add a local admission to Redis: %r", exc)
+
+    task = asyncio.get_running_loop().create_task(add())
+    _later.add(task)
+    task.add_done_callback(_later.discard)
+
+
 class LocalWindow:
     """Per-process sliding window, the last resort when Redis is down as well."""
 
@@ -69,6 +95,20 @@ class LocalWindow:
                 return False
             hits.append(now)
             return True
+
+    def record(self, key: str, *, window_s: float = WINDOW_S) -> None:
+        """Count a request Redis admitted: if this process falls back to its own window (Redis slow or down), the
+        requests Redis already let through this minute still count — the user's minute is not split in two."""
+        now = time.monotonic()
+        with self._lock:
+            hits = self._hits.get(key)
+            if hits is None:
+                if len(self._hits) >= self.MAX_KEYS:
+                    self._prune(now, window_s)
+                hits = self._hits[key] = deque()
+            while hits and hits[0] <= now - window_s:
+                hits.popleft()
+            hits.append(now)
 
     def retry_after(self, key: str, *, window_s: float = WINDOW_S) -> float:
         """Seconds until the oldest request of the window leaves it (0 for an empty window)."""
@@ -109,15 +149,28 @@ async def window_admit(*, key: str, limit: int, token: str, timeout_s: float, wi
     """
     try:
         client = get_redis()
-        result = await asyncio.wait_for(
-            client.eval(_SLIDING_WINDOW_LUA, 1, key, int(window_s * 1_000_000), limit, token), timeout_s
-        )
+        sent: list[float] = []
+
+        async def call():
+            sent.append(asyncio.get_running_loop().time())
+            return await client.eval(_SLIDING_WINDOW_LUA, 1, key, int(window_s * 1_000_000), limit, token)
+
+        # The timeout counts from the call's sending, and a reply that a busy loop has not read yet is not a timeout
+        # (finops.asyncdb.reply_within): local load must not push the count into the in-process window.
+        task = asyncio.ensure_future(call())
+        if not await reply_within(task, sent, timeout_s):
+            abandon(task)
+            raise TimeoutError
+        result = task.result()
         admitted = bool(result[0])
+        if admitted:
+            local_window.record(key, window_s=window_s)
         return Admission(admitted, "redis", 0.0 if admitted else max(int(result[2]), 0) / 1_000_000)
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("limiter: Redis unavailable (%s); using the in-process window", type(exc).__name__)
     except Exception:  # whatever broke, a limiter must still answer, and stay bounded
         logger.exception("limiter: Redis call failed; using the in-process window")
     if local_window.admit(key, limit=limit, window_s=window_s):
+        _count_in_redis_later(key, token, window_s)
         return Admission(True, "local")
     return Admission(False, "local", local_window.retry_after(key, window_s=window_s))

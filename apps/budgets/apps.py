@@ -7,8 +7,8 @@ class BudgetsConfig(AppConfig):
     verbose_name = "Budgets"
 
     def ready(self) -> None:
+        from apps.budgets.hotpath import budget_connection_warm
         from apps.budgets.metrics import budget_utilisation
-        from apps.budgets.services import budget_connection_warm
         from finops.asyncdb import register_connection_init
         from finops.metrics import register_scrape_collector
 

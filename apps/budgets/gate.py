@@ -1,15 +1,18 @@
 """The budget decision of one request (stage 7) and its settlement, as typed functions of values.
 
 - `budget_reserve(caller=…, request_id=…, amount_usd=…)` reserves the estimate against the caller's user,
-  team and org caps in one asyncpg round trip (`budget_reserve` SQL function) and returns a
+  team and org caps — the reservations waiting in this worker share one asyncpg round trip
+  (`budget_reserve_many`, apps.budgets.hotpath) — and returns a
   `BudgetDecision`. It raises finops.errors.BudgetExceeded (429) for a block and RateLimited for the
   fail-open limiter (BudgetDegradedRateLimited). A downgrade budget that refuses returns `state="downgrade"`: the caller re-routes to
   the cheapest tier (the router's job, not ours), re-estimates and calls again with `over_downgrade=True`,
   or raises `budget_exceeded(decision, amount_usd=…, note=…)` when there is nothing cheaper.
 - An error that is not an outage (missing function or table, permission, constraint): `services.BudgetBroken`
   is raised, counted in finops_budget_fail_closed_total; the gateway answers 503 `budget_unavailable`.
-- No answer within FINOPS["BUDGET_TIMEOUT_MS"], or the database unreachable: fail open under the per-user limiter; the decision carries
-  `max_tokens_cap` (FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]) for the caller to apply.
+- No answer within FINOPS["BUDGET_TIMEOUT_MS"] of the round trip being *sent*, the database unreachable, or held for
+  down by another request-path query (finops.asyncdb.db_suspect): fail open under the per-user limiter; the decision
+  carries `max_tokens_cap` (FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]) for the caller to apply. Time spent queued in a busy
+  worker never fails open: that is local load, shed by apps.gateway.admission with a 503, never a budget 429.
 - `budget_settle(reservation_id=…, actual_usd=…)` hands the settle to the per-loop batcher; never raises.
 - `budget_topup(caller=…, request_id=…, amount_usd=…)` reserves more for a request that already holds a
   reservation, before an escalation or a fallback to a pricier model: a second reservation under the same
@@ -30,8 +33,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.budgets import metrics
-from apps.budgets.limiter import fail_open_admit
-from apps.budgets.services import (
+from apps.budgets.hotpath import (
     BudgetBroken,
     BudgetUnavailable,
     ReserveResult,
@@ -39,6 +41,7 @@ from apps.budgets.services import (
     reservation_create,
     reservation_settle_later,
 )
+from apps.budgets.limiter import fail_open_admit
 from apps.ledger.money import ZERO, quantize_usd
 from apps.tenancy.types import Caller
 from finops.errors import BudgetDegradedRateLimited, BudgetExceeded, FinopsError
@@ -87,7 +90,7 @@ async def budget_reserve(
         raise
     except BudgetUnavailable as exc:
         try:
-            return await _fail_open(caller, request_id=request_id, reason=exc.reason, started=started)
+            return await _fail_open(caller, request_id=request_id, reason=exc.reason)
         finally:
             metrics.BUDGET_CHECK_SECONDS.labels(path="fail_open").observe(time.perf_counter() - started)
     metrics.BUDGET_CHECK_SECONDS.labels(path="db").observe(time.perf_counter() - started)
@@ -170,7 +173,7 @@ def budget_exceeded(result: ReserveResult, *, amount_usd: Decimal, note: str = "
 
 
 async def budget_settle(*, reservation_id: Any, actual_usd: Decimal) -> None:
-    """Hand the settle to the per-loop batcher (see services._SettleQueue): it runs after the response anyway."""
+    """Hand the settle to the per-loop batcher (see hotpath._SettleQueue): it runs after the response anyway."""
     if reservation_id is None:
         return
     try:
@@ -180,10 +183,14 @@ async def budget_settle(*, reservation_id: Any, actual_usd: Decimal) -> None:
         logger.exception("budget settle of reservation %s not queued", reservation_id)
 
 
-async def _fail_open(caller: Caller, *, request_id: uuid.UUID, reason: str, started: float) -> BudgetDecision:
-    # The decision as a whole must end by BUDGET_DECISION_MAX_MS: the Redis limiter gets what is left (≥ 1 ms).
-    left_s = started + settings.FINOPS["BUDGET_DECISION_MAX_MS"] / 1000 - time.perf_counter()
-    timeout_s = min(settings.FINOPS["BUDGET_LIMITER_TIMEOUT_MS"] / 1000, max(left_s, 0.001))
+async def _fail_open(caller: Caller, *, request_id: uuid.UUID, reason: str) -> BudgetDecision:
+    # The decision ends within BUDGET_DECISION_MAX_MS of the round trip's sending: the Redis limiter gets what the
+    # reserve's deadline leaves of it (at most its own timeout), counted from its own sending too (finops.limiter).
+    # Not "what is left since the request arrived": time queued in a busy worker would squeeze it to nothing, and
+    # under load the user's minute would be split between Redis and the in-process window.
+    cfg = settings.FINOPS
+    left_ms = cfg["BUDGET_DECISION_MAX_MS"] - (0 if reason == "suspect" else cfg["BUDGET_TIMEOUT_MS"])
+    timeout_s = min(cfg["BUDGET_LIMITER_TIMEOUT_MS"], max(left_ms, 1)) / 1000
     admitted, limiter = await fail_open_admit(
         org_id=caller.org_id, member_id=caller.member_id, token=str(request_id), timeout_s=timeout_s
     )

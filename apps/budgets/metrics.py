@@ -19,7 +19,7 @@ BUDGET_FAIL_OPEN = Counter(
         "reason",
         "limiter",
         "outcome",
-    ],  # reason: timeout|lock_timeout|unavailable|error; limiter: redis|local; outcome: allowed|limited
+    ],  # reason: timeout|lock_timeout|unavailable|suspect|error; limiter: redis|local; outcome: allowed|limited
 )
 BUDGET_FAIL_CLOSED = Counter(
     "finops_budget_fail_closed_total",

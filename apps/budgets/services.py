@@ -1,346 +1,35 @@
-"""Budget writes.
-
-Hot path (async, asyncpg, no ORM): `reservation_create` and `reservation_settle`, each ONE call of a
-SQL function from migration 0002, bounded by a deadline that covers pool acquisition and the query.
-
-Admin and beat (sync, ORM): `budget_create` / `budget_update` (which keep the history),
+"""Budget writes of the admin and beat (sync, ORM): `budget_create` / `budget_update` (which keep the history),
 `reservation_sweep`, `budget_reconcile` and `budget_alert_dispatch`.
+
+The request path's writes (reserve and settle, async, batched per event loop) are in `apps.budgets.hotpath`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from apps.alerts.services import alert_dispatch
+from apps.budgets.hotpath import (  # noqa: F401 - the hot path's names that callers outside budgets import from here
+    BudgetBroken,
+    BudgetUnavailable,
+    background_drain,
+    budget_connection_warm,
+    reservation_create,
+    reservation_settle,
+)
 from apps.budgets.models import Budget, BudgetAlert, BudgetChange
 from apps.ledger.money import CAP_DECIMAL_PLACES, quantize_usd
 from finops import clock
-from finops.asyncdb import get_pool
 from finops.conf import conf
-from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
-
-# --- hot path -------------------------------------------------------------------------------------
-
-
-class BudgetUnavailable(Exception):
-    """The budget database did not answer in time or at all; the caller fails open."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason  # timeout | lock_timeout | unavailable | error (a bounded metric label)
-
-
-class BudgetBroken(Exception):
-    """The budget database answered with an error that is not an outage: a function or table missing after a bad
-    migration, a permission or constraint error. The caller fails closed (not open): a bug must not lift the caps."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason  # undefined_function | undefined_table | permission | constraint | schema | error
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveResult:
-    decision: str  # none | ok | soft | block | downgrade
-    reservation_id: int | None
-    remaining_usd: Decimal | None
-    budget_count: int
-    limit_budget_id: int | None = None
-    limit_scope: str | None = None
-    limit_label: str | None = None
-    limit_period: str | None = None
-    limit_cap_usd: Decimal | None = None
-    limit_spent_usd: Decimal | None = None
-    limit_reserved_usd: Decimal | None = None
-    alert_ids: tuple[int, ...] = ()
-
-
-_RESERVE_SQL = "SELECT * FROM budget_reserve($1, $2, $3, $4, $5, $6, $7, $8)"
-_SETTLE_MANY_SQL = "SELECT budget_settle_many($1::bigint[], $2::numeric[], $3)"
-SETTLE_BATCH_MAX = 500
-
-# Strong references to fire-and-forget tasks (connection releases, alert dispatch): asyncio keeps only weak ones.
-_background: set[asyncio.Task] = set()
-
-
-def _spawn(coro) -> asyncio.Task:
-    task = asyncio.get_running_loop().create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
-
-
-async def background_drain(timeout: float = 5.0) -> None:
-    """Wait for this loop's queued settles, connection releases and alert dispatches (tests, shutdown)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:  # a finishing task may start another (a settle raises an alert)
-        pending = [t for t in _background if not t.done() and t.get_loop() is loop]
-        remaining = deadline - loop.time()
-        if not pending or remaining <= 0:
-            return
-        await asyncio.wait(pending, timeout=remaining)
-
-
-async def _release_after_failure(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
-    # After a timeout the connection is still cancelling its query (asyncpg sends a cancel request);
-    # release waits for that, and terminates the connection itself if it takes longer than this.
-    try:
-        await pool.release(conn, timeout=5.0)
-    except Exception as exc:  # terminated by asyncpg; the pool reconnects on a later acquire
-        logger.debug("budget connection dropped on release: %r", exc)
-
-
-async def _pool(timeout_s: float) -> asyncpg.Pool:
-    """The shared pool, waited for at most `timeout_s`.
-
-    Creating the pool (connecting to a hung server) can take up to the connect timeout; it runs as
-    its own task, shielded, so a request that stops waiting does not abort it half-way.
-    """
-    rt = runtime()
-    task = rt.get("budgets.pool_task")
-    stale = task is None
-    if not stale and task.done():
-        stale = task.cancelled() or task.exception() is not None or task.result().is_closing()
-    if stale:
-        task = rt.put("budgets.pool_task", asyncio.get_running_loop().create_task(get_pool()))
-    return await asyncio.wait_for(asyncio.shield(task), timeout_s)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
-        return "lock_timeout"
-    if isinstance(exc, (TimeoutError, asyncpg.exceptions.QueryCanceledError)):
-        return "timeout"
-    if isinstance(exc, _OUTAGE):
-        return "unavailable"
-    return "error"
-
-
-# The database cannot be reached or cannot take the query now: the only errors, with timeouts, that fail open.
-_OUTAGE = (
-    OSError,
-    asyncpg.exceptions.PostgresConnectionError,  # class 08
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, crash shutdown, cannot connect now
-    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
-)
-
-
-def _broken_reason(exc: BaseException) -> str:
-    """A bounded label for an error that fails closed."""
-    if isinstance(exc, asyncpg.exceptions.UndefinedFunctionError):
-        return "undefined_function"
-    if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
-        return "undefined_table"
-    if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError):
-        return "permission"
-    if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
-        return "constraint"
-    if isinstance(exc, asyncpg.exceptions.SyntaxOrAccessError):
-        return "schema"
-    return "error"
-
-
-def _unavailable_or_broken(exc: Exception) -> Exception:
-    reason = _reason(exc)
-    return BudgetBroken(_broken_reason(exc)) if reason == "error" else BudgetUnavailable(reason)
-
-
-async def _fetchrow_bounded(sql: str, *args: Any, timeout_ms: int) -> asyncpg.Record | None:
-    """One query on the hot-path pool; the deadline covers pool creation, acquire and the query.
-
-    An `asyncio.timeout` around `async with pool.acquire()` would not do: once it fired, the context
-    exit awaits `release()`, which waits for the cancelled query, which waits for the hung server.
-    Releasing happens in the background instead, so the caller gets its answer at the deadline.
-    """
-    loop = asyncio.get_running_loop()
-    timeout_s = timeout_ms / 1000
-    deadline = loop.time() + timeout_s
-    try:
-        pool = await _pool(timeout_s)
-        conn = await pool.acquire(timeout=max(deadline - loop.time(), 0.0005))
-    except Exception as exc:
-        raise _unavailable_or_broken(exc) from exc
-    try:
-        row = await conn.fetchrow(sql, *args, timeout=max(deadline - loop.time(), 0.0005))
-    except BaseException as exc:
-        _spawn(_release_after_failure(pool, conn))
-        if isinstance(exc, Exception):
-            if _reason(exc) == "error":
-                logger.exception("budget query failed (reserves fail closed; settles are left to sweep and reconcile)")
-            raise _unavailable_or_broken(exc) from exc
-        raise  # CancelledError: the request itself went away
-    await pool.release(conn)  # immediate: finops.asyncdb's pool runs no reset query
-    return row
-
-
-async def reservation_create(
-    *,
-    org_id: int,
-    team_id: int,
-    member_id: int,
-    request_id: uuid.UUID,
-    amount_usd: Decimal,
-    over_downgrade: bool = False,
-    timeout_ms: int | None = None,
-) -> ReserveResult:
-    """Reserve `amount_usd` against every active budget of the user, its team and its org, or refuse.
-
-    All levels are checked and reserved in one SQL call with the counter rows locked in id order:
-    either every level takes the reservation or none does. `over_downgrade` means the request was
-    already moved to the cheapest tier, so downgrade budgets no longer refuse it (block budgets still do).
-    Raises BudgetUnavailable when the database does not answer within the deadline.
-    """
-    if timeout_ms is None:
-        timeout_ms = conf().budget_timeout_ms
-    row = await _fetchrow_bounded(
-        _RESERVE_SQL,
-        org_id,
-        team_id,
-        member_id,
-        request_id,
-        quantize_usd(max(amount_usd, Decimal(0))),
-        float(conf().budget_reservation_ttl_s),
-        over_downgrade,
-        int(timeout_ms),
-        timeout_ms=timeout_ms,
-    )
-    if row is None:  # the function always returns one row; be defensive anyway
-        raise BudgetBroken("error")
-    return ReserveResult(
-        decision=row["decision"],
-        reservation_id=row["reservation_id"],
-        remaining_usd=row["remaining_usd"],
-        budget_count=row["budget_count"],
-        limit_budget_id=row["limit_budget_id"],
-        limit_scope=row["limit_scope"],
-        limit_label=row["limit_label"],
-        limit_period=row["limit_period"],
-        limit_cap_usd=row["limit_cap_usd"],
-        limit_spent_usd=row["limit_spent_usd"],
-        limit_reserved_usd=row["limit_reserved_usd"],
-        alert_ids=tuple(row["alert_ids"] or ()),
-    )
-
-
-async def reservation_settle_many(*, items: list[tuple[int, Decimal]], timeout_ms: int | None = None) -> tuple[int, ...]:
-    """Release reservations and book their actual costs on every level, in one round trip; returns alerts raised.
-
-    Idempotent. Raises BudgetUnavailable on timeout: the reservations then expire, the sweep releases
-    them, and `budget_reconcile` books the costs from the ledger rows.
-    """
-    if not items:
-        return ()
-    if timeout_ms is None:
-        timeout_ms = conf().budget_settle_timeout_ms
-    ids = [reservation_id for reservation_id, _ in items]
-    actuals = [quantize_usd(max(actual, Decimal(0))) for _, actual in items]
-    row = await _fetchrow_bounded(_SETTLE_MANY_SQL, ids, actuals, int(timeout_ms), timeout_ms=timeout_ms)
-    return tuple(row[0] or ()) if row is not None else ()
-
-
-async def reservation_settle(*, reservation_id: int, actual_usd: Decimal, timeout_ms: int | None = None) -> tuple[int, ...]:
-    return await reservation_settle_many(items=[(reservation_id, actual_usd)], timeout_ms=timeout_ms)
-
-
-class _SettleQueue:
-    """Settles of one event loop, sent in batches: while one batch is in flight the next one gathers.
-
-    Idle, a settle goes out at once (a batch of one); under load, one transaction settles hundreds and
-    takes the shared team and org row locks once instead of once per request.
-    """
-
-    def __init__(self) -> None:
-        self.items: list[tuple[int, Decimal, int]] = []  # (reservation id, actual, attempt)
-        self.worker: asyncio.Task | None = None
-
-    async def run(self) -> None:
-        from apps.budgets import metrics
-
-        while self.items:
-            batch, self.items = self.items[:SETTLE_BATCH_MAX], self.items[SETTLE_BATCH_MAX:]
-            try:
-                alerts_dispatch_soon(await reservation_settle_many(items=[(rid, actual) for rid, actual, _ in batch]))
-            except BudgetUnavailable as exc:
-                retry = [(rid, actual, attempt + 1) for rid, actual, attempt in batch if attempt == 0]
-                dropped = len(batch) - len(retry)
-                if dropped:
-                    # Left to the sweep (releases the reservation) and reconcile (books the cost from the ledger).
-                    metrics.BUDGET_SETTLE_FAILURES.labels(reason=exc.reason).inc(dropped)
-                    logger.warning("%d budget settles failed twice (%s); left to sweep and reconcile", dropped, exc.reason)
-                if retry:
-                    await asyncio.sleep(0.2)
-                    self.items.extend(retry)
-            except Exception:
-                metrics.BUDGET_SETTLE_FAILURES.labels(reason="error").inc(len(batch))
-                logger.exception("budget settle batch failed; left to sweep and reconcile")
-
-
-async def _close_settle_queue(queue: _SettleQueue) -> None:
-    """Shutdown: the queued settles go out before the pool closes (else reservations wait 15 minutes for the sweep)."""
-    if queue.items and (queue.worker is None or queue.worker.done()):
-        queue.worker = _spawn(queue.run())
-    await background_drain()
-
-
-def reservation_settle_later(*, reservation_id: int, actual_usd: Decimal) -> None:
-    """Queue a settle for this loop's batcher; returns at once and never raises."""
-    rt = runtime()
-    queue = rt.get("budgets.settle_queue")
-    if queue is None:
-        queue = rt.put("budgets.settle_queue", _SettleQueue(), close=_close_settle_queue)
-    queue.items.append((reservation_id, actual_usd, 0))
-    if queue.worker is None or queue.worker.done():
-        queue.worker = _spawn(queue.run())
-
-
-async def budget_connection_warm(conn: asyncpg.Connection) -> None:
-    """Compile the budget SQL functions on a new hot-path connection (registered as a pool `init` hook).
-
-    The first call of a plpgsql function on a connection compiles it: 10-20 ms, enough on a busy
-    machine to miss the 50 ms deadline and fail open. No budget has id 0: the reserve answers "none"
-    and writes nothing; the settle of nothing settles nothing.
-    """
-    await conn.fetchrow(_RESERVE_SQL, 0, 0, 0, uuid.uuid4(), Decimal(0), 1.0, False, 1000)
-    await conn.fetchrow(_SETTLE_MANY_SQL, [], [], 1000)
-
-
-def alerts_dispatch_soon(alert_ids: Iterable[int]) -> None:
-    """Hand freshly raised alerts to `budget_alert_dispatch` off the request path (the sweep retries leftovers)."""
-    ids = list(alert_ids)
-    if not ids:
-        return
-    from asgiref.sync import sync_to_async
-
-    _spawn(sync_to_async(_alerts_dispatch_in_thread, thread_sensitive=False)(ids))
-
-
-def _alerts_dispatch_in_thread(alert_ids: list[int]) -> None:
-    from django.db import connections
-
-    try:
-        for alert_id in alert_ids:
-            try:
-                budget_alert_dispatch(alert_id=alert_id)
-            except Exception:
-                logger.exception("budget alert %s not dispatched; the sweep will retry", alert_id)
-    finally:
-        # A worker thread of the executor: do not leave its database connection behind.
-        connections.close_all()
-
 
 # --- budgets and their history ----------------------------------------------------------------------
 

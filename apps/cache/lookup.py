@@ -49,6 +49,7 @@ from apps.ledger.pricing import Price, cost_compute
 from apps.ledger.selectors import price_in_force_async
 from apps.tenancy.types import Caller
 from finops import clock
+from finops.asyncdb import db_suspect
 from finops.asyncredis import get_redis
 from finops.conf import conf
 from finops.tokens import count_tokens, message_text
@@ -284,7 +285,9 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
     try:
         if state.status == "exact":
             return CacheLookup(status="exact")
-        if not state.lookup or not state.semantic or state.key is None or state.key.prompt_text is None:
+        if (
+            not state.lookup or not state.semantic or state.key is None or state.key.prompt_text is None or db_suspect()
+        ):  # the database held for down (finops.asyncdb): the tier is skipped, not waited on
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
             return CacheLookup(status=state.status if state.status != "none" else "bypass")
         text = state.key.prompt_text
@@ -472,7 +475,7 @@ async def cache_store(*, state: CacheState, response: dict[str, Any], answer_mod
                 _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
                 metrics.CACHE_STORES.labels(tier="exact", outcome="error").inc()
                 logger.warning("cache: Redis unavailable, answer not stored in the exact tier: %s", exc)
-        if state.semantic and state.key.prompt_text is not None:
+        if state.semantic and state.key.prompt_text is not None and not db_suspect():
             await _store_semantic(state, response, answer_model)
     except Exception:  # noqa: BLE001 - storing must never fail the request
         logger.exception("cache: store failed")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from finops.asyncdb import get_pool
+from finops.asyncdb import query_bounded
 from finops.conf import conf
 
 
@@ -61,8 +61,7 @@ async def cache_policy_for(*, org_id: int, model_class: str) -> CachePolicy:
     now = time.monotonic()
     cached = _policies.get(org_id)
     if cached is None or cached[0] < now:
-        pool = await get_pool()
-        row = await pool.fetchrow(_POLICY_SQL, org_id)
+        row = await query_bounded("fetchrow", _POLICY_SQL, org_id)  # bounded: a hung database bypasses the cache
         overrides: dict[str, dict[str, Any]] = {}
         if row is None:
             policy = default_policy()
@@ -144,8 +143,9 @@ async def semantic_candidates(
     not_before: dt.datetime | None = None,
 ) -> list[Candidate]:
     """The k nearest live entries in the request's scope, nearest first."""
-    pool = await get_pool()
-    rows = await pool.fetch(
+    # A slow vector search skips the tier without holding the database for down (trips=False).
+    rows = await query_bounded(
+        "fetch",
         _NEAREST_SQL,
         vector_literal(vector),
         org_id,
@@ -154,6 +154,8 @@ async def semantic_candidates(
         params_hash,
         k,
         not_before or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        timeout_ms=conf().cache_semantic_timeout_ms,
+        trips=False,
     )
     return [
         Candidate(

@@ -22,7 +22,7 @@ from django.db import connection, transaction
 
 from apps.cache.metrics import CACHE_INVALIDATED, CACHE_PURGED
 from apps.cache.selectors import cache_policy_forget, vector_literal
-from finops.asyncdb import get_pool
+from finops.asyncdb import get_pool, query_bounded
 from finops.conf import conf
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,9 @@ async def semantic_entry_store(
 
 
 async def semantic_entry_hit(*, entry_id: int) -> None:
-    pool = await get_pool()
-    await pool.execute("UPDATE semantic_cache_entries SET hits = hits + 1, last_hit_at = now() WHERE id = $1", entry_id)
+    await query_bounded(
+        "execute", "UPDATE semantic_cache_entries SET hits = hits + 1, last_hit_at = now() WHERE id = $1", entry_id
+    )
 
 
 # --- invalidation and expiry (sync: admin and beat) --------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.gateway import embeddings_api, pipeline, wire_messages, wire_responses
+from apps.gateway.admission import Admission, overloaded_error
 from apps.gateway.selectors import catalog_get
 from apps.ledger.recorder import intent_journal_shutdown
 from finops.asyncdb import get_pool
@@ -216,6 +217,14 @@ class GatewayASGI:
             await _send_json(send, 404, _error(404, f"Unknown request URL: {method} {scope['path']}.", "unknown_url"))
 
     async def chat_completions(self, scope, receive, send) -> None:
+        admission = Admission("chat_completions")
+        with admission as admitted:  # load shedding: a 503, never a budget 429
+            if not admitted:
+                await _send_json(send, *overloaded_error())
+                return
+            await self._chat_completions(scope, receive, send, admission)
+
+    async def _chat_completions(self, scope, receive, send, admission: Admission) -> None:
         headers = _headers(scope)
         ctx = pipeline.stage1_receive("chat_completions", headers, client=_client(scope))
         limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
@@ -229,6 +238,7 @@ class GatewayASGI:
         reply = await pipeline.chat_to_the_end(ctx, authorization=headers.get("authorization"), body=body, rejection=rejection)
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
+            admission.release()
             await asyncio.shield(pipeline.finalize(reply))
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
@@ -320,7 +330,7 @@ class GatewayASGI:
             if message["type"] == "lifespan.startup":
                 try:
                     # Warm the pool and the price/provider catalog so the first requests do not pay for it.
-                    await asyncio.wait_for(asyncio.gather(get_pool(), catalog_get()), timeout=5)
+                    await asyncio.wait_for(asyncio.gather(get_pool(), get_pool("budgets"), catalog_get()), timeout=5)
                 except Exception as exc:
                     logger.warning("gateway warm-up failed (%s); continuing, requests will retry", exc)
                 await _warm_semantic_cache()

@@ -54,7 +54,7 @@ from apps.ledger.models import LLMRequest
 from apps.ledger.money import ZERO
 from apps.tenancy.keys import api_keys_mark_used
 from finops import clock
-from finops.asyncdb import get_pool
+from finops.asyncdb import call_bounded, get_pool
 from finops.asyncredis import get_redis
 from finops.runtime import runtime
 
@@ -277,7 +277,9 @@ class LedgerWriter:
     async def _flush(self, rows: list[dict[str, Any]]) -> None:
         if time.monotonic() >= self.db_down_until:
             try:
-                await asyncio.wait_for(self._insert(rows), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                # Abandoned past the deadline, not waited for (wait_for would wait for a hung server's cancel): if the
+                # insert lands after all, the outbox replay's ON CONFLICT (request_id) DO NOTHING keeps one row.
+                await call_bounded(self._insert(rows), timeout_s=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
                 metrics.child(metrics.LEDGER_ROWS, "postgres").inc(len(rows))
                 return
             except ROW_REFUSED as exc:
@@ -299,7 +301,7 @@ class LedgerWriter:
         left: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             try:
-                await asyncio.wait_for(self._insert([row]), timeout=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                await call_bounded(self._insert([row]), timeout_s=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
                 metrics.child(metrics.LEDGER_ROWS, "postgres").inc()
             except ROW_REFUSED as exc:
                 logger.error("ledger row %s refused by Postgres (%s); to the outbox", row.get("request_id"), exc)

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of Postgres that can be cut, to make Postgres unreachable for one process only.
+"""A TCP proxy in front of Postgres that can be cut or hung, to make Postgres unreachable (or hung) for one process only.
 
 The shared Postgres must keep running for everyone else (other test runs, the test process itself), so a
 chaos test points the process under test at `postgresql://…@127.0.0.1:<proxy.port>/…` instead, and calls
@@ -35,6 +35,8 @@ class PgProxy:
         self.port = free_port()
         self.up = threading.Event()
         self.up.set()
+        self.flowing = threading.Event()  # cleared by hang(): connections stay open, nothing passes either way
+        self.flowing.set()
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
@@ -67,6 +69,8 @@ class PgProxy:
         async def pipe(src, dst):
             try:
                 while data := await src.read(65536):
+                    while not self.flowing.is_set():  # hung: hold the bytes, like a SIGSTOPped server
+                        await asyncio.sleep(0.01)
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError, ConnectionError):
@@ -88,6 +92,14 @@ class PgProxy:
 
     def recover(self) -> None:
         self.up.set()
+
+    def hang(self) -> None:
+        """Postgres hung (as under SIGSTOP): connections stay open and new ones are accepted, but no byte passes."""
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        """The held bytes pass again, in order (as after SIGCONT)."""
+        self.flowing.set()
 
     def close(self) -> None:
         """Drop every connection, stop listening and stop the proxy's loop."""

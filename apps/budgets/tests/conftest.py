@@ -23,7 +23,7 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from apps.budgets.services import background_drain
+    from apps.budgets.hotpath import background_drain
     from finops.runtime import runtime_close
 
     async def main() -> T:

@@ -49,7 +49,7 @@ def budget_counters_locked():
 
 def fail_open_count(limiter: str, outcome: str) -> float:
     total = 0.0
-    for reason in ("timeout", "lock_timeout", "unavailable", "error"):
+    for reason in ("timeout", "lock_timeout", "unavailable", "suspect", "error"):
         labels = {"reason": reason, "limiter": limiter, "outcome": outcome}
         total += REGISTRY.get_sample_value("finops_budget_fail_open_total", labels) or 0.0
     return total

@@ -201,7 +201,7 @@ def test_settles_are_batched_and_idempotent(make_tenant, make_budget, budget_set
 
 def test_new_pool_connections_are_warmed_and_the_warmup_writes_nothing(make_tenant, make_budget, budget_settings):
     """The budget warm-up is the hot-path pool's connection init hook, so no request compiles budget_reserve."""
-    from apps.budgets.services import budget_connection_warm
+    from apps.budgets.hotpath import budget_connection_warm
     from finops import asyncdb
 
     make_budget(scope="org", tenant=make_tenant(), cap="1.00")

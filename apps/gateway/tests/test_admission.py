@@ -1,0 +1,63 @@
+"""Load shedding (apps.gateway.admission): past FINOPS_GATEWAY_MAX_IN_FLIGHT requests in flight in a worker, a new
+request gets 503 `overloaded` with Retry-After, counted in finops_gateway_shed_total — never a budget 429."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from apps.gateway.tests.conftest import unique_prompt, wait_for_row
+from conftest import gateway_server
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def shed_total(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "finops_gateway_shed_total"
+    )
+
+
+def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(make_tenant, prices, mock_llm_url):
+    tenant = make_tenant()
+    env = {"FINOPS_GATEWAY_MAX_IN_FLIGHT": "2", "FINOPS_GATEWAY_SHED_RETRY_AFTER_S": "3"}
+    with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
+        before = shed_total(url)
+
+        def chat(latency_ms: int) -> requests.Response:
+            return requests.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": unique_prompt()}]},
+                headers={"Authorization": f"Bearer {tenant.secret}", "X-Mock-Latency-Ms": str(latency_ms)},
+                timeout=30,
+            )
+
+        slow: list[requests.Response] = []
+        holders = [threading.Thread(target=lambda: slow.append(chat(10_000))) for _ in range(2)]
+        for holder in holders:
+            holder.start()
+        shed = chat(0)
+        while shed.status_code == 200 and any(h.is_alive() for h in holders):  # until both slow ones are in flight
+            time.sleep(0.05)
+            shed = chat(0)
+        for holder in holders:
+            holder.join()
+        after = chat(0)  # the slow ones are done: admitted again
+        shed_after = shed_total(url)
+
+    assert shed.status_code == 503, shed.text
+    error = shed.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "overloaded")
+    assert shed.headers["retry-after"] == "3"
+    assert shed_after - before >= 1
+    assert [r.status_code for r in slow] == [200, 200]  # the requests in flight are not disturbed
+    assert after.status_code == 200
+    assert wait_for_row(after.headers["x-request-id"]).budget_state == "none"

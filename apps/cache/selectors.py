@@ -217,8 +217,9 @@ async def static_candidates(
     not_before: dt.datetime | None = None,
 ) -> list[StaticCandidate]:
     """Stage 1: up to k live entries in the request's scope whose static vector is at least `min_similarity` close."""
-    pool = await get_pool()
-    rows = await pool.fetch(
+    # Bounded like every request-path query; slow is not down (trips=False): the tier is skipped.
+    rows = await query_bounded(
+        "fetch",
         _STATIC_NEAREST_SQL,
         vector_literal(vector),
         org_id,
@@ -228,14 +229,17 @@ async def static_candidates(
         k,
         not_before or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         min_similarity,
+        timeout_ms=conf().cache_semantic_timeout_ms,
+        trips=False,
     )
     return [StaticCandidate(id=r["id"], similarity=float(r["similarity"]), guard=_json(r["guard"])) for r in rows]
 
 
 async def confirmed_candidates(*, org_id: int, ids: list[int], vector: np.ndarray) -> list[Candidate]:
     """Stage 2: those entries with the full model's similarity to `vector`, nearest first."""
-    pool = await get_pool()
-    rows = await pool.fetch(_CONFIRM_SQL, vector_literal(vector), ids, org_id)
+    rows = await query_bounded(
+        "fetch", _CONFIRM_SQL, vector_literal(vector), ids, org_id, timeout_ms=conf().cache_semantic_timeout_ms, trips=False
+    )
     return [
         Candidate(
             id=r["id"],

@@ -64,17 +64,18 @@ def _unique(texts: Iterable[str]) -> list[str]:
 def short_prompts(count: int) -> list[str]:
     """`count` distinct prompts of at most 600 characters (single questions first, then two-question prompts)."""
     records = _routellm()
-    texts = [r["prompt"].strip() for r in records if 0 < len(r["prompt"].strip()) <= SHORT_MAX_CHARS]
+    texts = [r["prompt"].strip() for r in records]
     with gzip.open(GPTCACHE, "rt", encoding="utf-8") as fh:
         texts += [pair["origin"].strip() for pair in json.load(fh)]
-    singles = _unique(texts)
+    singles = _unique(t for t in texts if 0 < len(t) <= SHORT_MAX_CHARS)
     random.Random(SEED).shuffle(singles)
     out = singles[:count]
+    small = [t for t in singles if len(t) <= (SHORT_MAX_CHARS - 2) // 2]
     step = 1
-    while len(out) < count and step < len(singles):  # follow-ups: prompt i with prompt i + step (a new pair each step)
-        half = SHORT_MAX_CHARS // 2
-        small = [t for t in singles if len(t) <= half]
-        out += [f"{a}\n\n{small[(i + step * 7919) % len(small)]}" for i, a in enumerate(small)][: count - len(out)]
+    while len(out) < count and step < len(small):  # follow-ups: prompt i, then prompt i + 7919 * step (mod n)
+        shift = (step * 7919) % len(small)
+        if shift:
+            out += [f"{a}\n\n{small[(i + shift) % len(small)]}" for i, a in enumerate(small)][: count - len(out)]
         step += 1
     return out
 

@@ -138,6 +138,12 @@ def ledger_window(*, since: dt.datetime, until: dt.datetime) -> dict:
     }
 
 
+def ledger_rows() -> int:
+    from apps.ledger.models import LLMRequest
+
+    return LLMRequest.objects.filter(org__name="finops-bench").count()
+
+
 def wrk(url: str, *, threads: int, connections: int, duration: int, env: dict[str, str]) -> dict:
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", str(LUA), url]
     run = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env, "BENCH_THREADS": str(threads)})
@@ -343,6 +349,7 @@ def main() -> int:
     d = args.duration
     results: dict[str, dict] = {}
     load = os.getloadavg()[0]
+    run_started = clock.now()
     print(f"load average before: {load:.2f}; {d} s per run; targets {', '.join(targets)}; scenarios {', '.join(scenarios)}")
     common = {"scenarios": scenarios, "d": d, "prompts": prompts, "logs": logs}
     try:
@@ -364,11 +371,16 @@ def main() -> int:
                         profile_to = tmp / f"profile-{target}.txt" if args.profile and target == "finops" else None
                         results[target] = measure(target, gw.chat_url, key=secret, mock=mock, server_pids=[gw.proc.pid, *gw.worker_pids()],
                                                   finops=gw, profile_to=profile_to, **common)  # fmt: skip
+                        time.sleep(1)  # the ledger writer's last batch
+                        rows_before_shutdown = ledger_rows()
+                    results[target]["rows"] = (rows_before_shutdown, ledger_rows())
     except Exception:
         logs.close()
         sys.stderr.write(f"servers' log: {tmp / 'servers.log'}\n")
         raise
     logs.close()
+    if any(t.startswith("finops") for t in targets):
+        results["whole_run"] = ledger_window(since=run_started, until=clock.now())
 
     complete = {"direct", "litellm", "finops"} <= set(targets) and set(scenarios) == set(SCENARIOS)
     md = report(results, workers=args.workers, load=load, duration=d, long_origin=long_origin, tmp=tmp if args.profile else None)

@@ -72,7 +72,7 @@ def acceptance(results: dict) -> str:
     non2xx = get(ours, "sat", "non2xx")
     row("64 connections: finops non-2xx answers", _count(non2xx), "0", None if non2xx is None else non2xx == 0)
     ratio = _ratio(get(ours, "slow", "rps_ok"), get(direct, "slow", "rps_ok"))
-    row("200 clients, 500 ms upstream: finops 2xx throughput ÷ direct",
+    row("200 clients against a 500 ms upstream: finops 2xx throughput ÷ direct",
         f"{_x(ratio)} ({_rps(ours, 'slow')} ÷ {_rps(direct, 'slow')})", "≥ 0.95×", None if ratio is None else ratio >= 0.95)  # fmt: skip
     ratio = _ratio(get(ours, "slow", "p99"), get(direct, "slow", "p99"))
     row("200 clients: finops p99 ÷ direct p99",
@@ -117,28 +117,28 @@ def figures(results: dict) -> str:
     def vs(r: dict, base: dict, scenario: str, field: str = "rps_ok") -> str:
         return _x(_ratio(r[scenario][field], base[scenario][field]))
 
-    row("1 client, cache miss: p50", lambda t, r: ms(r["one"]["p50"]))
-    row("1 client: p99", lambda t, r: ms(r["one"]["p99"]))
+    row("one client, cache miss: p50", lambda t, r: ms(r["one"]["p50"]))
+    row("one client: p99", lambda t, r: ms(r["one"]["p99"]))
     row("overhead over the direct call, p50", lambda t, r: "" if t == "direct" else ms(r["one"]["p50"] - direct["one"]["p50"]))
-    row("1 client: overhead ÷ LiteLLM's", lambda t, r: "" if t in ("direct", "litellm") else
+    row("one client: overhead ÷ LiteLLM's", lambda t, r: "" if t in ("direct", "litellm") else
         _x(_ratio(r["one"]["p50"] - direct["one"]["p50"], peer["one"]["p50"] - direct["one"]["p50"])))  # fmt: skip
-    row("64 connections, cache miss: 2xx throughput", lambda t, r: f"{r['sat']['rps_ok']:.0f} req/s")
-    row("64 connections: non-2xx, timeouts", lambda t, r: _errors(r["sat"]))
-    row("64 connections: p50 / p99", lambda t, r: f"{ms(r['sat']['p50'])} / {ms(r['sat']['p99'])}")
-    row("64 connections: throughput ÷ direct / ÷ LiteLLM", lambda t, r: "" if t == "direct" else
+    row("saturated (64 connections), cache miss: 2xx throughput", lambda t, r: f"{r['sat']['rps_ok']:.0f} req/s")
+    row("saturated: non-2xx answers, timeouts", lambda t, r: _errors(r["sat"]))
+    row("saturated: p50 / p99", lambda t, r: f"{ms(r['sat']['p50'])} / {ms(r['sat']['p99'])}")
+    row("saturated: throughput ÷ direct / ÷ LiteLLM", lambda t, r: "" if t == "direct" else
         f"{vs(r, direct, 'sat')} / {vs(r, peer, 'sat')}")  # fmt: skip
     row("200 clients, 500 ms upstream: 2xx throughput", lambda t, r: f"{r['slow']['rps_ok']:.0f} req/s")
-    row("200 clients: non-2xx, timeouts", lambda t, r: _errors(r["slow"]))
+    row("200 clients: non-2xx answers, timeouts", lambda t, r: _errors(r["slow"]))
     row("200 clients: p50 / p99", lambda t, r: f"{ms(r['slow']['p50'])} / {ms(r['slow']['p99'])}")
     row("200 clients: throughput ÷ direct / p99 ÷ direct p99", lambda t, r: "" if t == "direct" else
         f"{vs(r, direct, 'slow')} / {vs(r, direct, 'slow', 'p99')}")  # fmt: skip
-    row("2,000-character prompts, 64 connections: 2xx throughput", lambda t, r: f"{r['long']['rps_ok']:.0f} req/s")
-    row("2,000-character prompts: non-2xx, timeouts", lambda t, r: _errors(r["long"]))
+    row("2,000-character prompts (64 connections): 2xx throughput", lambda t, r: f"{r['long']['rps_ok']:.0f} req/s")
+    row("2,000-character prompts: non-2xx answers, timeouts", lambda t, r: _errors(r["long"]))
     row("2,000-character prompts: p50 / p99", lambda t, r: f"{ms(r['long']['p50'])} / {ms(r['long']['p99'])}")
     row("2,000-character prompts: throughput ÷ direct / ÷ LiteLLM", lambda t, r: "" if t == "direct" else
         f"{vs(r, direct, 'long')} / {vs(r, peer, 'long')}")  # fmt: skip
-    row("exact-cache hit, 1 client: p50", lambda t, r: ms(r["hit"]["p50"]) if "hit" in r else "")
-    row("native POST /chat (Django + adrf), 1 client: p50", lambda t, r: ms(r["native"]["p50"]) if "native" in r else "")
+    row("exact-cache hit, one client: p50", lambda t, r: ms(r["hit"]["p50"]) if "hit" in r else "")
+    row("native POST /chat (Django + adrf), one client: p50", lambda t, r: ms(r["native"]["p50"]) if "native" in r else "")
     row(
         "requests that reused a prompt (matters for finops only)",
         lambda t, r: str(sum(v["reused"] for k, v in r.items() if k in ("one", "sat", "slow", "long"))),
@@ -225,7 +225,8 @@ inflates every figure, the direct call's too).
 {figures(results)}
 
 finops' ledger, by cache status, for the requests of its miss runs: default config {cache_line(ours)}; cache off
-{cache_line(results.get("finops-nocache", {}))}.
+{cache_line(results.get("finops-nocache", {}))} (a semantic hit there is two different prompts the tier judged to be
+the same question).
 """
     if "slow_ledger" in ours:
         slow = ours["slow_ledger"]
@@ -236,8 +237,21 @@ queue for its CPU. The gateway's own timings for the served rows of that run, de
 `llm_requests`): overhead p50 / p99 {slow["overhead_p50"]:.0f} / {slow["overhead_p99"]:.0f} ms, upstream p50 / p99
 {slow["upstream_p50"]:.0f} / {slow["upstream_p99"]:.0f} ms; rows with `budget_state = fail_open`: {slow["fail_open"]}.
 """
-    errors = [e for s in ("one", "sat", "slow", "long") for e in ours.get(f"{s}_ledger", {}).get("errors", [])]
-    md += f"\nRefused or failed requests of the default config's miss runs, by error code (from `llm_requests`): {', '.join(errors) or 'none'}.\n"
+    whole = results.get("whole_run", {})
+    md += (
+        "\nRefused or failed requests of the whole run, by error code (from `llm_requests`, every finops target): "
+        f"{', '.join(whole.get('errors', [])) or 'none'}.\n"
+    )
+    rows = [
+        f"{LABELS[t]} run {results[t]['rows'][0]} before / {results[t]['rows'][1]} after"
+        for t in LABELS
+        if "rows" in results.get(t, {})
+    ]
+    if rows:
+        md += (
+            f"Ledger rows for the bench org (cumulative): {', '.join(rows)} graceful shutdown (wrk counts completed "
+            "responses only; requests cut off when a run ends still get their row).\n"
+        )
     for target in ("finops", "litellm", "finops-nocache"):
         if "sat_cpu" in results.get(target, {}):
             md += f"\nCPU per request during the 64-connection run, {LABELS[target]} (psutil, user + system; this checkout's Postgres and Redis):\n\n"

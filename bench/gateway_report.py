@@ -137,13 +137,21 @@ def figures(results: dict) -> str:
     row("2,000-character prompts: p50 / p99", lambda t, r: f"{ms(r['long']['p50'])} / {ms(r['long']['p99'])}")
     row("2,000-character prompts: throughput ÷ direct / ÷ LiteLLM", lambda t, r: "" if t == "direct" else
         f"{vs(r, direct, 'long')} / {vs(r, peer, 'long')}")  # fmt: skip
-    row("exact-cache hit, one client: p50", lambda t, r: ms(r["hit"]["p50"]) if "hit" in r else "")
-    row("native POST /chat (Django + adrf), one client: p50", lambda t, r: ms(r["native"]["p50"]) if "native" in r else "")
+    row("exact-cache hit, one client: p50", lambda t, r: _one(r, "hit"))
+    row("native POST /chat (Django + adrf), one client: p50", lambda t, r: _one(r, "native"))
     row(
         "requests that reused a prompt (matters for finops only)",
         lambda t, r: str(sum(v["reused"] for k, v in r.items() if k in ("one", "sat", "slow", "long"))),
     )
     return "\n".join(rows)
+
+
+def _one(r: dict, run: str) -> str:
+    """A one-client run's p50, with its non-2xx answers if it had any (a fast error is not a fast answer)."""
+    if run not in r:
+        return ""
+    bad = r[run]["non2xx"] + r[run]["timeouts"]
+    return ms(r[run]["p50"]) + (f" ({_errors(r[run])})" if bad else "")
 
 
 def cpu_table(r: dict) -> str:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_prompts import long_prompts, short_prompts, write_lines  # noqa: E402
-from bench.gateway_report import report  # noqa: E402
+from bench.gateway_report import profile_summary, report  # noqa: E402
 from bench.gateway_targets import LITELLM_KEY, Finops, LiteLLM, Mock, litellm_python  # noqa: E402
 from finops import clock  # noqa: E402
 from finops.envfile import load_env_file  # noqa: E402
@@ -54,6 +54,7 @@ SCENARIOS = ("one", "sat", "slow", "long")
 SLOW_UPSTREAM_MS = 500
 # Prompts per list: enough that no target repeats one at the rates finops is aimed at (the run reports reuse).
 SHORT_COUNT, LONG_COUNT = 30_000, 6_000
+RESULTS = ROOT / ".finops" / "bench-gateway-results.json"  # the last run's figures, for --report-only
 
 
 def bench_database_url() -> str:
@@ -332,7 +333,10 @@ def main() -> int:
     parser.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS") or ",".join(SCENARIOS))
     parser.add_argument("--profile", action="store_true", help="sample a finops worker with py-spy during the 64-connection run")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true", help="no measurement: the section from the last run's results")
     args = parser.parse_args()
+    if args.report_only:
+        return rerender(print_only=args.no_write)
     targets = _listed(args.targets, TARGETS, "targets")
     scenarios = _listed(args.scenarios, SCENARIOS, "scenarios")
     if not shutil.which("wrk"):
@@ -384,9 +388,22 @@ def main() -> int:
     if any(t.startswith("finops") for t in targets):
         results["whole_run"] = ledger_window(since=run_started, until=clock.now())
 
+    if (tmp / "profile-finops.txt").exists():
+        results["profile"] = profile_summary(tmp / "profile-finops.txt")
     complete = {"direct", "litellm", "finops"} <= set(targets) and set(scenarios) == set(SCENARIOS)
-    md = report(results, workers=args.workers, load=load, duration=d, long_origin=long_origin, tmp=tmp if args.profile else None)
-    if args.no_write or not complete:
+    meta = {"workers": args.workers, "load": load, "duration": d, "long_origin": long_origin, "complete": complete,
+            "measured_at": f"{run_started:%Y-%m-%d %H:%M}"}  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return publish(results, meta, print_only=args.no_write)
+
+
+def publish(results: dict, meta: dict, *, print_only: bool) -> int:
+    """Write (or print) the section; a subset run only prints."""
+    complete = meta.pop("complete")
+    md = report(results, **meta)
+    if print_only or not complete:
         print(md)
         if not complete:
             print("(a subset run: docs/benchmarks.md is left alone; it takes direct, litellm and finops with every scenario)")
@@ -396,8 +413,18 @@ def main() -> int:
         write_section("gateway", md)
         print(md)
         print(f"written to {ROOT / 'docs' / 'benchmarks.md'}")
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def rerender(print_only: bool) -> int:
+    """The section again from the last run's saved results (after a change to the report's wording only)."""
+    saved = json.loads(RESULTS.read_text())
+    results = saved["results"]
+    for target in results.values():
+        for run in target.values() if isinstance(target, dict) else []:
+            if isinstance(run, dict) and "statuses" in run:
+                run["statuses"] = {int(k): v for k, v in run["statuses"].items()}
+    return publish(results, saved["meta"], print_only=print_only)
 
 
 if __name__ == "__main__":

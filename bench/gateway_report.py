@@ -202,12 +202,12 @@ def profile_summary(raw: Path, top: int = 15) -> str:
     return f"{samples} samples of one worker.\n\n" + "\n".join(rows) + "\n\n" + "\n".join(incl)
 
 
-def report(results: dict, *, workers: int, load: float, duration: int, long_origin: str, tmp: Path | None) -> str:
+def report(results: dict, *, workers: int, load: float, duration: int, long_origin: str, measured_at: str) -> str:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
     ours = results.get("finops", {})
     md = f"""## Gateway: finops as shipped beside LiteLLM and a direct call (`bench/bench_gateway.py`)
 
-One run, one machine, one upstream: the mock LLM (one process) answers every target, and each target is
+One run ({measured_at} UTC), one machine, one upstream: the mock LLM (one process) answers every target, and each target is
 measured alone, in turn, by wrk {wrk_version} with the same script (`bench/chat.lua`) and the same prompts, so
 every ratio below compares figures of this run. Targets: the mock directly; the LiteLLM proxy {LITELLM_VERSION}
 (`litellm[proxy]` in its own virtual environment under `.finops/`, {workers} uvicorn workers, master key, no
@@ -268,7 +268,7 @@ queue for its CPU. The gateway's own timings for the served rows of that run, de
 What bounds it: on 2 cores the whole request path (the gateway, the mock, Postgres, Redis and wrk) shares the
 CPU, so saturated throughput ≈ 2 cores ÷ the sum of a target's CPU-per-request column.
 """
-    if tmp is not None and (tmp / "profile-finops.txt").exists():
+    if results.get("profile"):
         md += "\n### Where a saturated finops worker spends its time, default config (py-spy, samples with the GIL held)\n\n"
-        md += profile_summary(tmp / "profile-finops.txt") + "\n"
+        md += results["profile"] + "\n"
     return md

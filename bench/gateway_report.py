@@ -207,26 +207,38 @@ def report(results: dict, *, workers: int, load: float, duration: int, long_orig
     ours = results.get("finops", {})
     md = f"""## Gateway: finops as shipped beside LiteLLM and a direct call (`bench/bench_gateway.py`)
 
-One run ({measured_at} UTC), one machine, one upstream: the mock LLM (one process) answers every target, and each target is
-measured alone, in turn, by wrk {wrk_version} with the same script (`bench/chat.lua`) and the same prompts, so
-every ratio below compares figures of this run. Targets: the mock directly; the LiteLLM proxy {LITELLM_VERSION}
-(`litellm[proxy]` in its own virtual environment under `.finops/`, {workers} uvicorn workers, master key, no
-database); finops as shipped ({workers} uvicorn workers, uvloop + httptools, `/v1/*` on the lean ASGI app; ledger,
-budgets, exact and semantic cache on, the bench org on the default settings, no override); and finops with
-`FINOPS_CACHE_ENABLED=0`. Requests: `gpt-4o-mini`, `max_tokens` 64, `temperature` 0 (deterministic, so
-cacheable: finops looks up and stores every one in both tiers), each with its own prompt, never repeated within
-a target: real questions (GSM8K, MMLU, MT-Bench from `fixtures/routellm/`, GPTCache's origin sentences; up to
-600 characters) for the first three scenarios, and for the long one ~2,000-character prompts from {long_origin}
-(`bench/gateway_prompts.py`). Every request to finops is therefore a miss. Scenarios, {duration} s each:
-1 connection; 64 connections; 200 connections against a 500 ms upstream (the mock's latency, set for every
-target alike); 64 connections with the long prompts. Throughput counts 2xx answers only; every other answer,
-socket error and timeout (wrk `--timeout 5s`) is listed beside it. wrk, the mock, Postgres and Redis share the
-machine's 2 cores with the target; load average when the run started: {load:.2f} (other work on the machine
-inflates every figure, the direct call's too).
+One run ({measured_at} UTC), one machine, one upstream: the mock LLM (one process) answers every target, each
+target is measured alone, in turn, by wrk {wrk_version} with the same script (`bench/chat.lua`) and the same
+prompts, and every ratio below divides figures of this run.
+
+- **Targets.** The mock directly. The LiteLLM proxy {LITELLM_VERSION} (`litellm[proxy]` from the package registry in
+  its own virtual environment under `.finops/`, never a project dependency; {workers} uvicorn workers, a master
+  key, no database, `LITELLM_LOCAL_MODEL_COST_MAP=True`). finops as shipped ({workers} uvicorn workers, uvloop +
+  httptools, `/v1/*` on the lean ASGI app; ledger, budgets, exact and semantic cache on; the bench org has no
+  cache override, so it runs on the defaults). finops with `FINOPS_CACHE_ENABLED=0`. Both servers get a 60 s
+  worker health-check grace for start-up on a loaded machine (`bench/gateway_targets.py`).
+- **Requests.** `gpt-4o-mini`, `max_tokens` 64, `temperature` 0 (deterministic, so cacheable: finops looks every
+  one up and stores it in both tiers), each with its own prompt, never repeated within a target: real questions
+  (GSM8K, MMLU and MT-Bench from `fixtures/routellm/`, GPTCache's origin sentences; up to 600 characters) for the
+  first three scenarios; ~2,000-character prompts for the long one, from {long_origin}; see
+  `bench/gateway_prompts.py`.
+  Every request to finops is meant to be a miss; its ledger below says what each one was.
+- **Scenarios**, {duration} s each after a warm-up: 1 connection; 64 connections; 200 connections against a 500 ms
+  upstream (the mock's latency, set for every target alike); 64 connections with the long prompts. Throughput
+  counts 2xx answers only; every other answer, socket error and timeout (wrk `--timeout 5s`) is listed beside it.
+  Between runs the bench waits for the server to go idle, so no run inherits the previous one's backlog.
+- **Machine.** wrk, the mock, Postgres and Redis share the 2 cores with the target; load average when the run
+  started: {load:.2f}. Other work on the machine inflates every figure, the direct call's too; the ratios are the
+  comparison, the absolute figures are not.
+- **Re-run:** `make bench BENCH_ONLY=gateway` (about 7 minutes; LiteLLM installs once, about a minute, from the
+  package registry); `BENCH_DURATION`, `BENCH_TARGETS` and `BENCH_SCENARIOS` select, and a subset run only prints.
 
 ### Acceptance (issue #18), ratios from this run
 
 {acceptance(results)}
+
+The other criteria of the issue (the semantic tier's CPU per request on 2,000-character prompts, and its precision
+on the paraphrase pairs) are measured by the semantic tier's own benchmark and evaluation, not here.
 
 ### Every figure
 

@@ -9,7 +9,7 @@ a template with a counter in it (those embed to near-identical vectors):
 - **short** (the 1-client, 64-connection and 200-client runs): the GSM8K, MMLU and MT-Bench prompts of
   `fixtures/routellm/full.jsonl.gz` (RouteLLM, Apache-2.0) and the `origin` sentences of
   `fixtures/gptcache/mock_data.json.gz` (GPTCache, MIT; their paraphrases are left out), up to 600 characters,
-  shuffled with a fixed seed. When a run needs more, two prompts of different sources are joined by a blank line
+  one of each reworded twin (same words cut to 5 letters, in any order), shuffled with a fixed seed. When a run needs more, two prompts of different sources are joined by a blank line
   (a question and a follow-up), so the list never repeats a text.
 - **long** (the 2,000-character run): `fixtures/prompts/long_prompts.jsonl.gz` (consecutive MMLU questions of one
   subject, cut at 2,000 characters) when the checkout has it, then more prompts built the same way from the MMLU
@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,13 +62,32 @@ def _unique(texts: Iterable[str]) -> list[str]:
     return out
 
 
+def _gist(text: str) -> tuple[str, ...]:
+    """The words of a text, cut to 5 letters and sorted: equal for reworded twins ("electric" / "electrical
+    circuit") and for the same words in another order ("doubles the momentum ... its kinetic energy" against
+    "doubles the kinetic energy ... its momentum"). MMLU holds such pairs; the semantic tier would (rightly or
+    wrongly) answer the second from the first, and a miss run must not contain them."""
+    return tuple(sorted(word[:5] for word in re.findall(r"[a-z0-9]+", text.lower())))
+
+
+def _distinct(texts: Iterable[str]) -> list[str]:
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for text in texts:
+        gist = _gist(text)
+        if gist not in seen:
+            seen.add(gist)
+            out.append(text)
+    return out
+
+
 def short_prompts(count: int) -> list[str]:
     """`count` distinct prompts of at most 600 characters (single questions first, then two-question prompts)."""
     records = _routellm()
     texts = [r["prompt"].strip() for r in records]
     with gzip.open(GPTCACHE, "rt", encoding="utf-8") as fh:
         texts += [pair["origin"].strip() for pair in json.load(fh)]
-    singles = _unique(t for t in texts if 0 < len(t) <= SHORT_MAX_CHARS)
+    singles = _distinct(t for t in texts if 0 < len(t) <= SHORT_MAX_CHARS)
     random.Random(SEED).shuffle(singles)
     out = singles[:count]
     small = [t for t in singles if len(t) <= (SHORT_MAX_CHARS - 2) // 2]

@@ -243,6 +243,8 @@ def measure(target: str, url: str, *, key: str, scenarios: list[str], d: int, mo
         env = {"BENCH_KEY": key, "BENCH_PROMPTS": str(prompts[which]), "BENCH_OFFSET": str(offsets[which])}
         result = wrk(url, threads=min(2, connections), connections=connections, duration=duration, env=env)
         offsets[which] = result["next_offset"]
+        print(f"  {connections:>3} connections, {which}: {result['rps_ok']:.0f} req/s 2xx, {result['non2xx']} non-2xx, "
+              f"{result['timeouts']} timeouts, p50 {result['p50'] / 1000:.1f} ms, p99 {result['p99'] / 1000:.1f} ms", flush=True)  # fmt: skip
         if drain:
             wait_idle(server_pids or [mock.proc.pid])
         return result

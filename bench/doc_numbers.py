@@ -324,7 +324,7 @@ def check_figure(fig: Figure, root: Path = ROOT) -> str | None:
 # ---- paths -------------------------------------------------------------------------------------------------
 
 TOP = r"(?:apps|bench|demo|docs|deploy|evals|finops|fixtures|templates)"
-REPO_PATH = re.compile(rf"(?<![\w./-]){TOP}/(?:[\w.*-]+/)*(?:[\w*-]+\.[\w*]+|)(?![\w/])")
+REPO_PATH = re.compile(rf"(?<![\w./-]){TOP}/(?:[\w.*-]+/)*(?:[\w*-]+(?:\.[\w*]+)+|)(?![\w/])")  # full.jsonl.gz whole
 OUTSIDE = re.compile(r"ARCHITECTURE(?:\.md)?\s*§|\.\./shared/ARCHITECTURE|ARCHITECTURE\.md")
 
 

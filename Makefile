@@ -70,13 +70,15 @@ test: services tools ## the whole suite: ruff, makemigrations --check, pytest on
 # BENCH_ONLY=gateway[,cache,...] runs only those benchmarks; the gateway one also reads BENCH_TARGETS,
 # BENCH_SCENARIOS and BENCH_DURATION (bench/bench_gateway.py) and installs LiteLLM under .finops/ on first use.
 comma := ,
-BENCHES := ledger anomalies budgets cache reports dashboard_cache gateway
+BENCHES := ledger anomalies budgets cache semantic reports dashboard_cache gateway
 export BENCH_TARGETS BENCH_SCENARIOS BENCH_DURATION
 bench: services tools ## benchmarks (BENCH_ONLY=gateway,... for some); results go to docs/benchmarks.md
 	@set -e; for b in $(or $(subst $(comma), ,$(BENCH_ONLY)),$(BENCHES)); do \
 	  case " $(BENCHES) " in *" $$b "*) ;; *) echo "unknown benchmark $$b (one of: $(BENCHES))"; exit 2;; esac; \
-	  echo "== bench/bench_$$b.py"; \
-	  if [ $$b = gateway ]; then $(PY) bench/bench_gateway.py --profile; else $(PY) bench/bench_$$b.py; fi; \
+	  echo "== $$b"; \
+	  if [ $$b = gateway ]; then $(PY) bench/bench_gateway.py --profile; \
+	  elif [ $$b = semantic ]; then $(MANAGE) bench_semantic; \
+	  else $(PY) bench/bench_$$b.py; fi; \
 	done
 
 eval: migrate ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/

@@ -211,12 +211,13 @@ def _group_extent(group: list[tuple[int, int]]) -> tuple[int, int, np.ndarray]:
 
 def _scope(series: HourlySeries, i: int, org_labels: dict[int, str], team_labels: dict[int, str]) -> dict:
     kind = series.scope_type[i]
+    ident: int | str | None
     if kind == SCOPE_ORG:
         ident = series.org_id[i]
-        label = org_labels.get(ident, f"org {ident}")
+        label = f"org {ident}" if ident is None else org_labels.get(ident, f"org {ident}")
     elif kind == SCOPE_TEAM:
         ident = series.team_id[i]
-        label = team_labels.get(ident, f"team {ident}")
+        label = f"team {ident}" if ident is None else team_labels.get(ident, f"team {ident}")
     else:
         ident = series.model[i]
         label = ident
@@ -418,7 +419,7 @@ def anomaly_upsert(*, incident: Incident) -> tuple[Anomaly, bool]:
         .order_by("window_start")
         .first()
     )
-    fields = {
+    fields: dict[str, Any] = {
         "detector": incident.detector,
         "metric": incident.metric,
         "scope_type": incident.scope_type,

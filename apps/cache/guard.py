@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -492,7 +493,7 @@ class Decision:
 
 
 def choose_hit(
-    candidates: list[tuple[float, Signature | None]], query: Signature, *, threshold: float, use_guard: bool = True
+    candidates: Sequence[tuple[float, Signature | None]], query: Signature, *, threshold: float, use_guard: bool = True
 ) -> Decision:
     """The production decision rule (the eval runs this same function).
 

@@ -221,7 +221,7 @@ async def _decide(request: CacheRequest) -> CacheState:
 async def cache_lookup_exact(*, state: CacheState, price_for: PriceFor | None = None) -> CacheLookup:
     global _redis_down_until
     started = time.perf_counter()
-    if not state.lookup or state.key is None:
+    if not state.lookup or state.key is None or state.org_id is None:
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="bypass").inc()
         return _looked_up(state, "bypass")
     if time.monotonic() < _redis_down_until:
@@ -256,7 +256,7 @@ def _looked_up(state: CacheState, status: str, hit: CacheHit | None = None) -> C
     return CacheLookup(status=status, hit=hit)
 
 
-def _parse_entry(raw: bytes | None, *, org_id: int | None) -> dict[str, Any] | None:
+def _parse_entry(raw: bytes | str | None, *, org_id: int | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
@@ -286,8 +286,14 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
         if state.status == "exact":
             return CacheLookup(status="exact")
         if (
-            not state.lookup or not state.semantic or state.key is None or state.key.prompt_text is None or db_suspect()
-        ):  # the database held for down (finops.asyncdb): the tier is skipped, not waited on
+            not state.lookup
+            or not state.semantic
+            or state.key is None
+            or state.key.prompt_text is None
+            or state.org_id is None
+            or state.policy is None
+            or db_suspect()  # the database held for down (finops.asyncdb): the tier is skipped, not waited on
+        ):
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="bypass").inc()
             return CacheLookup(status=state.status if state.status != "none" else "bypass")
         text = state.key.prompt_text
@@ -314,7 +320,7 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
         if near:
             state.signature = guard_signature(text)
             near = guard_survivors(near, state.signature)
-        if not near:
+        if not near or state.signature is None:  # the signature is set whenever a candidate survived
             metrics.CACHE_LOOKUPS.labels(tier="semantic", outcome="miss").inc()
             return _looked_up(state, miss)
         # Stage 2, only for a probable hit: the full model, at the org's threshold, and the guard as before.
@@ -358,7 +364,7 @@ def _embedding_caller(request: CacheRequest) -> EmbeddingCaller:
 
 async def _promote_to_exact(state: CacheState, response: dict[str, Any], answer_model: str, expires_at: dt.datetime) -> None:
     """A paraphrase that hit once is stored under its own exact key, so its repeats skip the embedding."""
-    if not state.store or state.redis_down or state.key is None or time.monotonic() < _redis_down_until:
+    if not state.store or state.redis_down or state.key is None or state.org_id is None or time.monotonic() < _redis_down_until:
         return
     remaining = int((expires_at - clock.now()).total_seconds())
     if remaining <= 0:
@@ -413,7 +419,8 @@ async def _saved_usd(
 ) -> tuple[Decimal, Price | None]:
     """The upstream call avoided: the cached answer's completion tokens, and the prompt tokens of the
     cached call (exact: the same prompt) or of this prompt (a paraphrase has its own length)."""
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
     if not isinstance(prompt, int) or (own_prompt and request.prompt_tokens_estimate > 0):
@@ -453,7 +460,7 @@ async def cache_store(*, state: CacheState, response: dict[str, Any], answer_mod
     caller says does not match its key (`refusal`: degraded, downgraded, fallback)."""
     global _redis_down_until
     try:
-        if state.status in ("exact", "semantic") or not state.store or state.key is None:
+        if state.status in ("exact", "semantic") or not state.store or state.key is None or state.org_id is None:
             return
         if refusal or not _complete(response):
             metrics.CACHE_STORES.labels(tier="exact", outcome="skipped").inc()
@@ -485,6 +492,8 @@ async def cache_store(*, state: CacheState, response: dict[str, Any], answer_mod
 async def _store_semantic(state: CacheState, response: dict[str, Any], answer_model: str) -> None:
     """After the response: the entry gets both vectors. The full model runs here only within the store budget
     (apps.cache.semantic); a busier process sheds the entry (the exact tier has it)."""
+    if state.key is None or state.key.prompt_text is None or state.org_id is None:
+        return  # cache_store stores a keyed, semantic-eligible request only
     text = state.key.prompt_text
     if state.static_vector is None:
         if state.semantic_looked_up:  # the lookup found the prompt unconfirmable (too long, or still loading)

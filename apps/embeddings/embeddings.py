@@ -134,6 +134,8 @@ class LocalEmbedder:
         torch.set_num_threads(self._threads())
         model = SentenceTransformer(str(get_model_path()), device="cpu")
         model.eval()
+        if model.max_seq_length is None:  # only a model without a transformer module has none
+            raise RuntimeError("the sentence-transformers model reports no max_seq_length")
         self.max_seq_length = model.max_seq_length
         return model
 

@@ -132,10 +132,13 @@ class StaticEmbedder:
     def embed(self, text: str) -> tuple[np.ndarray | None, int]:
         """(unit vector, word pieces incl. [CLS]/[SEP]); the vector is None for a text without any piece."""
         self.load()
+        table = self._table
+        if table is None:  # load() either sets it or raises
+            raise RuntimeError("the static embedding table is not loaded")
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             return None, 2
-        vector = self._table[ids].mean(axis=0)
+        vector = table[ids].mean(axis=0)
         norm = float(np.linalg.norm(vector))
         if norm == 0.0:
             return None, len(ids) + 2

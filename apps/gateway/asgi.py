@@ -304,6 +304,8 @@ class GatewayASGI:
             await _send_json(send, exc.status, exc.as_json(), {k.lower(): v for k, v in exc.headers.items()})
             return
         allowed = {name for name in catalog.router_models if not name.endswith("*")}
+        if ctx.caller is None:  # stage 2 authenticates or raises
+            raise RuntimeError("an unauthenticated request reached /v1/models")
         if ctx.caller.allow_model_pinning:
             allowed.update(catalog.served_models())
         entries = {
@@ -311,7 +313,7 @@ class GatewayASGI:
                 "id": model,
                 "object": "model",
                 "created": 0,
-                "owned_by": catalog.upstream_for(model).name if catalog.upstream_for(model) else "finops-router",
+                "owned_by": upstream.name if (upstream := catalog.upstream_for(model)) else "finops-router",
                 "kind": catalog.kind_of(model),  # chat | embedding: which endpoint serves it
             }
             for model in sorted(allowed, key=lambda name: (catalog.kind_of(name) != "chat", name))  # chat models first

@@ -114,6 +114,20 @@ class RequestContext:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
+    @property
+    def routed(self) -> RouteDecision:
+        """The route decision, for the stages after 6 (stage 7 may replace it): none yet is a pipeline bug."""
+        if self.route is None:
+            raise RuntimeError("the request is not routed yet (stage 6)")
+        return self.route
+
+    @property
+    def validated_catalog(self) -> Catalog:
+        """The catalog stage 3 validated the request against, for the stages after it."""
+        if self.catalog is None:
+            raise RuntimeError("the request is not validated yet (stage 3)")
+        return self.catalog
+
     def ledger_row(self) -> dict[str, Any]:
         caller = self.caller
         route = self.route

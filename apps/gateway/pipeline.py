@@ -129,7 +129,7 @@ async def chat(
         await stage7_budget(ctx, catalog)
         if ctx.stream:
             return await stage8_upstream_stream(ctx, catalog)
-        response, position = await stage8_upstream(ctx, catalog, ctx.route.chain)
+        response, position = await stage8_upstream(ctx, catalog, ctx.routed.chain)
         response = await stage9_confidence(ctx, catalog, response, position)
         stage10_cost(ctx, catalog, response)
         return stage12_respond(ctx, response)
@@ -348,7 +348,7 @@ async def stage6_route(ctx: RequestContext) -> None:
 async def stage7_budget(ctx: RequestContext, catalog: Catalog) -> None:
     """Estimate (price in force × prompt estimate and the completion limit), then reserve it (a downgrade
     budget may re-route to the cheapest tier and reserve that instead: `stages.budget_reserve`)."""
-    ctx.estimated_cost_usd = estimate(ctx, catalog, ctx.route.model)
+    ctx.estimated_cost_usd = estimate(ctx, catalog, ctx.routed.model)
     try:
         await budget_reserve(ctx)
     except FinopsError:
@@ -521,7 +521,7 @@ async def stage9_confidence(ctx: RequestContext, catalog: Catalog, response: dic
         return response
     if not escalate or ctx.degraded:  # failed open: nothing reserved, so no extra call
         return response
-    chain = ctx.route.chain
+    chain = ctx.routed.chain
     tier = chain[position][0]
     higher = [entry for entry in chain[position + 1 :] if entry[0] != tier or not tier]
     target = ctx.confidence.target if ctx.confidence else None  # the router may name the (tier, model) to re-ask
@@ -558,7 +558,7 @@ def stage12_respond(ctx: RequestContext, response: dict[str, Any]) -> Reply:
 
 def stage12_respond_cached(ctx: RequestContext, hit: dict[str, Any]) -> Reply:
     ctx.status = "cached"
-    ctx.model = str(hit.get("model", "")) if ctx.catalog.is_router_name(ctx.requested_model) else ctx.requested_model
+    ctx.model = str(hit.get("model", "")) if ctx.validated_catalog.is_router_name(ctx.requested_model) else ctx.requested_model
     ctx.response_text = first_content(hit)
     if ctx.stream:
         reply = Reply(ctx=ctx, status=200, headers=finops_headers(ctx, with_cost=False), stream=CachedStream(ctx, hit))
@@ -577,6 +577,6 @@ def reply_error(ctx: RequestContext, exc: FinopsError) -> Reply:
 
 
 async def stage8_upstream_stream(ctx: RequestContext, catalog: Catalog) -> Reply:
-    (events, first), _ = await stage8_upstream(ctx, catalog, ctx.route.chain, stream=True)
+    (events, first), _ = await stage8_upstream(ctx, catalog, ctx.routed.chain, stream=True)
     stream = ChatStream(ctx, catalog, events, first)
     return Reply(ctx=ctx, status=200, headers=finops_headers(ctx, with_cost=False), stream=stream)

@@ -138,7 +138,8 @@ def catalog_build(*, price_rows: PriceBook | Iterable, provider_rows) -> Catalog
         for model in upstream.models:
             if model == ALL_PRICED:
                 for priced_model in prices.models():
-                    if upstream.name == MOCK_PROVIDER or prices.latest(priced_model).provider == upstream.name:
+                    latest = prices.latest(priced_model)  # never None: every model in the book has a window
+                    if upstream.name == MOCK_PROVIDER or (latest is not None and latest.provider == upstream.name):
                         wildcard.setdefault(priced_model, _mock_native(catalog.upstreams, prices, priced_model) or upstream)
             else:
                 explicit.setdefault(model, upstream)

@@ -161,7 +161,8 @@ class ChatStream:
                 call["id"] = fragment["id"]
             if fragment.get("type"):
                 call["type"] = fragment["type"]
-            function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+            function = fragment.get("function")
+            function = function if isinstance(function, dict) else {}
             if function.get("name"):
                 call["function"]["name"] += function["name"]
             if isinstance(function.get("arguments"), str):
@@ -362,7 +363,8 @@ class CachedStream:
         }
         if self.ctx.include_usage:
             yield sse(finish)
-            usage = self.hit.get("usage") if isinstance(self.hit.get("usage"), dict) else {}
+            usage = self.hit.get("usage")
+            usage = usage if isinstance(usage, dict) else {}
             yield sse({**base, "choices": [], "usage": {**usage, "finops": summary}, "finops": summary})
         else:
             yield sse({**finish, "finops": summary})

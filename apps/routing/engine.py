@@ -29,7 +29,7 @@ is a pin. (The gateway accepts these names through FINOPS["GATEWAY_ROUTER_MODELS
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -89,7 +89,7 @@ class PromptView:
     last_user_lower: str
 
     @classmethod
-    def of(cls, messages: list[Mapping[str, Any]], *, full: str | None = None) -> PromptView:
+    def of(cls, messages: Sequence[Mapping[str, Any]], *, full: str | None = None) -> PromptView:
         text = scan_window(prompt_text(messages) if full is None else full)
         last = scan_window(_last_user_text(messages))
         return cls(full=text, full_lower=text.lower(), last_user=last, last_user_lower=last.lower())
@@ -365,7 +365,7 @@ def complexity_tier(score: float, tiers: tuple[TierSpec, ...], policy: PolicySpe
     return chosen, threshold
 
 
-def _last_user_text(messages: list[Mapping[str, Any]]) -> str:
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
             return prompt_text([message])
@@ -375,7 +375,7 @@ def _last_user_text(messages: list[Mapping[str, Any]]) -> str:
 def route_plan(
     config: RouterConfig,
     *,
-    messages: list[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
     requested_model: str,
     org_id: int | None,
     allow_pinning: bool = True,
@@ -434,15 +434,16 @@ def route_plan(
     if policy.use_keywords:
         rule = keyword_match(config.rules, org_id=org_id, tiers=tiers, view=PromptView.of(list(messages), full=full_text))
         if rule is not None:
-            tier = tier_by_name(tiers, rule.tier)
-            assert tier is not None
+            rule_tier = tier_by_name(tiers, rule.tier)
+            if rule_tier is None:  # keyword_match only returns rules whose tier is on this ladder
+                raise NoRoutableModel(f"rule {rule.id} points at tier '{rule.tier}', not on ladder '{policy.ladder}'")
             return RoutePlan(
-                tier=tier.name,
+                tier=rule_tier.name,
                 strategy="keyword",
-                reason=f"{refused}rule {rule.id} '{rule.name}' → {tier.name}",
-                chain=config.chain(tiers, tier.rank, policy),
+                reason=f"{refused}rule {rule.id} '{rule.name}' → {rule_tier.name}",
+                chain=config.chain(tiers, rule_tier.rank, policy),
                 policy=policy,
-                requested_tier=tier.name,
+                requested_tier=rule_tier.name,
                 complexity=score,
                 features=features,
                 rule_id=rule.id,
@@ -469,8 +470,8 @@ def route_plan(
             note=refused,
         )
 
-    tier = tier_by_name(tiers, policy.default_tier) if policy.default_tier else None
-    tier = tier if tier is not None and tier.models else usable[0]
+    default = tier_by_name(tiers, policy.default_tier) if policy.default_tier else None
+    tier = default if default is not None and default.models else usable[0]
     return RoutePlan(
         tier=tier.name,
         strategy="default",

@@ -37,7 +37,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,7 @@ def _saturate(hits: float, at: float) -> float:
 
 
 def complexity_features(
-    messages: list[Mapping[str, Any]], *, prompt_tokens: int | None = None, text: str | None = None
+    messages: Sequence[Mapping[str, Any]], *, prompt_tokens: int | None = None, text: str | None = None
 ) -> dict[str, float]:
     """The six complexity features of a chat request, each in 0..1 (see the module docstring).
 
@@ -274,7 +274,7 @@ class Confidence:
         return ",".join(name for name, _ in top)
 
 
-_OPS = {
+_OPS: dict[type[ast.AST], Callable[..., float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -459,7 +459,7 @@ def escalation_risk(complexity: float, uncertainty: float) -> float:
 _JSON_REQUEST = re.compile(r"\b(?:respond|reply|answer|output|return|format(?:ted)?|give|produce)\b[^.\n]{0,40}\bJSON\b", re.I)
 
 
-def json_requested(messages: list[Mapping[str, Any]], response_format: Any = None) -> bool:
+def json_requested(messages: Sequence[Mapping[str, Any]], response_format: Any = None) -> bool:
     """The request wants JSON back: response_format json_object / json_schema, or the last user message says so."""
     if isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema"):
         return True
@@ -468,7 +468,7 @@ def json_requested(messages: list[Mapping[str, Any]], response_format: Any = Non
 
 
 def answer_confidence(
-    messages: list[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     answer: str | None,
     finish_reason: str | None = None,

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from demo.mock_llm.common import (
+    Message,
     Receive,
     Scope,
     Send,
@@ -52,7 +53,7 @@ def reshaping_send(send: Send, reshape: Callable[[int, dict[str, Any]], dict[str
     provider's error shape: `reshape(status, openai_error) -> payload`."""
     held: dict[str, Any] = {}
 
-    async def wrapped(message: dict[str, Any]) -> None:
+    async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] >= 400:
             held["start"] = message
             return
@@ -76,7 +77,7 @@ def replaying_receive(raw: bytes, receive: Receive) -> Receive:
     """A `receive` that hands the already-read body over once, then waits on the real one (disconnects)."""
     sent = [False]
 
-    async def wrapped() -> dict[str, Any]:
+    async def wrapped() -> Message:
         if not sent[0]:
             sent[0] = True
             return {"type": "http.request", "body": raw, "more_body": False}

@@ -303,10 +303,10 @@ class MockLLM:
             if truncate and not body.get("stream"):
                 text, finish = truncate_tokens(text, max(1, count_tokens(text) // 2)), "length"
             if thinking:  # the limit bounds the reasoning and the answer together
-                limited = isinstance(max_tokens, int) and max_tokens > 0
-                reasoning.append(min(thinking, max_tokens) if limited else thinking)
-                if limited and count_tokens(text) > max_tokens - reasoning[-1]:
-                    text, finish = truncate_tokens(text, max_tokens - reasoning[-1]), "length"
+                cap = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
+                reasoning.append(min(thinking, cap) if cap is not None else thinking)
+                if cap is not None and count_tokens(text) > cap - reasoning[-1]:
+                    text, finish = truncate_tokens(text, cap - reasoning[-1]), "length"
             choices.append((text, finish, digest))
 
         tool = _forced_tool(body)
@@ -460,7 +460,7 @@ class MockLLM:
                     if chunk_delay_s > 0 and i and not await watch.sleep(chunk_delay_s):
                         return
                     streamed[0] += 1
-                    delta = {"reasoning_content": piece}
+                    delta: dict[str, Any] = {"reasoning_content": piece}
                     await emit(frame({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
             pieces = token_pieces(text)
             entries = _logprob_entries(pieces, digest, forced_logprob) if want_logprobs else None

@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -112,7 +112,7 @@ def _truthy(value: Any) -> bool:
 # --------------------------------------------------------------------------- answers
 
 
-def _prompt_digest(model: str, messages: list[Mapping[str, Any]], index: int = 0) -> bytes:
+def _prompt_digest(model: str, messages: Sequence[Mapping[str, Any]], index: int = 0) -> bytes:
     h = hashlib.blake2b(digest_size=32)
     h.update(model.encode())
     h.update(b"\x1e%d" % index)
@@ -124,7 +124,7 @@ def _prompt_digest(model: str, messages: list[Mapping[str, Any]], index: int = 0
     return h.digest()
 
 
-def mock_answer(model: str, messages: list[Mapping[str, Any]], index: int = 0) -> str:
+def mock_answer(model: str, messages: Sequence[Mapping[str, Any]], index: int = 0) -> str:
     """The deterministic synthetic answer for ``(model, messages)`` (choice ``index``)."""
     return _answer_from_digest(model, _prompt_digest(model, messages, index))
 

@@ -409,7 +409,7 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
 
     bounds = LLMRequest.objects.order_by().values_list("received_at", flat=True)
     first, last = bounds.order_by("received_at").first(), bounds.order_by("-received_at").first()
-    if first is None:
+    if first is None or last is None:
         raise ValueError("the ledger is empty: run `manage.py seed_demo` first")
     start = first.replace(minute=0, second=0, microsecond=0)
     end = last.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)

@@ -98,7 +98,7 @@ def plot_incident(
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
     ax.plot(hours, x[lo:hi], color="#1f77b4", lw=1.4, label="actual $/hour")
     ax.plot(hours, det.expected[0, lo:hi], color="#7f7f7f", lw=1.0, ls="--", label="expected (hour-of-week baseline)")
-    ax.axvspan(seeded_start, seeded_end, color="#E01E5A", alpha=0.12, label="seeded incident")
+    ax.axvspan(seeded_start, seeded_end, color="#E01E5A", alpha=0.12, label="seeded incident")  # type: ignore[arg-type]  # stubs say float; date axes take datetimes
     flagged = [i for i in range(lo, hi) if det.flags[0, i]]
     ax.scatter(
         [series.hour_at(i) for i in flagged],
@@ -144,8 +144,8 @@ def calendar_markdown(report) -> str:
         "|---|---|" + "---|" * len(kinds) + "---|---|",
     ]
     for run in report.runs:
-        hours = {o.kind: o.scan_hours for o in run.report.outcomes}
-        cells = " | ".join(str(hours.get(kind, "—")) for kind in kinds)
+        scan_hours = {o.kind: o.scan_hours for o in run.report.outcomes}
+        cells = " | ".join(str(scan_hours.get(kind, "—")) for kind in kinds)
         lines.append(
             f"| {run.now:%Y-%m-%d %H:%M} | {run.now:%a} | {cells} | {run.live_created} | "
             f"{len(run.report.false_criticals) + run.live_false_criticals} |"

@@ -268,7 +268,10 @@ def local_embed(texts: list[str], *, progress: bool = True) -> np.ndarray:
     out: list[np.ndarray] = []
     chunk = 256  # each chunk is sorted by length before batching, so padding stays small
     for start in tqdm(range(0, len(texts), chunk), desc="embedding", unit="chunk", disable=not progress):
-        out.extend(local_embedder.encode(texts[start : start + chunk], batch_size=64, check_length=False))
+        for vector in local_embedder.encode(texts[start : start + chunk], batch_size=64, check_length=False):
+            if vector is None:  # only a text over MAX_LOCAL_CHARS: the eval sets have none
+                raise ValueError("a text is too long to embed locally (over embeddings.MAX_LOCAL_CHARS)")
+            out.append(vector)
     return np.vstack(out).astype(np.float32) if out else np.zeros((0, 384), dtype=np.float32)
 
 

@@ -107,9 +107,9 @@ class Budget(models.Model):
 
     @property
     def target_label(self) -> str:
-        if self.scope == self.Scope.USER and self.member_id:
+        if self.scope == self.Scope.USER and self.member is not None:
             return self.member.username
-        if self.scope == self.Scope.TEAM and self.team_id:
+        if self.scope == self.Scope.TEAM and self.team is not None:
             return self.team.name
         return self.org.name if self.org_id else "?"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Case, DecimalField, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
@@ -105,7 +106,7 @@ def budget_cap_warnings(*, budget: Budget) -> list[str]:
     if budget.scope == Budget.Scope.TEAM:
         parents.append(("its organization's", same.filter(scope=Budget.Scope.ORG, org_id=budget.org_id)))
     elif budget.scope == Budget.Scope.USER:
-        parents.append(("its team's", same.filter(scope=Budget.Scope.TEAM, team_id=budget.team_id)))
+        parents.append(("its team's", same.filter(scope=Budget.Scope.TEAM, team=budget.team)))
         parents.append(("its organization's", same.filter(scope=Budget.Scope.ORG, org_id=budget.org_id)))
     warnings = []
     for label, queryset in parents:
@@ -122,7 +123,8 @@ def budget_utilisation_by_org_scope(*, now: dt.datetime | None = None) -> list[t
     """(org id, org slug, scope, highest spent/cap) over active budgets with a positive cap, current period."""
     now = now or clock.now()
     best: dict[tuple[int, str, str], float] = {}
-    rows = budget_usage_annotate(Budget.objects.filter(active=True, cap_usd__gt=0), now=now).values_list(
+    annotated: QuerySet[Any] = budget_usage_annotate(Budget.objects.filter(active=True, cap_usd__gt=0), now=now)
+    rows = annotated.values_list(
         "org_id", "org__slug", "scope", "cap_usd", "spent_now"
     )
     for org_id, slug, scope, cap, spent in rows:

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 EDITABLE_FIELDS = ("cap_usd", "soft_pct", "action", "period", "active")
 
 
-def budget_cap_validate(cap_usd: Decimal) -> Decimal:
+def budget_cap_validate(cap_usd: Decimal | None) -> Decimal:
     if cap_usd is None:
         raise ValidationError("A cap is required.")
     cap = quantize_usd(Decimal(cap_usd), places=CAP_DECIMAL_PLACES)
@@ -58,15 +58,16 @@ def budget_soft_pct_normalize(values: Iterable[int]) -> list[int]:
 def budget_validate(*, budget: Budget) -> None:
     """Scope shape and tenancy consistency; fills org (and team) from the narrower target."""
     if budget.scope == Budget.Scope.USER:
-        if budget.member_id is None:
+        member = budget.member if budget.member_id is not None else None
+        if member is None:
             raise ValidationError({"member": "A user budget needs a user."})
-        member = budget.member
         budget.org_id, budget.team_id = member.org_id, member.team_id
     elif budget.scope == Budget.Scope.TEAM:
-        if budget.team_id is None:
+        team = budget.team if budget.team_id is not None else None
+        if team is None:
             raise ValidationError({"team": "A team budget needs a team."})
         budget.member = None
-        budget.org_id = budget.team.org_id
+        budget.org_id = team.org_id
     else:
         budget.team = None
         budget.member = None
@@ -79,8 +80,8 @@ def budget_validate(*, budget: Budget) -> None:
             active=True,
             scope=budget.scope,
             org_id=budget.org_id,
-            team_id=budget.team_id,
-            member_id=budget.member_id,
+            team=budget.team,
+            member=budget.member,
             period=budget.period,
         ).exclude(pk=budget.pk)
         if clash.exists():
@@ -242,7 +243,7 @@ def budget_reconcile(*, budget_ids: Iterable[int] | None = None) -> ReconcileRes
 
 
 SEVERITY_BY_THRESHOLD = ((100, "critical"), (80, "warning"), (0, "info"))
-ALERT_SCOPE_TYPE = {Budget.Scope.ORG: "org", Budget.Scope.TEAM: "team", Budget.Scope.USER: "member"}
+ALERT_SCOPE_TYPE: dict[str, str] = {Budget.Scope.ORG: "org", Budget.Scope.TEAM: "team", Budget.Scope.USER: "member"}
 
 
 def budget_alert_severity(threshold: int) -> str:

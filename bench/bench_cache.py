@@ -36,6 +36,7 @@ from finops import clock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from finops.conf import conf  # noqa: E402
 from finops.envfile import load_env_file  # noqa: E402
 from finops.processes import free_port, stop_process, wait_for_port  # noqa: E402
 
@@ -386,9 +387,8 @@ def main() -> int:
         torch_row.append(
             f"| … same prompts on the torch runtime (before ONNX), CPU time | {tcpu['p50']:.2f} | {tcpu['p95']:.2f} | {tcpu['p99']:.2f} | |"
         )
-    from django.conf import settings
 
-    threads = settings.FINOPS["CACHE_EMBED_THREADS"]
+    threads = conf().cache_embed_threads
     runtime = local_embedder.runtime
     lines = [
         "### Cache lookups (`bench/bench_cache.py`)",

@@ -44,6 +44,7 @@ from apps.budgets.hotpath import (
 from apps.budgets.limiter import fail_open_admit
 from apps.ledger.money import ZERO, quantize_usd
 from apps.tenancy.types import Caller
+from finops.conf import conf
 from finops.errors import BudgetDegradedRateLimited, BudgetExceeded, FinopsError
 
 logger = logging.getLogger(__name__)
@@ -197,13 +198,13 @@ async def _fail_open(caller: Caller, *, request_id: uuid.UUID, reason: str) -> B
     metrics.BUDGET_FAIL_OPEN.labels(reason=reason, limiter=limiter, outcome="allowed" if admitted else "limited").inc()
     metrics.BUDGET_DECISIONS.labels(state="fail_open").inc()
     if not admitted:
-        rpm = settings.FINOPS["BUDGET_FAIL_OPEN_RPM"]
+        rpm = conf().budget_fail_open_rpm
         raise BudgetDegradedRateLimited(
             f"Budgets are temporarily unavailable, so requests are limited to {rpm} per minute per user; "
             "this user has reached that limit. Retry in a minute.",
             headers={"Retry-After": "60"},
         )
-    clamp = settings.FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]
+    clamp = conf().budget_fail_open_max_tokens
     return BudgetDecision(state="fail_open", max_tokens_cap=clamp or None, fail_open_reason=reason, limiter=limiter)
 
 

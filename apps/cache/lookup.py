@@ -34,7 +34,6 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.cache import metrics
@@ -187,7 +186,7 @@ async def _decide(request: CacheRequest) -> CacheState:
         reason = "temperature"  # a sampled answer is one of many; replaying it changes what the client asked for
     elif tools and not policy.allow_tools:
         reason = "tools"
-    max_ttl = settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400)
+    max_ttl = conf().cache_max_ttl_s
     ttl_s, max_age_s = min(policy.ttl_s, max_ttl), None
     if request.max_age_s is not None:
         # Cache-Control max-age: the answer may be at most this old, and a stored answer lives at most this long.
@@ -313,7 +312,7 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
             context_hash=state.key.context_hash,
             params_hash=state.key.params_hash,
             vector=state.static_vector,
-            k=settings.FINOPS.get("CACHE_SEMANTIC_TOP_K", 5),
+            k=conf().cache_semantic_top_k,
             min_similarity=conf().cache_semantic_static_threshold,
             not_before=not_before,
         )

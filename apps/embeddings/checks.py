@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.core import checks
+
+from finops.conf import conf
 
 
 @checks.register()
@@ -11,7 +12,7 @@ def cache_local_runtime_is_known(app_configs, **kwargs):
     """A typo in FINOPS_CACHE_LOCAL_RUNTIME would otherwise only show as a warm-up warning and a silent semantic tier."""
     from apps.embeddings.embeddings import LOCAL_RUNTIMES
 
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME") or "onnx-int8"
+    runtime = conf().cache_local_runtime or "onnx-int8"
     if runtime not in LOCAL_RUNTIMES:
         return [
             checks.Error(

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from apps.embeddings import EMBEDDING_DIM
 from apps.ledger.pricing import Price, cost_compute
@@ -38,6 +37,7 @@ from apps.ledger.recorder import ledger_record, row_new
 from apps.ledger.selectors import price_in_force_async
 from apps.tenancy.types import Caller
 from finops import clock
+from finops.conf import conf
 from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pre
 
 
 def backend() -> str:
-    return settings.FINOPS.get("CACHE_EMBEDDING_BACKEND", "local") or "local"
+    return conf().cache_embedding_backend or "local"
 
 
 def model_name() -> str:
-    configured = settings.FINOPS.get("CACHE_EMBEDDING_MODEL", "")
+    configured = conf().cache_embedding_model
     if configured:
         return configured
     return LOCAL_MODEL_NAME if backend() == "local" else REMOTE_DEFAULT_MODEL
@@ -67,7 +67,7 @@ LOCAL_RUNTIMES = ("onnx-int8", "onnx", "torch")
 
 
 def local_runtime() -> str:
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "onnx-int8") or "onnx-int8"
+    runtime = conf().cache_local_runtime or "onnx-int8"
     if runtime not in LOCAL_RUNTIMES:
         raise ValueError(f"FINOPS_CACHE_LOCAL_RUNTIME={runtime!r}: expected one of {', '.join(LOCAL_RUNTIMES)}")
     return runtime
@@ -124,7 +124,7 @@ class LocalEmbedder:
             return self._loading
 
     def _threads(self) -> int:
-        return max(1, int(settings.FINOPS.get("CACHE_EMBED_THREADS", 1)))
+        return max(1, int(conf().cache_embed_threads))
 
     def _load_torch(self) -> Any:
         import torch
@@ -303,8 +303,8 @@ def _remote_client():
     client = rt.get("embeddings.remote")
     if client is None:
         client = AsyncOpenAI(
-            base_url=settings.FINOPS.get("CACHE_EMBEDDING_BASE_URL") or None,
-            api_key=settings.FINOPS.get("CACHE_EMBEDDING_API_KEY") or "unused",
+            base_url=conf().cache_embedding_base_url or None,
+            api_key=conf().cache_embedding_api_key or "unused",
             timeout=2.0,
             max_retries=0,
         )

@@ -19,6 +19,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from apps.gateway import pipeline
+from finops.conf import conf
 from finops.errors import BadRequest, FinopsError, PayloadTooLarge
 
 
@@ -107,9 +108,8 @@ class ChatApi(APIView):
 
     @staticmethod
     def _openai_body(data: dict[str, Any]) -> dict[str, Any]:
-        from django.conf import settings
 
-        router_models = settings.FINOPS["GATEWAY_ROUTER_MODELS"]
+        router_models = conf().gateway_router_models
         if "messages" in data:
             messages = data["messages"]
         else:

@@ -19,13 +19,12 @@ import gc
 import logging
 from typing import Any
 
-from django.conf import settings
-
 from apps.gateway import embeddings_api, pipeline, wire_messages, wire_responses
 from apps.gateway.admission import Admission, overloaded_error
 from apps.gateway.selectors import catalog_get
 from apps.ledger.recorder import intent_journal_shutdown
 from finops.asyncdb import get_pool
+from finops.conf import conf
 from finops.errors import FinopsError, PayloadTooLarge
 from finops.runtime import runtime_close
 
@@ -111,7 +110,7 @@ def _error(status: int, message: str, code: str, type_: str = "invalid_request_e
 
 async def _warm_semantic_cache() -> None:
     """Load the embedding model before taking traffic: loading it under load holds the GIL for seconds."""
-    if not settings.FINOPS.get("CACHE_ENABLED", True):
+    if not conf().cache_enabled:
         return
     try:
         from apps.embeddings import embeddings
@@ -159,7 +158,7 @@ class GatewayASGI:
         if scope["type"] == "http":
             # Django's ASGI handler would spool any body (of any method), however large, before a view could refuse it.
             headers = _headers(scope)
-            limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+            limit = conf().gateway_max_body_bytes
             try:
                 body, too_large = await _read_body(receive, limit, headers.get("content-length"))
             except ClientGone:
@@ -227,7 +226,7 @@ class GatewayASGI:
     async def _chat_completions(self, scope, receive, send, admission: Admission) -> None:
         headers = _headers(scope)
         ctx = pipeline.stage1_receive("chat_completions", headers, client=_client(scope))
-        limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+        limit = conf().gateway_max_body_bytes
         try:
             body, too_large = await _read_body(receive, limit, headers.get("content-length"))
         except ClientGone:
@@ -252,7 +251,7 @@ class GatewayASGI:
         """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""
         headers = _headers(scope)
         ctx = pipeline.stage1_receive(endpoint, headers, client=_client(scope))
-        limit = settings.FINOPS["GATEWAY_MAX_BODY_BYTES"]
+        limit = conf().gateway_max_body_bytes
         try:
             body, too_large = await _read_body(receive, limit, headers.get("content-length"))
         except ClientGone:

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import orjson
-from django.conf import settings
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from apps.budgets import gate
@@ -37,6 +36,7 @@ from apps.gateway.wire import WireReply, as_dict, authorization_of
 from apps.ledger.pricing import cost_compute
 from apps.routing.decide import circuit_allows, circuit_record
 from finops.asyncredis import get_redis
+from finops.conf import conf
 from finops.errors import (
     BadRequest,
     BudgetDegradedRateLimited,
@@ -149,7 +149,7 @@ def _validate(ctx: RequestContext, catalog: Catalog, body: bytes, rejection: Fin
             param="model",
             code="wrong_model_kind",
         )
-    limit = settings.FINOPS["GATEWAY_MAX_PROMPT_TOKENS"]
+    limit = conf().gateway_max_prompt_tokens
     if tokens > limit:
         raise PayloadTooLarge(f"This input has about {tokens} tokens; this gateway accepts at most {limit}.", param="input")
     ctx.prompt_tokens_estimate = tokens
@@ -174,7 +174,7 @@ async def _cache_policy_ttl(ctx: RequestContext) -> int:
     policy = await cache_policy_for(org_id=ctx.caller.org_id, model_class=ctx.requested_model)
     if not policy.enabled:
         return 0
-    ttl = min(policy.ttl_s, settings.FINOPS.get("CACHE_MAX_TTL_S", 30 * 86400))
+    ttl = min(policy.ttl_s, conf().cache_max_ttl_s)
     return min(ttl, ctx.cache_ttl_s) if ctx.cache_ttl_s is not None else ttl
 
 

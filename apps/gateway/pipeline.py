@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import orjson
-from django.conf import settings
 
 from apps.gateway import metrics
 from apps.gateway.billing import bill, first_content, stage10_cost
@@ -53,6 +52,7 @@ from apps.ledger.pricing import cost_compute
 from apps.ledger.recorder import INTERRUPTED, ledger_intent
 from apps.routing.decide import circuit_allows, circuit_record
 from apps.tenancy.keys import AuthThrottled, auth_failure_note, caller_for_secret
+from finops.conf import conf
 from finops.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -178,7 +178,7 @@ async def abandoned_drain() -> None:
 async def _abandoned_wait(tasks: set[asyncio.Future]) -> None:
     pending = [t for t in tasks if not t.done()]
     if pending:
-        await asyncio.wait(pending, timeout=settings.FINOPS["UPSTREAM_TIMEOUT_S"] + 5)
+        await asyncio.wait(pending, timeout=conf().upstream_timeout_s + 5)
 
 
 async def _end_abandoned(task: asyncio.Future) -> None:
@@ -280,7 +280,7 @@ def stage3_validate(
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise BadRequest(f"'{name}' must be a number.", param=name)
     n = data.get("n")
-    max_n = settings.FINOPS["GATEWAY_MAX_N"]
+    max_n = conf().gateway_max_n
     if n is not None and n > max_n:
         raise BadRequest(f"'n' must be at most {max_n} on this gateway; got {n}.", param="n")
     ctx.n = n or 1
@@ -290,7 +290,7 @@ def stage3_validate(
     if limits:
         ctx.max_tokens, ctx.max_tokens_param = min(limits)
     else:
-        ctx.max_tokens = settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]
+        ctx.max_tokens = conf().gateway_default_max_tokens
     ctx.body = data
     ctx.messages = messages
 
@@ -304,7 +304,7 @@ def stage3_validate(
     ctx.prompt_tokens_estimate = prompt_token_bound(
         messages, data.get("tools"), data.get("functions"), data.get("response_format")
     )
-    limit = settings.FINOPS["GATEWAY_MAX_PROMPT_TOKENS"]
+    limit = conf().gateway_max_prompt_tokens
     if ctx.prompt_tokens_estimate > limit:
         raise PayloadTooLarge(
             f"This prompt has about {ctx.prompt_tokens_estimate} tokens; this gateway accepts at most {limit}.", param="messages"
@@ -488,7 +488,7 @@ def journal_intent(
 ) -> None:
     """The row `ctx` becomes if this process dies now (apps.ledger.recorder, step 5): failed/gateway_interrupted,
     with the prompt estimate priced at `model` (and the completion tokens streamed so far) on top of what is billed."""
-    if not settings.FINOPS["LEDGER_INTENTS"]:
+    if not conf().ledger_intents:
         return
     try:
         row = ctx.ledger_row()

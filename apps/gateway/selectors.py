@@ -23,6 +23,7 @@ from apps.gateway.upstream_policy import base_url_refusal, key_env_refusal
 from apps.ledger.pricing import Price, PriceBook
 from apps.ledger.selectors import price_book_fetch
 from finops.asyncdb import get_pool
+from finops.conf import conf
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ _refreshing: asyncio.Task | None = None
 async def catalog_get() -> Catalog:
     """The cached catalog; a stale one is served while a background task reloads it."""
     global _refreshing
-    ttl = settings.FINOPS["GATEWAY_CATALOG_CACHE_SECONDS"]
+    ttl = conf().gateway_catalog_cache_seconds
     catalog = _catalog
     if catalog is None or ttl <= 0:
         return await catalog_refresh()
@@ -128,7 +129,7 @@ def catalog_build(*, price_rows: PriceBook | Iterable, provider_rows) -> Catalog
     """The catalog from price rows (or a PriceBook of them) and provider rows; pure, for tests too."""
     prices = price_rows if isinstance(price_rows, PriceBook) else PriceBook(price_rows)
     catalog = Catalog(
-        loaded_at=time.monotonic(), prices=prices, router_models=frozenset(settings.FINOPS["GATEWAY_ROUTER_MODELS"])
+        loaded_at=time.monotonic(), prices=prices, router_models=frozenset(conf().gateway_router_models)
     )
 
     catalog.upstreams = _upstreams(provider_rows)

@@ -20,8 +20,6 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
-
 from apps.budgets import gate
 from apps.cache import lookup
 from apps.gateway.context import RequestContext
@@ -31,6 +29,7 @@ from apps.ledger.pricing import cost_upper_bound
 from apps.routing import decide
 from apps.routing.types import RouteDecision
 from apps.tenancy.keys import api_key_rate_admit
+from finops.conf import conf
 from finops.errors import BudgetDegradedRateLimited, BudgetExceeded, FinopsError, UnpricedModel
 
 logger = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def estimate(ctx: RequestContext, catalog: Catalog, model: str) -> Decimal:
     price = catalog.price_for(model, ctx.received_at.date())
     if price is None:
         raise UnpricedModel(f"Model '{model}' has no price in force; an administrator must add a ModelPrice row.", param="model")
-    completion = (ctx.max_tokens or settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"]) * max(ctx.n, 1)
+    completion = (ctx.max_tokens or conf().gateway_default_max_tokens) * max(ctx.n, 1)
     # Every prompt token at the dearest prompt-side rate (an Anthropic cache write is 1.25 × input), × priority if asked.
     tier = ctx.body.get("service_tier") if isinstance(ctx.body.get("service_tier"), str) else None
     return cost_upper_bound(price=price, prompt_tokens=ctx.prompt_tokens_estimate, completion_tokens=completion, service_tier=tier)

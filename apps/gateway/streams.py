@@ -8,8 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.conf import settings
-
 from apps.gateway import metrics
 from apps.gateway.billing import bill, charge
 from apps.gateway.context import RequestContext
@@ -180,7 +178,7 @@ class ChatStream:
     def _journal(self) -> None:
         """Refresh this request's intent with the tokens streamed so far, at most once a second (recorder step 5)."""
         self.journal_at = time.perf_counter() + 1.0
-        if settings.FINOPS["LEDGER_INTENTS"]:
+        if conf().ledger_intents:
             streamed = self._streamed_tokens()
             ctx = self.ctx
             from apps.gateway.pipeline import journal_intent  # the stage-8 journal, refreshed while streaming

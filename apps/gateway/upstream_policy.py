@@ -20,7 +20,7 @@ import socket
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
-from django.conf import settings
+from finops.conf import conf
 
 # The project's own secrets: never an upstream key, even if an operator's pattern would match them.
 DENIED_KEY_ENVS = frozenset(
@@ -46,7 +46,7 @@ def key_env_refusal(name: str) -> str | None:
     """Why `name` may not be a provider's api_key_env (None: it may). An empty name (no key) is fine."""
     if not name:
         return None
-    allowed = settings.FINOPS["UPSTREAM_KEY_ENV_ALLOWED"]
+    allowed = conf().upstream_key_env_allowed
     if name in DENIED_KEY_ENVS or any(fnmatchcase(name, pattern) for pattern in DENIED_KEY_ENV_PATTERNS):
         return f"{name} holds one of this server's own secrets; it is never sent to an upstream."
     if not any(fnmatchcase(name, pattern) for pattern in allowed):
@@ -88,10 +88,10 @@ def base_url_refusal(url: str) -> str | None:
     ):
         return f"{host} is a link-local or cloud metadata address; the gateway never sends keys there."
     loopback = host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback)
-    mock = (urlsplit(settings.FINOPS["MOCK_LLM_URL"]).hostname or "").lower()
+    mock = (urlsplit(conf().mock_llm_url).hostname or "").lower()
     if loopback or host == mock:
         return None  # a local vLLM, Ollama or the mock (FINOPS_MOCK_LLM_URL's host), over http or https
-    allowed = settings.FINOPS["UPSTREAM_HOSTS_ALLOWED"]
+    allowed = conf().upstream_hosts_allowed
     if allowed:
         if any(fnmatchcase(host, pattern.lower()) for pattern in allowed):
             return None

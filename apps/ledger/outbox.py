@@ -16,6 +16,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 
 from apps.ledger import metrics
 from apps.ledger.recorder import COLUMNS, intent_tag, row_from_dict, row_from_json, row_to_json, spool_dir
+from finops.conf import conf
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def ledger_outbox_replay(*, batch_size: int = 500, redis_url: str | None = None,
 
 
 def _replay_stream(result: ReplayResult, *, batch_size: int, redis_url: str) -> None:
-    stream = settings.FINOPS["LEDGER_OUTBOX_STREAM"]
+    stream = conf().ledger_outbox_stream
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
         after = "-"

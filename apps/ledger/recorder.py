@@ -46,7 +46,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from django.conf import settings
 from django.db import connections
 
 from apps.ledger import metrics
@@ -56,6 +55,7 @@ from apps.tenancy.keys import api_keys_mark_used
 from finops import clock
 from finops.asyncdb import call_bounded, get_pool
 from finops.asyncredis import get_redis
+from finops.conf import conf
 from finops.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def row_from_dict(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def spool_dir() -> Path:
-    return Path(settings.FINOPS["LEDGER_SPOOL_DIR"])
+    return Path(conf().ledger_spool_dir)
 
 
 def spool_append(lines: list[str], *, directory: Path | None = None) -> Path:
@@ -188,7 +188,7 @@ async def outbox_write(rows: list[dict[str, Any]], *, redis=None) -> str:
         client = redis if redis is not None else get_redis()
         pipe = client.pipeline(transaction=False)
         for line in lines:
-            pipe.xadd(settings.FINOPS["LEDGER_OUTBOX_STREAM"], {"row": line})
+            pipe.xadd(conf().ledger_outbox_stream, {"row": line})
         await pipe.execute()
         sink = "redis"
     except Exception as exc:
@@ -206,7 +206,7 @@ async def _close_pool(pool: asyncpg.Pool) -> None:
 
 
 async def _ledger_pool() -> asyncpg.Pool:
-    dsn = settings.FINOPS["LEDGER_DATABASE_URL"]
+    dsn = conf().ledger_database_url
     if not dsn:
         return await get_pool()
     rt = runtime()
@@ -216,7 +216,7 @@ async def _ledger_pool() -> asyncpg.Pool:
             pool = rt.get("ledger.pool")
             if pool is None:
                 pool = await asyncpg.create_pool(
-                    dsn, min_size=1, max_size=4, timeout=settings.FINOPS["ASYNCPG_CONNECT_TIMEOUT_S"], statement_cache_size=32
+                    dsn, min_size=1, max_size=4, timeout=conf().asyncpg_connect_timeout_s, statement_cache_size=32
                 )
                 rt.put("ledger.pool", pool, close=_close_pool)
     return pool
@@ -241,7 +241,7 @@ class LedgerWriter:
     async def write(self, row: dict[str, Any]) -> bool:
         """True once the row is committed or in the outbox; False if the writer failed unexpectedly."""
         row_clean(row)
-        if len(self.queue) >= settings.FINOPS["LEDGER_QUEUE_MAX"]:
+        if len(self.queue) >= conf().ledger_queue_max:
             # Bounded memory: while the writer is backed up, new rows go straight to the outbox.
             await outbox_write([row])
             return True
@@ -257,7 +257,7 @@ class LedgerWriter:
             await self.idle.wait()
 
     async def _run(self) -> None:
-        batch_max = settings.FINOPS["LEDGER_BATCH_MAX"]
+        batch_max = conf().ledger_batch_max
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
@@ -279,7 +279,7 @@ class LedgerWriter:
             try:
                 # Abandoned past the deadline, not waited for (wait_for would wait for a hung server's cancel): if the
                 # insert lands after all, the outbox replay's ON CONFLICT (request_id) DO NOTHING keeps one row.
-                await call_bounded(self._insert(rows), timeout_s=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                await call_bounded(self._insert(rows), timeout_s=conf().ledger_insert_timeout_s)
                 metrics.child(metrics.LEDGER_ROWS, "postgres").inc(len(rows))
                 return
             except ROW_REFUSED as exc:
@@ -293,7 +293,7 @@ class LedgerWriter:
         await outbox_write(rows)  # the replay dead-letters a row Postgres keeps refusing
 
     def _db_down(self, exc: BaseException, count: int) -> None:
-        self.db_down_until = time.monotonic() + settings.FINOPS["LEDGER_DB_RETRY_AFTER_S"]
+        self.db_down_until = time.monotonic() + conf().ledger_db_retry_after_s
         logger.warning("ledger insert failed (%s: %s); %d row(s) to the outbox", type(exc).__name__, exc, count)
 
     async def _insert_each(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,7 +301,7 @@ class LedgerWriter:
         left: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             try:
-                await call_bounded(self._insert([row]), timeout_s=settings.FINOPS["LEDGER_INSERT_TIMEOUT_S"])
+                await call_bounded(self._insert([row]), timeout_s=conf().ledger_insert_timeout_s)
                 metrics.child(metrics.LEDGER_ROWS, "postgres").inc()
             except ROW_REFUSED as exc:
                 logger.error("ledger row %s refused by Postgres (%s); to the outbox", row.get("request_id"), exc)
@@ -467,7 +467,7 @@ def ledger_intent(row: dict[str, Any]) -> None:
     The caller builds the row as it would stand at death: before each upstream call, the prompt estimate priced at
     the model being called on top of what is already billed; while a stream is relayed, the completion tokens so far.
     """
-    if not settings.FINOPS["LEDGER_INTENTS"]:
+    if not conf().ledger_intents:
         return
     try:
         _intent_journal().intent(str(row["request_id"]), row_clean(row))

@@ -31,6 +31,7 @@ from apps.tenancy import metrics
 from apps.tenancy.services import api_key_hash
 from apps.tenancy.types import Caller
 from finops.asyncdb import query_bounded
+from finops.conf import conf
 from finops.errors import RateLimited
 from finops.limiter import window_admit
 
@@ -92,7 +93,7 @@ def _window(key: str, now: float) -> _Window:
     window = _windows.get(key)
     if window is None or now - window.started >= _WINDOW_S:
         window = _Window(started=now)
-        _lru_put(_windows, key, window, settings.FINOPS["API_KEY_NEGATIVE_CACHE_MAX"])
+        _lru_put(_windows, key, window, conf().api_key_negative_cache_max)
     else:
         _windows.move_to_end(key)
     return window
@@ -100,7 +101,7 @@ def _window(key: str, now: float) -> _Window:
 
 def _throttle_check(client: str, now: float) -> None:
     """429 before the database when this address has failed authentication too often this minute."""
-    limit = settings.FINOPS["AUTH_FAILURES_PER_MINUTE"]
+    limit = conf().auth_failures_per_minute
     if not limit or not client:
         return
     with _windows_lock:
@@ -262,7 +263,7 @@ async def api_key_rate_admit(*, caller: Caller, token: str) -> None:
         key=rate_limit_key(org_id=caller.org_id, api_key_id=caller.api_key_id),
         limit=limit,
         token=token,
-        timeout_s=settings.FINOPS["API_KEY_RATE_LIMIT_TIMEOUT_MS"] / 1000,
+        timeout_s=conf().api_key_rate_limit_timeout_ms / 1000,
     )
     if admission.admitted:
         return

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from django.conf import settings
 
 from apps.gateway.adapters.base import (
     ANTHROPIC,
@@ -43,6 +42,7 @@ from apps.gateway.adapters.base import (
 )
 from apps.gateway.selectors import Upstream
 from apps.gateway.usage import anthropic_usage
+from finops.conf import conf
 from finops.tokens import message_text
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -296,7 +296,7 @@ class AnthropicMessages(Adapter):
     kind = ANTHROPIC
 
     def _request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return chat_to_messages(body, default_max_tokens=settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"])
+        return chat_to_messages(body, default_max_tokens=conf().gateway_default_max_tokens)
 
     async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
         body = as_dict(body)

@@ -18,8 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.conf import settings
-
 from apps.gateway.adapters.base import (
     GEMINI,
     Adapter,
@@ -37,6 +35,7 @@ from apps.gateway.adapters.base import (
 )
 from apps.gateway.selectors import Upstream
 from apps.gateway.usage import gemini_usage
+from finops.conf import conf
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}  # fmt: skip
@@ -187,7 +186,7 @@ class GeminiGenerateContent(Adapter):
     kind = GEMINI
 
     def _request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return chat_to_gemini(body, default_max_tokens=settings.FINOPS["GATEWAY_DEFAULT_MAX_TOKENS"])
+        return chat_to_gemini(body, default_max_tokens=conf().gateway_default_max_tokens)
 
     async def complete(self, upstream: Upstream, body: Body, *, headers: dict[str, str]) -> dict[str, Any]:
         body = as_dict(body)

@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 import httpx2
 import orjson
-from django.conf import settings
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient, DefaultAsyncHttpxClient
 
 from apps.gateway.adapters.base import (
@@ -38,6 +37,7 @@ from apps.gateway.adapters.base import (
     stream_start,
 )
 from apps.gateway.selectors import Upstream
+from finops.conf import conf
 from finops.runtime import runtime
 
 # httpx2 logs every request at INFO: one log line per LLM call costs more than the rest of the relay.
@@ -47,7 +47,7 @@ SDK, SDK_HTTPX, RAW = "sdk", "sdk-httpx", "raw"
 
 
 def transport() -> str:
-    value = settings.FINOPS["UPSTREAM_TRANSPORT"]
+    value = conf().upstream_transport
     return {"aiohttp": SDK, "httpx": SDK_HTTPX}.get(value, value)
 
 

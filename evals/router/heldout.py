@@ -201,8 +201,9 @@ def leave_out_markdown(protocols: list[Protocol], *, k: int, dims: int | None) -
         "The k-fold figures above score each prompt with an index that holds prompts of its own subject and benchmark.",
         "Here whole slices are left out: each slice is scored by an index (`RouteIndex.build`, "
         f"k = {k}, {dims or 384} dimensions) of every *other* prompt (`evals/router/heldout.py`). *Served* is what the "
-        "gateway does: the learned score, unless the index abstains (the prompt's k-th nearest exemplar is less "
-        f"similar than the {learned.RADIUS_QUANTILE:.0%} quantile of the exemplars' own, or the neighbours' mean gain is "
+        "gateway does: the learned score, unless the index abstains (the prompt's nearest exemplar, relative to its "
+        "neighbours' own nearest-exemplar similarity, is less similar than for "
+        f"{1 - learned.FAR_QUANTILE:.0%} of the exemplars themselves, or the neighbours' mean gain is "
         f"within {learned.MIN_AGREEMENT:g} standard errors of the typical one), and then the complexity score. APGR "
         "by premium share; random = 0.500.",
         "",
@@ -239,8 +240,10 @@ def leave_out_markdown(protocols: list[Protocol], *, k: int, dims: int | None) -
         )
         + f"pooled ({pooled}). On slices it has not seen, the index's vote is no better than chance, and the "
         "complexity score it hands over to is itself below chance on MMLU, so abstaining keeps the served policy "
-        "level with complexity but cannot lift it to the goal. The price is paid in distribution, where the index "
-        "now abstains on most prompts too (the k-fold rows: served against the index alone)."
+        "level with complexity but cannot lift it to the goal. In distribution the index still abstains on most "
+        "prompts (the k-fold rows: served against the index alone): no label-free distance tells a held-out "
+        "GSM8K word problem from the MMLU mathematics questions the index does know, so only the vote test "
+        "protects that slice (trade-off measured in docs/adr/010-learned-router-index.md)."
     )
     lines += [
         "",

@@ -223,17 +223,19 @@ class RouteIndex:
 
     def abstains(self, vector: np.ndarray) -> str | None:
         """Why the index should not decide for this prompt ("far", "disagree"), or None when its vote counts."""
+        far, disagree = self.abstention_tests(vector)
+        return "far" if far else ("disagree" if disagree else None)
+
+    def abstention_tests(self, vector: np.ndarray) -> tuple[bool, bool]:
+        """Both abstention tests of one prompt: (far from the exemplars, neighbours' vote indecisive)."""
         sims = self._sims(vector)
         k = min(self.k, sims.shape[1])
         nearest = np.argpartition(-sims, k - 1, axis=1)[0, :k]
         ratio = _outlier_ratio(sims[0, nearest].max(keepdims=True), self.own_top1[nearest][None, :])
-        if float(ratio[0]) < self.far_bar:
-            return "far"
         gains = self.gains[nearest].astype(np.float64)
         spread = float(gains.std(ddof=1)) / np.sqrt(k) if k > 1 else 0.0
-        if abs(float(gains.mean()) - self.typical_gain) < MIN_AGREEMENT * max(spread, 1e-9):
-            return "disagree"
-        return None
+        disagree = abs(float(gains.mean()) - self.typical_gain) < MIN_AGREEMENT * max(spread, 1e-9)
+        return bool(float(ratio[0]) < self.far_bar), bool(disagree)
 
     def _sims(self, vector: np.ndarray) -> np.ndarray:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)

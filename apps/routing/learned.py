@@ -16,11 +16,15 @@ vectors; the router reuses the cache's vector when the cache already embedded th
 
 **Abstention.** Topic neighbourhood does not transfer: on subjects or benchmarks the index has never seen,
 its vote is noise (issue #20). So the strategy abstains, and the complexity score decides instead, when
-- the prompt is far from the exemplars: the similarity of its k-th nearest exemplar is below `radius`, the
-  `RADIUS_QUANTILE` quantile of the exemplars' own (leave-one-out) k-th-neighbour similarities; or
-- the neighbours disagree: their mean gain is within `MIN_AGREEMENT` standard errors of the index's typical
-  (median leave-one-out) mean gain, i.e. the vote cannot tell this prompt from an average one.
-Both bars are label-free or fixed in advance, not tuned on held-out data (docs/router-eval.md, leave-out tables).
+- the prompt is far from the exemplars *for its neighbourhood*: the similarity of its nearest exemplar,
+  divided by the mean nearest-other-exemplar similarity of its k neighbours (a local-outlier ratio, so dense
+  and sparse regions are judged alike), is below `far_bar`, the `FAR_QUANTILE` quantile of the same ratio
+  over the exemplars themselves (leave-one-out). In distribution that abstains on about a quarter of the
+  prompts by construction; on unseen MMLU subject groups on 55-95 %;
+- or the neighbours disagree: their mean gain is within `MIN_AGREEMENT` standard errors of the index's
+  typical (median leave-one-out) mean gain, i.e. the vote cannot tell this prompt from an average one.
+Both bars are label-free or fixed in advance and calibrated on the index's own exemplars, never on held-out
+slices (docs/router-eval.md, leave-out tables; the trade-off is in docs/adr/010-learned-router-index.md).
 
 The index is plain numpy in each worker's memory: exact brute-force cosine over ~8.7k × 128 int8-stored
 vectors takes well under a millisecond, and the hot path makes no query (docs/adr/010-learned-router-index.md).
@@ -50,8 +54,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 DEFAULT_K = 100
-RADIUS_QUANTILE = 0.05  # abstain below the 5th percentile of the exemplars' own k-th-neighbour similarity
-MIN_AGREEMENT = 3.0  # abstain when the neighbours' mean gain is within 3 standard errors of the typical one
+FAR_QUANTILE = 0.25  # abstain below the exemplars' own 25 % quantile of the nearest-neighbour outlier ratio
+MIN_AGREEMENT = 2.0  # abstain when the neighbours' mean gain is within 2 standard errors of the typical one
 DEFAULT_DIMS = 128
 # LOO calibration and per-fold builds compare rows in chunks: (chunk × n) float32 similarities at a time.
 CHUNK = 512
@@ -95,6 +99,13 @@ def _mean_top_k(sims: np.ndarray, gains: np.ndarray, k: int) -> np.ndarray:
     return np.sort(gains[nearest], axis=1).sum(axis=1, dtype=np.float64) / k
 
 
+def _outlier_ratio(top1: np.ndarray, neighbours_top1: np.ndarray) -> np.ndarray:
+    """A prompt's nearest-exemplar similarity over the mean nearest-other-exemplar similarity of its neighbours
+    (a local-outlier factor on similarities): about 1 inside the exemplars' own density, lower when far."""
+    local = np.maximum(neighbours_top1.astype(np.float64).mean(axis=-1), 1e-6)
+    return np.asarray(top1, dtype=np.float64).reshape(-1) / local
+
+
 class RouteIndex:
     """Exemplars (projected, unit, int8-stored vectors), their gains and keys, k, and the score calibration."""
 
@@ -109,7 +120,8 @@ class RouteIndex:
         k: int,
         calibration: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
-        radius: float | None = None,
+        own_top1: np.ndarray | None = None,
+        far_bar: float | None = None,
     ) -> None:
         self.projection = None if projection is None else projection.astype(np.float32)
         self.codes = codes.astype(np.int8)
@@ -119,12 +131,15 @@ class RouteIndex:
         self.keys = keys.astype(np.uint64)
         self.k = int(k)
         self.meta = dict(meta or {})
-        if calibration is None or radius is None:
-            loo, kth = self._loo()
+        if calibration is None or own_top1 is None or far_bar is None:
+            loo, top1, ratio = self._loo()
             calibration = loo if calibration is None else calibration
-            radius = float(np.quantile(kth, RADIUS_QUANTILE)) if radius is None else radius
+            if own_top1 is None or far_bar is None:
+                own_top1, far_bar = top1, float(np.quantile(ratio, FAR_QUANTILE))
         self.calibration = np.sort(np.asarray(calibration, dtype=np.float64))
-        self.radius = float(radius)  # k-th-neighbour similarity below which the index abstains
+        # Each exemplar's similarity to its nearest other exemplar, and the outlier ratio below which the index abstains.
+        self.own_top1 = np.asarray(own_top1, dtype=np.float32)
+        self.far_bar = float(far_bar)
         self.typical_gain = float(np.median(self.calibration))
 
     def __len__(self) -> int:
@@ -174,19 +189,23 @@ class RouteIndex:
         """Every exemplar's mean gain from its k nearest *other* prompts (its own duplicates excluded too)."""
         return self._loo(progress)[0]
 
-    def _loo(self, progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it) -> tuple[np.ndarray, np.ndarray]:
-        """Leave-one-out mean gains and k-th-neighbour similarities of the exemplars."""
+    def _loo(
+        self, progress: Callable[[Iterable[Any]], Iterable[Any]] = lambda it: it
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Leave-one-out mean gains, nearest-other-exemplar similarities and outlier ratios of the exemplars."""
         n = len(self)
         k = max(1, min(self.k, n - 1))
         out = np.empty(n, dtype=np.float64)
-        kth = np.empty(n, dtype=np.float64)
+        top1 = np.empty(n, dtype=np.float32)
+        nearest = np.empty((n, k), dtype=np.int32)
         for start in progress(range(0, n, CHUNK)):
             rows = slice(start, min(start + CHUNK, n))
             sims = self.vectors[rows] @ self.vectors.T
             sims[self.keys[rows][:, None] == self.keys[None, :]] = -np.inf
             out[rows] = _mean_top_k(sims, self.gains, k)
-            kth[rows] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-        return out, kth
+            nearest[rows] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            top1[rows] = np.max(sims, axis=1)
+        return out, top1, _outlier_ratio(top1, top1[nearest])
 
     def excluding(self, keys: Iterable[int]) -> RouteIndex:
         """The same index without the exemplars of these prompt keys, recalibrated on what is left (held-out scoring)."""
@@ -204,16 +223,19 @@ class RouteIndex:
 
     def abstains(self, vector: np.ndarray) -> str | None:
         """Why the index should not decide for this prompt ("far", "disagree"), or None when its vote counts."""
+        far, disagree = self.abstention_tests(vector)
+        return "far" if far else ("disagree" if disagree else None)
+
+    def abstention_tests(self, vector: np.ndarray) -> tuple[bool, bool]:
+        """Both abstention tests of one prompt: (far from the exemplars, neighbours' vote indecisive)."""
         sims = self._sims(vector)
         k = min(self.k, sims.shape[1])
         nearest = np.argpartition(-sims, k - 1, axis=1)[0, :k]
-        if float(sims[0, nearest].min()) < self.radius:
-            return "far"
+        ratio = _outlier_ratio(sims[0, nearest].max(keepdims=True), self.own_top1[nearest][None, :])
         gains = self.gains[nearest].astype(np.float64)
         spread = float(gains.std(ddof=1)) / np.sqrt(k) if k > 1 else 0.0
-        if abs(float(gains.mean()) - self.typical_gain) < MIN_AGREEMENT * max(spread, 1e-9):
-            return "disagree"
-        return None
+        disagree = abs(float(gains.mean()) - self.typical_gain) < MIN_AGREEMENT * max(spread, 1e-9)
+        return bool(float(ratio[0]) < self.far_bar), bool(disagree)
 
     def _sims(self, vector: np.ndarray) -> np.ndarray:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
@@ -250,7 +272,8 @@ class RouteIndex:
             "keys": self.keys,
             "k": np.array(self.k),
             "calibration": self.calibration.astype(np.float64),  # exact: a loaded index decides as the built one
-            "radius": np.array(self.radius, dtype=np.float64),
+            "own_top1": self.own_top1.astype(np.float32),
+            "far_bar": np.array(self.far_bar, dtype=np.float64),
             "meta": np.array(json.dumps(self.meta, sort_keys=True)),
         }
         if self.projection is not None:
@@ -276,8 +299,9 @@ class RouteIndex:
                 k=int(data["k"]),
                 calibration=data["calibration"].astype(np.float64),
                 meta=meta,
-                # Files written before abstention existed: the radius is computed once here (leave-one-out, ~1 s).
-                radius=float(data["radius"]) if "radius" in data else None,
+                # Files written before this abstention rule: its statistics are computed once here (leave-one-out, ~1 s).
+                own_top1=data["own_top1"] if "own_top1" in data else None,
+                far_bar=float(data["far_bar"]) if "far_bar" in data else None,
             )
 
 

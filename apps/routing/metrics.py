@@ -13,7 +13,9 @@ ROUTE_DECISIONS = Counter(
 LEARNED_SCORES = Counter(
     "finops_route_learned_scores_total",
     "Learned-strategy lookups by outcome: cache_vector (scored with the semantic cache's embedding), embedded (the "
-    "router embedded the prompt), no_index, no_text, no_vector (the embedding model is unavailable; complexity decided).",
+    "router embedded the prompt), no_index, no_text, no_vector (the embedding model is unavailable; complexity decided), abstained_far (the prompt is "
+    "far from the exemplars for its neighbourhood; complexity decided), abstained_disagree (the neighbours' vote cannot "
+    "tell it from an average prompt; complexity decided).",
     ["outcome"],
 )
 CONFIDENCE_CHECKS = Counter(

@@ -119,7 +119,7 @@ def test_excluding_drops_the_prompts_and_recalibrates(tiny_index) -> None:
 def test_the_index_abstains_far_from_its_exemplars_and_decides_near_them(tiny_index) -> None:
     assert tiny_index.abstains(embed(HARD_QUERY)) is None
     assert tiny_index.abstains(embed(EASY_QUERY)) is None
-    # Nothing like it among the exemplars: the k-th neighbour is less similar than the calibrated radius.
+    # Nothing like it among the exemplars: its nearest one is far less similar than the neighbours' own nearest ones.
     assert tiny_index.abstains(embed("List the ingredients of a classic Neapolitan pizza dough.")) == "far"
 
 
@@ -136,14 +136,17 @@ def test_the_index_abstains_when_its_neighbours_disagree() -> None:
     assert clear.abstains(vectors[0] * 3 + np.eye(384, dtype=np.float32)[0] * 40) is None
 
 
-def test_the_radius_survives_save_and_load_and_is_computed_for_older_files(tiny_index, tmp_path: Path) -> None:
+def test_the_far_bar_survives_save_and_load_and_is_computed_for_older_files(tiny_index, tmp_path: Path) -> None:
     path = tmp_path / "index.npz"
     tiny_index.save(path)
-    assert learned.RouteIndex.load(path).radius == tiny_index.radius
+    loaded = learned.RouteIndex.load(path)
+    assert loaded.far_bar == tiny_index.far_bar and np.array_equal(loaded.own_top1, tiny_index.own_top1)
     with np.load(path) as data:
-        older = {name: data[name] for name in data.files if name != "radius"}
+        older = {name: data[name] for name in data.files if name not in ("own_top1", "far_bar")}
     np.savez(tmp_path / "older.npz", **older)
-    assert learned.RouteIndex.load(tmp_path / "older.npz").radius == pytest.approx(tiny_index.radius, abs=1e-6)
+    recomputed = learned.RouteIndex.load(tmp_path / "older.npz")
+    assert recomputed.far_bar == pytest.approx(tiny_index.far_bar, abs=1e-6)
+    assert np.allclose(recomputed.own_top1, tiny_index.own_top1, atol=1e-6)
 
 
 def test_held_out_indexes_never_contain_the_rows_they_score() -> None:

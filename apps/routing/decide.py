@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from apps.embeddings.embeddings import embed_for_routing
 from apps.routing import learned, metrics
@@ -52,6 +51,7 @@ from apps.routing.features import answer_confidence
 from apps.routing.selectors import router_config
 from apps.routing.types import ConfidenceCheck, RouteDecision
 from apps.tenancy.types import Caller
+from finops.conf import conf
 from finops.errors import ModelNotFound
 from finops.tokens import message_text
 
@@ -65,8 +65,8 @@ def breaker() -> CircuitBreaker:
     global _breaker
     if _breaker is None:
         _breaker = CircuitBreaker(
-            failures=int(settings.FINOPS.get("ROUTER_CIRCUIT_FAILURES", 5)),
-            cooldown_s=float(settings.FINOPS.get("ROUTER_CIRCUIT_COOLDOWN_S", 30.0)),
+            failures=int(conf().router_circuit_failures),
+            cooldown_s=float(conf().router_circuit_cooldown_s),
         )
     return _breaker
 

@@ -10,7 +10,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
-from django.conf import settings
 
 from apps.ledger.pricing import Price, PriceBook
 from apps.ledger.selectors import price_in_force
@@ -35,6 +34,7 @@ from evals.router.index import embedding_cache_file
 from evals.router.metrics import sweep
 from evals.router.report import OOD_PREFIX, best_policy, chain_text, markdown_report, plot_write
 from finops import clock
+from finops.conf import conf
 from finops.errors import UnpricedModel
 
 PRICES_FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "prices.json"
@@ -166,7 +166,7 @@ _single_vectors: dict[tuple[str, int], np.ndarray] = {}
 
 def _embed_one_by_one(texts: list[str]) -> np.ndarray:
     """Vectors computed exactly as the gateway computes one (one prompt per call), memoised per process."""
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    runtime = conf().cache_local_runtime or "torch"
     out = []
     for text in texts:
         key = (runtime, learned.prompt_key(text))

@@ -8,11 +8,12 @@ from pathlib import Path
 from django.conf import settings
 
 from apps.routing import learned
+from finops.conf import conf
 
 
 def embedding_cache_file() -> Path:
     """Where the RouteLLM prompts' vectors are kept between runs (per local runtime: their vectors differ slightly)."""
-    runtime = settings.FINOPS.get("CACHE_LOCAL_RUNTIME", "torch") or "torch"
+    runtime = conf().cache_local_runtime or "torch"
     return Path(settings.BASE_DIR) / ".finops" / "cache" / f"router-minilm-{runtime}.npz"
 
 

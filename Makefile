@@ -61,9 +61,11 @@ smoke: services ## the quick check (< 1 min): 13 end-to-end checks on a seeded m
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy .
 
-test: services tools ## the whole suite: ruff, makemigrations --check, pytest on real Postgres/Redis/mock LLM
+test: services tools ## the whole suite: ruff, mypy, makemigrations --check, pytest on real Postgres/Redis/mock LLM
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy .
 	$(MANAGE) makemigrations --check --dry-run
 	$(PY) -m pytest -q -p no:cacheprovider
 

@@ -279,7 +279,7 @@ class RouteIndex:
         if self.projection is not None:
             arrays["projection"] = self.projection.astype(np.float16)
         with path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first keyword as a bool
 
     def _gains_fit_float16(self) -> bool:
         return bool(np.array_equal(self.gains.astype(np.float16).astype(np.float32), self.gains))
@@ -427,6 +427,8 @@ def prompts_embed(
                 [texts[i].strip()[:MAX_LOCAL_CHARS] for i in batch], batch_size=batch_size, check_length=False
             )
             for i, vector in zip(batch, encoded, strict=True):
+                if vector is None:  # check_length=False truncates instead: every text has its vector
+                    raise RuntimeError(f"the local embedding model gave no vector for prompt {i}")
                 known[int(keys[i])] = vector
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

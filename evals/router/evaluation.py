@@ -220,6 +220,11 @@ def learned_attach(
             item.chain_strategy, item.chain_tier = item.plan.strategy, item.plan.tier
 
 
+def _learned(item: Any) -> float:
+    """An item's learned score; NaN (compares False, like a missing score) when it has none."""
+    return float("nan") if item.learned is None else float(item.learned)
+
+
 def eval_messages(rec: dict[str, Any]) -> list[dict[str, str]]:
     """The conversation a record is asked as: the benchmark's format instruction (GSM8K), then the prompt."""
     user = {"role": "user", "content": rec["prompt"]}
@@ -425,7 +430,8 @@ def policies_evaluate(items: list[EvalItem], *, config: RouterConfig, policy: Po
     theta_l = policy.learned_threshold
     theta_lu = escalation_threshold(policy, "learned")
     if has_learned:
-        ln_premium = [i.learned >= theta_l for i in items]
+        learned = [_learned(i) for i in items]  # every item has a score here (has_learned)
+        ln_premium = [score >= theta_l for score in learned]
         res = _point_result(
             "learned",
             f"premium when learned score ≥ {theta_l:.2f}",
@@ -437,7 +443,7 @@ def policies_evaluate(items: list[EvalItem], *, config: RouterConfig, policy: Po
         )
         attach_curve(res, sweep(a["w"], a["s"], a["wc"], a["sc"], a["l"]), weak_q, strong_q, weak_cost_f, strong_cost_f)
         results.append(res)
-        ln_risk = np.array([escalation_risk(i.learned, i.uncertainty) for i in items])
+        ln_risk = np.array([escalation_risk(score, i.uncertainty) for score, i in zip(learned, items, strict=True)])
         lc_premium = [
             d
             or escalation_decide(

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -98,10 +99,11 @@ def router_eval_run(
             records = load_full(shared_dir)
             if records is None:
                 raise FileNotFoundError("RouteLLM data not found (../shared/data/routellm or $FINOPS_ROUTELLM_DIR); drop --full")
-            mt_answers = load_mt_bench_answers(shared_dir)
-            if mt_answers is None:
+            loaded = load_mt_bench_answers(shared_dir)
+            if loaded is None:
                 found = find_shared_dir(shared_dir)
-                mt_answers = mt_bench_answers_load(found) if found else {}
+                loaded = mt_bench_answers_load(found) if found else {}
+            mt_answers = loaded
         else:
             records = load_eval50()
     limited = bool(limit and limit < len(records))
@@ -442,7 +444,8 @@ def router_eval_live(run: RouterEvalRun, *, base_url: str, api_key: str, progres
     premium_answers = agree = unmatched = 0
     for i in iterable:
         raw = client.chat.completions.with_raw_response.create(
-            model=f"finops/{run.route}", messages=eval_messages({"source": i.source, "prompt": i.prompt})
+            model=f"finops/{run.route}",
+            messages=cast(Any, eval_messages({"source": i.source, "prompt": i.prompt})),  # plain role/content dicts
         )
         completion = raw.parse()
         total_cost += Decimal(raw.headers.get("x-cost-usd") or "0")

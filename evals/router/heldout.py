@@ -288,7 +288,7 @@ def leave_out_markdown(protocols: list[Protocol], *, k: int, dims: int | None) -
     leave_out = [p for p in protocols if not p.name.startswith(f"{KFOLDS}-fold")]
     ok = all(p.passes for p in leave_out)
     slices_ok = all(s.passes for p in leave_out for s in p.slices)
-    pooled = "; ".join(
+    pooled_text = "; ".join(
         f"{p.name}: served {p.pooled.served:.3f}, complexity {p.pooled.complexity:.3f}, index alone {p.pooled.learned:.3f}"
         for p in protocols
         if p.pooled is not None
@@ -299,7 +299,7 @@ def leave_out_markdown(protocols: list[Protocol], *, k: int, dims: int | None) -
             if slices_ok
             else "Not every leave-out slice is within the tolerance; "
         )
-        + f"pooled ({pooled}). On slices it has not seen, the index's vote is no better than chance, and the "
+        + f"pooled ({pooled_text}). On slices it has not seen, the index's vote is no better than chance, and the "
         "complexity score it hands over to is itself below chance on MMLU, so abstaining keeps the served policy "
         "level with complexity but cannot lift it to the goal. In distribution the index still abstains on most "
         "prompts (the k-fold rows: served against the index alone): no label-free distance tells a held-out "

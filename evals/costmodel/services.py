@@ -235,7 +235,7 @@ def chart_write(results: list[ScenarioCost], path: Path) -> Path:
     return path
 
 
-def reconcile_markdown(rec: Reconciliation, measurement: LedgerMeasurement) -> str:
+def reconcile_markdown(rec: Reconciliation, measurement: LedgerMeasurement, *, cache_measured: bool = False) -> str:
     verdict = "**within ±5 %**" if rec.within else "**outside ±5 %** (see below)"
     lines = [
         f"Ledger: {measurement.source}, {measurement.rows:,} rows"
@@ -261,9 +261,14 @@ def reconcile_markdown(rec: Reconciliation, measurement: LedgerMeasurement) -> s
         lines += [
             "",
             f"Cache hit shares measured on this ledger: exact {100 * measurement.hit_share('exact'):.1f} %, semantic "
-            f"{100 * measurement.hit_share('semantic'):.1f} % of its requests: near the rates the seed generates with "
-            f"({100 * EXACT_HIT_RATE:.1f} % and {100 * SEMANTIC_HIT_RATE:.1f} % of ordinary requests; this share counts every row), which "
-            f"the scenario `{ALL_LEVERS_SEED_CACHE}` prices, and far from the replay's (the `exact cache` and `all levers` rows).",
+            f"{100 * measurement.hit_share('semantic'):.1f} % of its requests, against the rates the seed generates with "
+            f"({100 * EXACT_HIT_RATE:.1f} % and {100 * SEMANTIC_HIT_RATE:.1f} % of ordinary requests; this share counts every "
+            "row, the seeded incidents' and failures' included), and far from the workload replay's."
+            + (
+                " These shares are the cost model's cache levers (`--refresh` measures them here)."
+                if cache_measured
+                else f" The scenario `{ALL_LEVERS_SEED_CACHE}` prices the seed's rates."
+            ),
         ]
     return "\n".join(lines)
 
@@ -412,7 +417,8 @@ def readme_write(
         "",
     ]
     if reconciliation is not None:
-        out += [reconcile_markdown(*reconciliation), ""]
+        cache_measured = load.lever("exact_hit_rate")[1] == "measured"
+        out += [reconcile_markdown(*reconciliation, cache_measured=cache_measured), ""]
     else:
         out += ["Not run this time: `manage.py cost_model --reconcile`.", ""]
     out += [

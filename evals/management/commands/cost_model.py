@@ -81,7 +81,8 @@ class Command(BaseCommand):
                 rec = reconcile(load, results, measurement)
                 reconciled = (rec, measurement)
                 self.stdout.write("")
-                self.stdout.write(reconcile_markdown(rec, measurement))
+                cache_measured = load.lever("exact_hit_rate")[1] == "measured"
+                self.stdout.write(reconcile_markdown(rec, measurement, cache_measured=cache_measured))
         if not opts["no_write"]:
             out = opts["output_dir"]
             chart = chart_write(results, out / "chart.png")

@@ -350,7 +350,7 @@ def main() -> int:
     from apps.cache.services import cache_invalidate
     from apps.embeddings.embeddings import local_embedder
     from apps.gateway.context import Caller
-    from evals.cache.evaluation import load_pairs
+    from evals.cache.pairs import load_pairs
 
     pairs, label = load_pairs(duplicate_jaccard=1.0)
     texts = [p.origin for p in pairs]

@@ -206,7 +206,7 @@ def heldout_evaluate(
     thresholds: list[float] = DEFAULT_THRESHOLDS,
     embedder: str = "",
 ) -> HeldOutCacheReport:
-    """`pairs` with their hard negatives already generated (`evaluation.generate_hard_negatives`)."""
+    """`pairs` with their hard negatives already generated (`evals.cache.pairs.generate_hard_negatives`)."""
     swaps = load_swaps() if swaps is None else swaps
     halves = [_half(pairs, 0), _half(pairs, 1)]
     swap_halves = [[w for w in swaps if half_of(w["origin"]) == k] for k in (0, 1)]

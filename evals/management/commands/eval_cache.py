@@ -3,6 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand
 
 from evals.cache import evaluation
+from evals.cache import pairs as pairs_module
 from evals.cache.replay import replay_markdown, replay_workload
 from finops.conf import conf
 
@@ -28,8 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-heldout", action="store_true", help="skip the held-out half and the argument-swap set")
 
     def handle(self, *args, **options):
-        pairs, label = evaluation.load_pairs(options["pairs"], limit=options["limit"])
-        evaluation.generate_hard_negatives(pairs)
+        pairs, label = pairs_module.load_pairs(options["pairs"], limit=options["limit"])
+        pairs_module.generate_hard_negatives(pairs)
         # Production's pipeline: the static stage proposes, the full model confirms (apps.cache.semantic).
         result = evaluation.threshold_sweep(
             pairs, label=label, static=evaluation.static_embed, static_threshold=conf().cache_semantic_static_threshold
@@ -45,7 +46,7 @@ class Command(BaseCommand):
         from evals.report import subset_heading, write_report, write_section
 
         # Only the full GPTCache set writes the headline figures; a subset's go under their own heading.
-        subset = None if evaluation.pairs_are_full(options["pairs"], limit=options["limit"]) else label
+        subset = None if pairs_module.pairs_are_full(options["pairs"], limit=options["limit"]) else label
         if not options["no_runbook"]:
             write_report(options["runbook"], evaluation.runbook_markdown(result), subset=subset)
             self.stdout.write(f"wrote {options['runbook']}" + (" (subset section)" if subset else ""))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from evals.cache.evaluation import Pair, generate_hard_negatives, load_pairs, threshold_sweep
+from evals.cache.evaluation import threshold_sweep
+from evals.cache.pairs import Pair, generate_hard_negatives, load_pairs
 from evals.cache.replay import replay_workload
 
 # Unit vectors with hand-picked cosines: three cached origins on three axes, the 4th axis absorbs the rest.

@@ -5,8 +5,8 @@ import hashlib
 import numpy as np
 
 from evals.cache import heldout
-from evals.cache.evaluation import Pair, generate_hard_negatives
 from evals.cache.heldout_swaps import build, load_swaps
+from evals.cache.pairs import Pair, generate_hard_negatives
 
 
 def bag_of_words(texts: list[str]) -> np.ndarray:

@@ -113,17 +113,8 @@ def _input_tokens(raw: Any) -> int | None:
 
 def _validate(ctx: RequestContext, catalog: Catalog, body: bytes, rejection: FinopsError | None) -> None:
     ctx.catalog = catalog
-    try:
-        data = orjson.loads(body or b"")
-    except orjson.JSONDecodeError as exc:
-        if rejection is None:
-            raise BadRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from exc
-        data = {}
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    data = pipeline.request_json(ctx, body, rejection)
     model = data.get("model")
-    if isinstance(model, str):
-        ctx.requested_model = model
     if rejection is not None:
         raise rejection
     if not isinstance(model, str) or not model:

@@ -229,12 +229,11 @@ async def stage2_authenticate(ctx: RequestContext, authorization: str | None) ->
 # --- 3. validate ------------------------------------------------------------------------------------
 
 
-def stage3_validate(
-    ctx: RequestContext, catalog: Catalog, body: bytes | dict[str, Any] | None, rejection: FinopsError | None
-) -> None:
-    ctx.catalog = catalog
+def request_json(ctx: RequestContext, body: bytes | dict[str, Any] | None, rejection: FinopsError | None) -> dict[str, Any]:
+    """The request's JSON object (400 `invalid_json` otherwise, unless a rejection is already pending, which the
+    caller raises), with the model it names noted on the context so that even a refused request's row says it."""
     if isinstance(body, dict):
-        data = body
+        data: Any = body
     else:
         try:
             data = orjson.loads(body or b"")
@@ -244,9 +243,17 @@ def stage3_validate(
             data = {}
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    if isinstance(data.get("model"), str):
+        ctx.requested_model = data["model"]
+    return data
+
+
+def stage3_validate(
+    ctx: RequestContext, catalog: Catalog, body: bytes | dict[str, Any] | None, rejection: FinopsError | None
+) -> None:
+    ctx.catalog = catalog
+    data = request_json(ctx, body, rejection)
     model = data.get("model")
-    if isinstance(model, str):
-        ctx.requested_model = model
     ctx.stream = data.get("stream") is True
     if rejection is not None:
         raise rejection

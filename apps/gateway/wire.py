@@ -9,13 +9,14 @@ the cache store and the ledger row happen after the response has left, as for /v
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
 
 from apps.gateway import reply as replies
 from apps.gateway.context import RequestContext
+from apps.gateway.usage import Usage, usage_read
 from finops.errors import FinopsError
 
 
@@ -44,6 +45,16 @@ Handler = Callable[[RequestContext, dict[str, str], bytes, FinopsError | None], 
 def as_dict(value: Any) -> dict[str, Any]:
     """`value` if it is a JSON object, else an empty one (upstream and client JSON is checked, never trusted)."""
     return value if isinstance(value, dict) else {}
+
+
+def answer_usage(usage: Any, finops: Any = None) -> Usage:
+    """An answer's usage as `apps.gateway.usage` normalises it, for the wire formats to rename: prompt and completion
+    from the `finops` object (our own billing figures) when the usage reports none."""
+    read = usage_read(usage) or Usage(prompt=0, completion=0)
+    own = usage_read({k: v for k, v in as_dict(finops).items() if k in ("prompt_tokens", "completion_tokens")})
+    if own is None:
+        return read
+    return replace(read, prompt=read.prompt or own.prompt, completion=read.completion or own.completion)
 
 
 def authorization_of(headers: dict[str, str]) -> str | None:

@@ -23,7 +23,7 @@ import orjson
 
 from apps.gateway import pipeline
 from apps.gateway.context import RequestContext
-from apps.gateway.wire import WireReply, as_dict, authorization_of, finalizer, named_event, sse_events
+from apps.gateway.wire import WireReply, answer_usage, as_dict, authorization_of, finalizer, named_event, sse_events
 from finops.errors import BadRequest, FinopsError
 from finops.tokens import count_message_tokens
 
@@ -155,24 +155,14 @@ def to_chat(data: dict[str, Any]) -> dict[str, Any]:
 # --- response ------------------------------------------------------------------------------------------
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def anthropic_usage(usage: dict[str, Any] | None, finops: dict[str, Any] | None = None) -> dict[str, Any]:
     """OpenAI usage (normalised by the adapters) → Anthropic's usage fields."""
-    usage = usage if isinstance(usage, dict) else {}
-    finops = finops if isinstance(finops, dict) else {}
-    prompt = _int(usage.get("prompt_tokens")) or _int(finops.get("prompt_tokens"))
-    completion = _int(usage.get("completion_tokens")) or _int(finops.get("completion_tokens"))
-    details = as_dict(usage.get("prompt_tokens_details"))
-    read = _int(details.get("cached_tokens"))
-    write = _int(details.get("cache_write_tokens"))
+    counts = answer_usage(usage, finops)
     return {
-        "input_tokens": max(prompt - read - write, 0),
-        "output_tokens": completion,
-        "cache_creation_input_tokens": write,
-        "cache_read_input_tokens": read,
+        "input_tokens": counts.prompt - counts.cached - counts.cache_write,
+        "output_tokens": counts.completion,
+        "cache_creation_input_tokens": counts.cache_write,
+        "cache_read_input_tokens": counts.cached,
     }
 
 

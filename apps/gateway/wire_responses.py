@@ -25,7 +25,7 @@ import orjson
 
 from apps.gateway import pipeline
 from apps.gateway.context import RequestContext
-from apps.gateway.wire import WireReply, as_dict, authorization_of, finalizer, named_event, sse_events
+from apps.gateway.wire import WireReply, answer_usage, as_dict, authorization_of, finalizer, named_event, sse_events
 from finops.errors import BadRequest, FinopsError
 
 UNSUPPORTED = {
@@ -167,24 +167,15 @@ def to_chat(data: dict[str, Any]) -> dict[str, Any]:
 # --- response ------------------------------------------------------------------------------------------
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def responses_usage(usage: dict[str, Any] | None, finops: dict[str, Any] | None = None) -> dict[str, Any]:
     """OpenAI chat usage (normalised by the adapters) → the Responses API's usage."""
-    usage = usage if isinstance(usage, dict) else {}
-    finops = finops if isinstance(finops, dict) else {}
-    prompt = _int(usage.get("prompt_tokens")) or _int(finops.get("prompt_tokens"))
-    completion = _int(usage.get("completion_tokens")) or _int(finops.get("completion_tokens"))
-    prompt_details = as_dict(usage.get("prompt_tokens_details"))
-    completion_details = as_dict(usage.get("completion_tokens_details"))
+    counts = answer_usage(usage, finops)
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": _int(prompt_details.get("cached_tokens"))},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": _int(completion_details.get("reasoning_tokens"))},
-        "total_tokens": prompt + completion,
+        "input_tokens": counts.prompt,
+        "input_tokens_details": {"cached_tokens": counts.cached},
+        "output_tokens": counts.completion,
+        "output_tokens_details": {"reasoning_tokens": counts.reasoning},
+        "total_tokens": counts.prompt + counts.completion,
     }
 
 

@@ -140,7 +140,7 @@ class _Breaker:
     reason: str = ""
     trips: int = 0
     probe: asyncio.Task | None = None
-    overdue: int = 0  # queries past their deadline, still in their confirmation window
+    overdue: int = 0  # tripping queries past their deadline, still in their confirmation window
 
 
 def _breaker() -> _Breaker:
@@ -158,10 +158,17 @@ async def _close_breaker(breaker: _Breaker) -> None:
 
 def db_suspect() -> bool:
     """True while this loop holds the database for down (a request-path query went unanswered past its confirmation
-    window, and no probe has had an answer since) — or while a query is overdue (past its deadline, unanswered, still
-    in its confirmation window): a new query would most likely wait out its whole deadline too."""
+    window, and no probe has had an answer since) — or while a query that trips the breaker is overdue (past its
+    deadline, unanswered, still in its confirmation window): a new query would most likely wait out its whole
+    deadline too. A slow vector search (trips=False) never makes the database suspect."""
     breaker = _breaker()
     return breaker.down_since is not None or breaker.overdue > 0
+
+
+def db_down() -> bool:
+    """True only while this loop holds the database for down (confirmed: a query went unanswered past its whole
+    confirmation window). An overdue query is not yet evidence enough for a caller whose degraded path is costly."""
+    return _breaker().down_since is not None
 
 
 def db_mark_down(reason: str) -> None:
@@ -206,14 +213,23 @@ async def _probe(breaker: _Breaker) -> None:
 
 
 async def reply_within(
-    task: asyncio.Future, sent: list[float], timeout_s: float, give_up: Callable[[], bool] | None = None
+    task: asyncio.Future,
+    sent: list[float],
+    timeout_s: float,
+    give_up: Callable[[], bool] | None = None,
+    replied: list[float] | None = None,
 ) -> bool | None:
     """Wait for `task` until `timeout_s` after `sent[0]` (the loop time the task appends when it sends its query;
     the wait starts counting only then). True when it finished. A deadline that passes is checked once more after
-    the loop has polled I/O again: on a busy loop the timer can fire before a reply already received is read.
+    the loop has polled I/O again: on a busy loop the timer can fire before a reply already received is read. A task
+    that appends to `replied` when its reply is in (before it releases its connection) counts as answered from then:
+    what is left of it is local work, waited for without a deadline.
     Before the query is sent, every `timeout_s` of waiting asks `give_up()`; None when it said yes."""
     loop = asyncio.get_running_loop()
     while not task.done():
+        if replied:
+            await asyncio.wait({task})
+            return True
         remaining = (sent[0] + timeout_s - loop.time()) if sent else timeout_s
         if remaining > 0:
             await asyncio.wait({task}, timeout=remaining)
@@ -222,8 +238,10 @@ async def reply_within(
             continue
         for _ in range(GRACE_YIELDS):
             await asyncio.sleep(0)
-            if task.done():
+            if task.done() or replied:
                 break
+        if replied and not task.done():
+            await asyncio.wait({task})
         return task.done()
     return True
 
@@ -263,12 +281,15 @@ async def pool_within(timeout_s: float, name: str = "default") -> asyncpg.Pool:
 
 
 async def _send(pool: asyncpg.Pool, method: str, sql: str, args: tuple, sent: list[float], held: list,
-                acquire_timeout_s: float) -> Any:  # fmt: skip
+                acquire_timeout_s: float, replied: list[float]) -> Any:  # fmt: skip
     conn = await pool.acquire(timeout=acquire_timeout_s)
     held.append(conn)
     try:
-        sent.append(asyncio.get_running_loop().time())
-        return await getattr(conn, method)(sql, *args)
+        loop = asyncio.get_running_loop()
+        sent.append(loop.time())
+        result = await getattr(conn, method)(sql, *args)
+        replied.append(loop.time())  # the answer is in: releasing the connection is local work
+        return result
     finally:
         await pool.release(conn)  # immediate: no reset query (a terminated connection returns its slot at once)
 
@@ -282,6 +303,7 @@ async def query_bounded(
     trips: bool = True,
     acquire_timeout_ms: float | None = None,
     on_late: Callable[[Any], None] | None = None,
+    insist: bool = False,
 ) -> Any:
     """`conn.<method>(sql, *args)` (fetch, fetchrow, fetchval, execute) on the hot-path pool, bounded (see above).
 
@@ -298,8 +320,12 @@ async def query_bounded(
     and `on_late(result)` may undo what the late query did (the budgets release the reservations nobody waited for).
     If it does not, its connection is terminated and the database held for down (one slow reply on a loaded machine
     must not fail every request of the next probe interval open).
+
+    `insist`: a caller whose degraded path is costly (the budgets: failing open spends the fail-open limiter's
+    allowance) is not failed at once because another query is overdue — only once the database is held for down; it
+    sends its own query and waits out its own deadline.
     """
-    if db_suspect():  # for a database that is merely slow, this lasts until the overdue query's late reply arrives
+    if db_down() if insist else db_suspect():  # while merely slow: until the overdue query's late reply arrives
         raise DatabaseUnavailable("suspect")
     timeout_s = (timeout_ms if timeout_ms is not None else conf().db_query_timeout_ms) / 1000
     try:
@@ -311,16 +337,17 @@ async def query_bounded(
             db_mark_down("unavailable")
         raise DatabaseUnavailable("unavailable") from exc
     sent: list[float] = []
+    replied: list[float] = []
     held: list[asyncpg.Connection] = []
     # Waiting for a free connection, or for a new one to connect, is local load (a burst larger than the pool) unless
     # the connect itself hangs: bounded by the connect timeout, not by the query's deadline. Once the database is held
     # for down no one waits here at all.
     acquire_s = conf().asyncpg_connect_timeout_s if acquire_timeout_ms is None else acquire_timeout_ms / 1000
-    task = asyncio.get_running_loop().create_task(_send(hot_pool, method, sql, args, sent, held, acquire_s))
+    task = asyncio.get_running_loop().create_task(_send(hot_pool, method, sql, args, sent, held, acquire_s, replied))
     try:
         # Still waiting for a connection while another query is overdue or the database is held for down: the
         # connections are stuck on a server that does not answer (a new one would hang connecting), not just busy.
-        answered = await reply_within(task, sent, timeout_s, give_up=db_suspect)
+        answered = await reply_within(task, sent, timeout_s, give_up=db_suspect, replied=replied)
     except BaseException:  # the request itself went away (CancelledError): do not leave its query behind
         abandon(task, held[0] if held else None)
         raise
@@ -328,7 +355,7 @@ async def query_bounded(
         abandon(task, held[0] if held else None)
         raise DatabaseUnavailable("suspect" if db_suspect() else "timeout")
     if not answered:
-        _confirm_later(task, held, trips=trips, on_late=on_late)
+        _confirm_later(task, held, replied, trips=trips, on_late=on_late)
         raise DatabaseUnavailable("timeout")
     error = task.exception()
     if error is None:
@@ -342,15 +369,19 @@ async def query_bounded(
     raise error
 
 
-def _confirm_later(task: asyncio.Future, held: list, *, trips: bool, on_late: Callable[[Any], None] | None) -> None:
+def _confirm_later(
+    task: asyncio.Future, held: list, replied: list[float], *, trips: bool, on_late: Callable[[Any], None] | None
+) -> None:
     breaker = _breaker()
-    breaker.overdue += 1
+    overdue = 1 if trips else 0  # a query that may not trip the breaker (a vector search) makes no one suspect
+    breaker.overdue += overdue
 
     async def confirm() -> None:
         try:
-            late = await reply_within(task, [asyncio.get_running_loop().time()], conf().db_confirm_timeout_ms / 1000)
+            window = conf().db_confirm_timeout_ms / 1000
+            late = await reply_within(task, [asyncio.get_running_loop().time()], window, replied=replied)
         finally:
-            breaker.overdue -= 1
+            breaker.overdue -= overdue
         if late:
             if on_late is not None and not task.cancelled() and task.exception() is None:
                 try:

@@ -10,7 +10,7 @@
 - An error that is not an outage (missing function or table, permission, constraint): `services.BudgetBroken`
   is raised, counted in finops_budget_fail_closed_total; the gateway answers 503 `budget_unavailable`.
 - No answer within FINOPS["BUDGET_TIMEOUT_MS"] of the round trip being *sent*, the database unreachable, or held for
-  down by another request-path query (finops.asyncdb.db_suspect): fail open under the per-user limiter; the decision
+  down after a request-path query went unanswered (finops.asyncdb.db_down): fail open under the per-user limiter; the decision
   carries `max_tokens_cap` (FINOPS["BUDGET_FAIL_OPEN_MAX_TOKENS"]) for the caller to apply. Time spent queued in a busy
   worker never fails open: that is local load, shed by apps.gateway.admission with a 503, never a budget 429.
 - `budget_settle(reservation_id=…, actual_usd=…)` hands the settle to the per-loop batcher; never raises.

@@ -10,7 +10,7 @@ cost the database a write per refusal, which is what overload cannot afford), no
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from finops.conf import conf
 
@@ -18,6 +18,12 @@ SHED = Counter(
     "finops_gateway_shed_total",
     "Requests refused with 503 `overloaded` because the worker already had FINOPS_GATEWAY_MAX_IN_FLIGHT in flight.",
     ["endpoint"],
+)
+
+IN_FLIGHT = Gauge(
+    "finops_gateway_in_flight",
+    "Requests admitted and not yet answered (summed over the API's workers): the load that shedding bounds.",
+    multiprocess_mode="livesum",
 )
 
 _in_flight = 0  # requests of this process between admission and their response (one event loop per worker)
@@ -40,6 +46,7 @@ class Admission:
             SHED.labels(endpoint=self.endpoint).inc()
             return False
         _in_flight += 1
+        IN_FLIGHT.inc()
         self.admitted = True
         return True
 
@@ -52,6 +59,7 @@ class Admission:
         if self.admitted:
             self.admitted = False
             _in_flight -= 1
+            IN_FLIGHT.dec()
 
 
 def in_flight() -> int:

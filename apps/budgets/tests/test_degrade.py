@@ -96,6 +96,36 @@ def test_a_blocked_event_loop_does_not_fail_open(make_tenant, make_budget, setti
     assert suspect is False
 
 
+def test_another_querys_overdue_reply_does_not_fail_the_budget_open(make_tenant, make_budget, settings):
+    """A slow vector search (trips=False) or a key lookup past its deadline (still in its confirmation window) is no
+    evidence against the budgets: their batch is sent and waits out its own deadline (failing open would spend the
+    fail-open limiter's allowance, and under CPU load turn into 429s)."""
+    settings.FINOPS = {**settings.FINOPS, "BUDGET_TIMEOUT_MS": 50, "DB_CONFIRM_TIMEOUT_MS": 5000}
+    tenant = make_tenant(user="neighbour")
+    make_budget(scope="org", tenant=tenant, cap="100.00")
+
+    async def scenario():
+        await get_pool()
+        await get_pool("budgets")
+        await budget_reserve(ctx_for(tenant, "0.01"))  # warm
+        outcomes = []
+        for trips in (False, True):
+            with pytest.raises(DatabaseUnavailable) as slow:
+                await query_bounded("fetchval", "SELECT pg_sleep(1.5)", timeout_ms=20, trips=trips)
+            suspect = db_suspect()  # the slow query is overdue, in its confirmation window
+            ctx = ctx_for(tenant, "0.01")
+            await budget_reserve(ctx)
+            outcomes.append((slow.value.reason, suspect, ctx.budget_state, ctx.fail_open_reason))
+        deadline = time.monotonic() + 30
+        while db_suspect() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the late reply arrives within the confirmation window
+        return outcomes, db_suspect()
+
+    outcomes, suspect_after = run(scenario)
+    assert outcomes == [("timeout", False, "ok", ""), ("timeout", True, "ok", "")]
+    assert suspect_after is False  # a late answer is a slow database, not a down one
+
+
 @contextlib.contextmanager
 def through(proxy: PgProxy):
     """This process's asyncpg pools connect through the proxy (the Django connection of the test stays direct)."""

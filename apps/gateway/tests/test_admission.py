@@ -16,14 +16,18 @@ from conftest import gateway_server
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def shed_total(url: str) -> float:
+def gateway_metric(url: str, name: str) -> float:
     text = requests.get(f"{url}/metrics", timeout=10).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "finops_gateway_shed_total"
+        if sample.name == name
     )
+
+
+def shed_total(url: str) -> float:
+    return gateway_metric(url, "finops_gateway_shed_total")
 
 
 def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(make_tenant, prices, mock_llm_url):
@@ -44,15 +48,18 @@ def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(m
         holders = [threading.Thread(target=lambda: slow.append(chat(10_000))) for _ in range(2)]
         for holder in holders:
             holder.start()
+        # Probe only once both slow requests are admitted: a probe sent earlier could take a slot and shed a holder.
+        deadline = time.monotonic() + 8
+        while gateway_metric(url, "finops_gateway_in_flight") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        in_flight = gateway_metric(url, "finops_gateway_in_flight")
         shed = chat(0)
-        while shed.status_code == 200 and any(h.is_alive() for h in holders):  # until both slow ones are in flight
-            time.sleep(0.05)
-            shed = chat(0)
         for holder in holders:
             holder.join()
         after = chat(0)  # the slow ones are done: admitted again
         shed_after = shed_total(url)
 
+    assert in_flight == 2, f"the two slow requests were not both in flight: {[r.status_code for r in slow]}"
     assert shed.status_code == 503, shed.text
     error = shed.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "overloaded")

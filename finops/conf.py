@@ -202,7 +202,11 @@ class FinopsConf:
     # A missed prompt's entry is embedded by the full model after the response, in the background, using at most
     # this share of one core per process; under more load than that, entries are not added (counted as shed).
     cache_semantic_store_cpu_share: float = 0.1
-    cache_semantic_store_queue: int = 256
+    # Those embeddings run on a thread of their own at this OS priority (nice; Linux sets it per thread), so the
+    # scheduler serves requests first: under saturation the store thread barely runs and its queue sheds.
+    cache_semantic_store_nice: int = 19
+    # Misses waiting for that thread at most; past it, entries are shed (the exact tier has them).
+    cache_semantic_store_queue: int = 32
 
     # --- budgets -----------------------------------------------------------------------------------------
     # The reserve must answer within BUDGET_TIMEOUT_MS of being sent (queueing in the worker does not count), else the

@@ -42,7 +42,7 @@ from apps.cache.keys import RequestKey, request_key, uses_tools
 from apps.cache.selectors import CachePolicy, cache_policy_for, confirmed_candidates, static_candidates
 from apps.cache.semantic import guard_survivors, static_vector, store_budget
 from apps.cache.services import exact_entry_store, exact_key, semantic_entry_hit, semantic_entry_store
-from apps.embeddings.embeddings import EmbeddingCaller, backend, embed_prompt_cpu
+from apps.embeddings.embeddings import EmbeddingCaller, backend, background_pending, embed_prompt_cpu
 from apps.ledger.money import ZERO
 from apps.ledger.pricing import Price, cost_compute
 from apps.ledger.selectors import price_in_force_async
@@ -503,10 +503,10 @@ async def _store_semantic(state: CacheState, response: dict[str, Any], answer_mo
             metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()
             return
     if state.vector is None:
-        if not store_budget.allows():
+        if not store_budget.allows() or background_pending() >= conf().cache_semantic_store_queue:
             metrics.CACHE_STORES.labels(tier="semantic", outcome="shed").inc()
             return
-        state.vector, spent = await embed_prompt_cpu(text, caller=_embedding_caller(state.request))
+        state.vector, spent = await embed_prompt_cpu(text, caller=_embedding_caller(state.request), background=True)
         store_budget.spend(spent)
     if state.vector is None:
         metrics.CACHE_STORES.labels(tier="semantic", outcome="skipped").inc()

@@ -8,8 +8,10 @@ the hit is then decided exactly as before: the full model's cosine at the org's 
 
 Storing a missed prompt needs its full-model vector (later lookups confirm against it). That embedding runs
 after the response, and within a CPU budget: at most FINOPS_CACHE_SEMANTIC_STORE_CPU_SHARE of one core per
-process, as a token bucket. A process busier than that stops adding semantic entries (metric outcome
-"shed") instead of spending its cores on them; the exact tier still stores every answer.
+process, as a token bucket, on a thread of its own at a low OS priority (FINOPS_CACHE_SEMANTIC_STORE_NICE), so
+the scheduler gives the cores to requests first; at most FINOPS_CACHE_SEMANTIC_STORE_QUEUE misses wait for it. A
+process busier than that stops adding semantic entries (metric outcome "shed") instead of spending its cores on
+them; the exact tier still stores every answer.
 """
 
 from __future__ import annotations

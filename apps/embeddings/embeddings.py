@@ -52,6 +52,28 @@ MAX_REMOTE_CHARS = 8000
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="finops-embed")
 
 
+def _background_priority() -> None:
+    """The background embedding thread runs at FINOPS_CACHE_SEMANTIC_STORE_NICE (Linux: nice is per thread), so
+    the OS gives the cores to the request path first. ONNX Runtime (intra-op threads = 1) computes on this thread
+    with the GIL released; only tokenisation and pooling hold it, for microseconds."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), conf().cache_semantic_store_nice)
+    except (AttributeError, OSError, ValueError) as exc:  # not Linux, or not allowed: same priority as requests
+        logger.info("semantic cache: background embeddings keep the process priority (%s)", exc)
+
+
+# Work that no request waits for (the semantic tier's stores): its own thread, at a lower priority.
+_store_executor = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="finops-embed-bg", initializer=_background_priority
+)
+_background_pending = 0
+
+
+def background_pending() -> int:
+    """Background embeddings queued or running in this process."""
+    return _background_pending
+
+
 def backend() -> str:
     return conf().cache_embedding_backend or "local"
 
@@ -256,10 +278,20 @@ def _encode_timed(text: str) -> tuple[np.ndarray | None, float]:
     return vector, time.thread_time() - started
 
 
-async def embed_prompt_cpu(text: str, *, caller: EmbeddingCaller | None = None) -> tuple[np.ndarray | None, float]:
-    """`embed_prompt` and the seconds it cost: the embedding thread's CPU time (local), the call's wall time (remote)."""
+async def embed_prompt_cpu(
+    text: str, *, caller: EmbeddingCaller | None = None, background: bool = False
+) -> tuple[np.ndarray | None, float]:
+    """`embed_prompt` and the seconds it cost: the embedding thread's CPU time (local), the call's wall time (remote).
+    `background`: no request waits for it (a store): the low-priority thread (local), counted in background_pending."""
     if backend() == "local" and local_embedder.ready:
-        return await asyncio.get_running_loop().run_in_executor(_executor, _encode_timed, text)
+        if not background:
+            return await asyncio.get_running_loop().run_in_executor(_executor, _encode_timed, text)
+        global _background_pending
+        _background_pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_store_executor, _encode_timed, text)
+        finally:
+            _background_pending -= 1
     started = time.perf_counter()
     vector = await embed_prompt(text, caller=caller)
     return vector, time.perf_counter() - started

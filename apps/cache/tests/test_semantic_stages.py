@@ -129,3 +129,33 @@ def test_a_process_over_its_store_budget_sheds_semantic_entries_but_keeps_exact_
     assert metrics.CACHE_STORES.labels(tier="semantic", outcome="shed")._value.get() == shed_before + 1
     assert SemanticCacheEntry.objects.filter(org=tenant.org).count() == 0
     assert run(cache_lookup_exact(make_ctx(tenant, "How do I reset my password?"))) is not None
+
+
+def test_store_embeddings_run_on_a_low_priority_thread_and_a_full_queue_sheds(cache_env, run, settings):
+    """The full-model embedding of a store runs where no request waits: its own thread, niced (Linux: per thread),
+    so the scheduler serves requests first; past FINOPS_CACHE_SEMANTIC_STORE_QUEUE waiting, the entry is shed."""
+    import os
+
+    from apps.embeddings import embeddings
+
+    nice = embeddings._store_executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, 0)).result()
+    assert nice == settings.FINOPS.get("CACHE_SEMANTIC_STORE_NICE", 19) == 19
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the request path keeps its priority
+
+    tenant = cache_env()
+    store_budget.reset()
+    settings.FINOPS = {**settings.FINOPS, "CACHE_SEMANTIC_STORE_QUEUE": 0}  # as if the queue were full
+    shed_before = metrics.CACHE_STORES.labels(tier="semantic", outcome="shed")._value.get()
+    ctx = make_ctx(tenant, "How do I change my email address?")
+    run(cache_lookup_exact(ctx))
+    run(cache_lookup_semantic(ctx))
+    run(cache_store(ctx, completion("Settings, then Account.")))
+    assert metrics.CACHE_STORES.labels(tier="semantic", outcome="shed")._value.get() == shed_before + 1
+    assert SemanticCacheEntry.objects.filter(org=tenant.org).count() == 0
+
+    settings.FINOPS = {**settings.FINOPS, "CACHE_SEMANTIC_STORE_QUEUE": 32}
+    ctx = make_ctx(tenant, "How do I delete my account?")
+    run(cache_lookup_exact(ctx))
+    run(cache_lookup_semantic(ctx))
+    run(cache_store(ctx, completion("Settings, then Delete.")))
+    assert SemanticCacheEntry.objects.filter(org=tenant.org).count() == 1  # stored through the niced thread

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -141,6 +141,7 @@ class _Breaker:
     trips: int = 0
     probe: asyncio.Task | None = None
     overdue: int = 0  # tripping queries past their deadline, still in their confirmation window
+    overdue_on: dict[str, int] = field(default_factory=dict)  # the same, by pool
 
 
 def _breaker() -> _Breaker:
@@ -165,10 +166,12 @@ def db_suspect() -> bool:
     return breaker.down_since is not None or breaker.overdue > 0
 
 
-def db_down() -> bool:
-    """True only while this loop holds the database for down (confirmed: a query went unanswered past its whole
-    confirmation window). An overdue query is not yet evidence enough for a caller whose degraded path is costly."""
-    return _breaker().down_since is not None
+def db_down(pool: str | None = None) -> bool:
+    """True while this loop holds the database for down (confirmed: a query went unanswered past its whole
+    confirmation window) — or, given a `pool`, while a query of that pool is overdue. Another pool's overdue query
+    (a key lookup, say) is not evidence enough for a caller whose degraded path is costly."""
+    breaker = _breaker()
+    return breaker.down_since is not None or (pool is not None and breaker.overdue_on.get(pool, 0) > 0)
 
 
 def db_mark_down(reason: str) -> None:
@@ -322,10 +325,10 @@ async def query_bounded(
     must not fail every request of the next probe interval open).
 
     `insist`: a caller whose degraded path is costly (the budgets: failing open spends the fail-open limiter's
-    allowance) is not failed at once because another query is overdue — only once the database is held for down; it
-    sends its own query and waits out its own deadline.
+    allowance) is not failed at once because another pool's query is overdue — only by an overdue query of its own
+    pool, or once the database is held for down; otherwise it sends its query and waits out its own deadline.
     """
-    if db_down() if insist else db_suspect():  # while merely slow: until the overdue query's late reply arrives
+    if db_down(pool) if insist else db_suspect():  # while merely slow: until the overdue query's late reply arrives
         raise DatabaseUnavailable("suspect")
     timeout_s = (timeout_ms if timeout_ms is not None else conf().db_query_timeout_ms) / 1000
     try:
@@ -355,7 +358,7 @@ async def query_bounded(
         abandon(task, held[0] if held else None)
         raise DatabaseUnavailable("suspect" if db_suspect() else "timeout")
     if not answered:
-        _confirm_later(task, held, replied, trips=trips, on_late=on_late)
+        _confirm_later(task, held, replied, trips=trips, on_late=on_late, pool=pool)
         raise DatabaseUnavailable("timeout")
     error = task.exception()
     if error is None:
@@ -370,11 +373,18 @@ async def query_bounded(
 
 
 def _confirm_later(
-    task: asyncio.Future, held: list, replied: list[float], *, trips: bool, on_late: Callable[[Any], None] | None
+    task: asyncio.Future,
+    held: list,
+    replied: list[float],
+    *,
+    trips: bool,
+    on_late: Callable[[Any], None] | None,
+    pool: str,
 ) -> None:
     breaker = _breaker()
     overdue = 1 if trips else 0  # a query that may not trip the breaker (a vector search) makes no one suspect
     breaker.overdue += overdue
+    breaker.overdue_on[pool] = breaker.overdue_on.get(pool, 0) + overdue
 
     async def confirm() -> None:
         try:
@@ -382,6 +392,7 @@ def _confirm_later(
             late = await reply_within(task, [asyncio.get_running_loop().time()], window, replied=replied)
         finally:
             breaker.overdue -= overdue
+            breaker.overdue_on[pool] -= overdue
         if late:
             if on_late is not None and not task.cancelled() and task.exception() is None:
                 try:

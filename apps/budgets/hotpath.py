@@ -5,8 +5,9 @@
   FINOPS["BUDGET_TIMEOUT_MS"], counts from when the batch is *sent* (finops.asyncdb.query_bounded): waiting in the
   queue or for a busy event loop is local load, and local load never fails open. No reply by the deadline, or no
   database at all, raises BudgetUnavailable (the caller fails open); while the database is held for down
-  (finops.asyncdb.db_down) it is raised at once, without a round trip. Another query being overdue (db_suspect) is not
-  enough: each batch waits out its own deadline, since failing open spends the fail-open limiter's allowance.
+  (finops.asyncdb.db_down), or while a batch of ours is overdue, it is raised at once, without a round trip. Another
+  pool's query being overdue (db_suspect: a key lookup, a vector search) is not enough: the batch waits out its own
+  deadline, since failing open spends the fail-open limiter's allowance.
 - `reservation_settle_later` queues a settle for this loop's `_SettleQueue` (`budget_settle_many`), after the response.
 
 The budgets have a small pool of their own (finops.asyncdb, "budgets"), so the reservation round trip never waits
@@ -117,8 +118,8 @@ async def _query(method: str, sql: str, *args: Any, timeout_ms: int, on_late=Non
     try:
         # A connection of the budgets' own pool is free unless one is being (re)connected: waiting for it is bounded
         # by the connect timeout, apart from the deadline (finops.asyncdb.query_bounded).
-        # insist: another query being overdue is no reason to fail open (and spend the limiter's allowance); only a
-        # database held for down is. This batch waits out its own deadline.
+        # insist: another pool's query being overdue is no reason to fail open (and spend the limiter's allowance);
+        # only a database held for down, or a batch of ours still unanswered, is. Else it waits out its own deadline.
         return await query_bounded(
             method, sql, *args, timeout_ms=timeout_ms, pool="budgets", on_late=on_late, insist=True
         )
@@ -222,7 +223,7 @@ class _ReserveQueue:
             batch = [(item, future) for item, future in batch if not future.done()]  # a cancelled request left
             if not batch:
                 continue
-            if db_down():  # held for down by a query that went unanswered: no round trip, fail open now
+            if db_down("budgets"):  # held for down, or a batch of ours overdue: no round trip, fail open now
                 _fail(batch, BudgetUnavailable("suspect"))
                 continue
             self.round_trips += 1

@@ -249,6 +249,17 @@ class GatewayASGI:
 
     async def wire(self, scope, receive, send, endpoint: str, handler) -> None:
         """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""
+        admission = Admission(endpoint)
+        with admission as admitted:  # the same in-flight limit as chat completions: a 503 (Anthropic: 529), never a 429
+            if not admitted:
+                status, body, extra = overloaded_error()
+                if endpoint == "messages":
+                    status, body = 529, wire_messages.anthropic_error(529, body)
+                await _send_json(send, status, body, extra)
+                return
+            await self._wire(scope, receive, send, endpoint, handler, admission)
+
+    async def _wire(self, scope, receive, send, endpoint: str, handler, admission: Admission) -> None:
         headers = _headers(scope)
         ctx = pipeline.stage1_receive(endpoint, headers, client=_client(scope))
         limit = conf().gateway_max_body_bytes
@@ -260,6 +271,7 @@ class GatewayASGI:
         reply = await handler(ctx, headers, body, rejection)
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
+            admission.release()
             await asyncio.shield(reply.finish())
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})

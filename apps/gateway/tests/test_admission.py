@@ -54,6 +54,15 @@ def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(m
             time.sleep(0.02)
         in_flight = gateway_metric(url, "finops_gateway_in_flight")
         shed = chat(0)
+        auth = {"Authorization": f"Bearer {tenant.secret}"}
+        shed_wire = {  # every paid /v1 endpoint counts against the same limit
+            path: requests.post(f"{url}{path}", json=body, headers=auth, timeout=30)
+            for path, body in {
+                "/v1/embeddings": {"model": "text-embedding-3-small", "input": "hello"},
+                "/v1/responses": {"model": "gpt-4o-mini", "input": "hello"},
+                "/v1/messages": {"model": "claude-3-5-haiku", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            }.items()
+        }
         for holder in holders:
             holder.join()
         after = chat(0)  # the slow ones are done: admitted again
@@ -64,7 +73,14 @@ def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(m
     error = shed.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "overloaded")
     assert shed.headers["retry-after"] == "3"
-    assert shed_after - before >= 1
+    assert shed_after - before >= 4
+    for path in ("/v1/embeddings", "/v1/responses"):
+        answer = shed_wire[path]
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "overloaded", (path, answer.text)
+        assert answer.headers["retry-after"] == "3"
+    messages = shed_wire["/v1/messages"]  # Anthropic's overloaded answer, which the anthropic SDK retries
+    assert messages.status_code == 529, messages.text
+    assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "overloaded_error"
     assert [r.status_code for r in slow] == [200, 200]  # the requests in flight are not disturbed
     assert after.status_code == 200
     assert wait_for_row(after.headers["x-request-id"]).budget_state == "none"

@@ -1,7 +1,7 @@
 """Load shedding: past FINOPS["GATEWAY_MAX_IN_FLIGHT"] requests in flight in one worker, a new request is refused at
 the door with 503 `overloaded` and `Retry-After` (on /v1/messages, Anthropic's 529 `overloaded_error`, which its SDK
-retries), counted in finops_gateway_shed_total. Every paid /v1 endpoint (chat completions, embeddings, responses,
-messages) counts against the one limit.
+retries), counted in finops_gateway_shed_total. Every paid endpoint (/v1 chat completions, embeddings, responses,
+messages, and the native POST /chat) counts against the one limit.
 
 A worker that takes more than it can handle does not get faster: every request in it waits longer for the event loop,
 and its database round trips come back later. The budget check must never read that as a database outage (fail open,

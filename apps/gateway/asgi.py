@@ -155,6 +155,17 @@ class GatewayASGI:
             await self.django(scope, receive, send)
 
     async def django(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/chat":
+            admission = Admission("chat")
+            with admission as admitted:  # /chat counts against the same in-flight limit as the /v1 endpoints
+                if not admitted:
+                    await _send_json(send, *overloaded_error())
+                    return
+                await self._django(scope, receive, send)
+            return
+        await self._django(scope, receive, send)
+
+    async def _django(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             # Django's ASGI handler would spool any body (of any method), however large, before a view could refuse it.
             headers = _headers(scope)

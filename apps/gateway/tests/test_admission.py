@@ -61,6 +61,7 @@ def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(m
                 "/v1/embeddings": {"model": "text-embedding-3-small", "input": "hello"},
                 "/v1/responses": {"model": "gpt-4o-mini", "input": "hello"},
                 "/v1/messages": {"model": "claude-3-5-haiku", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+                "/chat": {"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
             }.items()
         }
         for holder in holders:
@@ -73,8 +74,8 @@ def test_requests_past_the_in_flight_limit_get_503_overloaded_with_retry_after(m
     error = shed.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "overloaded")
     assert shed.headers["retry-after"] == "3"
-    assert shed_after - before >= 4
-    for path in ("/v1/embeddings", "/v1/responses"):
+    assert shed_after - before >= 5
+    for path in ("/v1/embeddings", "/v1/responses", "/chat"):
         answer = shed_wire[path]
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "overloaded", (path, answer.text)
         assert answer.headers["retry-after"] == "3"

@@ -249,7 +249,7 @@ class GatewayASGI:
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             admission.release()
-            await asyncio.shield(pipeline.finalize(reply))
+            await pipeline.finish_after_response(pipeline.finalize(reply))  # the connection is free for the next request
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
         disconnected = True  # unless the relay reaches the end: a cancelled handler still finishes the stream
@@ -283,7 +283,7 @@ class GatewayASGI:
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             admission.release()
-            await asyncio.shield(reply.finish())
+            await pipeline.finish_after_response(reply.finish())
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
         disconnected = await self._pump(reply.stream, receive, send)

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -159,12 +160,35 @@ async def chat_to_the_end(
 
 
 def _abandoned() -> set[asyncio.Future]:
-    """This loop's requests whose transport was cancelled, finishing on their own."""
+    """This loop's requests finishing on their own: their transport was cancelled, or their response has left and
+    what remains (settle, cache store, ledger row) no longer holds the client's connection (finish_after_response)."""
     rt = runtime()
     tasks = rt.get("gateway.abandoned")
     if tasks is None:
         tasks = rt.put("gateway.abandoned", set(), close=_abandoned_wait)
     return tasks
+
+
+async def finish_after_response(work: Awaitable[Any]) -> None:
+    """Run a request's post-response work (`finalize`) without holding its HTTP connection: on a keep-alive
+    connection the server reads the client's next request only once the ASGI call returns, so awaiting the settle,
+    the cache store (a full-model embedding, sometimes) and the ledger row there delayed that next request. The
+    work is shielded from cancellation and drained by the lifespan shutdown (abandoned_drain), like an abandoned
+    request's. Past FINOPS_GATEWAY_MAX_IN_FLIGHT such tasks in this loop it is awaited in place (backpressure)."""
+    tasks = _abandoned()
+    limit = conf().gateway_max_in_flight
+    if limit and len(tasks) >= limit:
+        await asyncio.shield(work)
+        return
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Future) -> None:
+    _abandoned().discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("post-response work failed", exc_info=task.exception())
 
 
 async def abandoned_drain() -> None:

@@ -8,6 +8,9 @@ class CacheConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.cache.metrics import semantic_entries_collector
+        from apps.cache.selectors import vector_connection_init
+        from finops.asyncdb import register_connection_init
         from finops.metrics import register_scrape_collector
 
         register_scrape_collector(semantic_entries_collector)
+        register_connection_init(vector_connection_init)

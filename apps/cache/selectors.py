@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 
 from finops.asyncdb import query_bounded
 from finops.conf import conf
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +131,34 @@ LIMIT $6
 """
 
 
-def vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
+# pgvector's binary wire format: uint16 dimensions, uint16 unused, then big-endian float32s. The hot-path pool sends
+# vectors in it (vector_connection_init): no formatting of hundreds of floats as text in the worker, and no
+# parsing of them back in Postgres, per lookup and per store.
+_VECTOR_HEADER = np.dtype(">u2")
+_VECTOR_VALUES = np.dtype(">f4")
+
+
+def vector_encode(vector: Any) -> bytes:
+    if isinstance(vector, str):  # a text literal "[1,2,3]", as before the codec
+        vector = np.array(json.loads(vector), dtype=np.float32)
+    values = np.asarray(vector, dtype=_VECTOR_VALUES)
+    return np.array([values.shape[0], 0], dtype=_VECTOR_HEADER).tobytes() + values.tobytes()
+
+
+def vector_decode(data: bytes) -> np.ndarray:
+    dimensions = int(np.frombuffer(data[:2], dtype=_VECTOR_HEADER)[0])
+    return np.frombuffer(data[4 : 4 + 4 * dimensions], dtype=_VECTOR_VALUES).astype(np.float32)
+
+
+async def vector_connection_init(conn: Any) -> None:
+    """The binary codec for pgvector's `vector` on every hot-path connection (a database without the extension keeps
+    the default text codec)."""
+    try:
+        await conn.set_type_codec(
+            "vector", schema="public", encoder=vector_encode, decoder=vector_decode, format="binary"
+        )
+    except ValueError as exc:  # unknown type: the extension is not installed in this database
+        logger.debug("pgvector codec not registered: %s", exc)
 
 
 async def semantic_candidates(
@@ -147,7 +176,7 @@ async def semantic_candidates(
     rows = await query_bounded(
         "fetch",
         _NEAREST_SQL,
-        vector_literal(vector),
+        vector,
         org_id,
         model_class,
         context_hash,
@@ -221,7 +250,7 @@ async def static_candidates(
     rows = await query_bounded(
         "fetch",
         _STATIC_NEAREST_SQL,
-        vector_literal(vector),
+        vector,
         org_id,
         model_class,
         context_hash,
@@ -238,7 +267,7 @@ async def static_candidates(
 async def confirmed_candidates(*, org_id: int, ids: list[int], vector: np.ndarray) -> list[Candidate]:
     """Stage 2: those entries with the full model's similarity to `vector`, nearest first."""
     rows = await query_bounded(
-        "fetch", _CONFIRM_SQL, vector_literal(vector), ids, org_id, timeout_ms=conf().cache_semantic_timeout_ms, trips=False
+        "fetch", _CONFIRM_SQL, vector, ids, org_id, timeout_ms=conf().cache_semantic_timeout_ms, trips=False
     )
     return [
         Candidate(

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.cache.metrics import CACHE_INVALIDATED, CACHE_PURGED
-from apps.cache.selectors import cache_policy_forget, vector_literal
+from apps.cache.selectors import cache_policy_forget
 from finops.asyncdb import get_pool, query_bounded
 from finops.conf import conf
 
@@ -115,13 +115,13 @@ async def semantic_entry_store(
         context_hash,
         params_hash,
         prompt_hash,
-        vector_literal(vector),
+        vector,
         prompt_text,
         json.dumps(guard, separators=(",", ":")),
         json.dumps(response, separators=(",", ":")),
         answer_model[:128],
         float(ttl_s),
-        vector_literal(static_vector) if static_vector is not None else None,
+        static_vector,
     )
 
 

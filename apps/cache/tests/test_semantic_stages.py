@@ -159,3 +159,28 @@ def test_store_embeddings_run_on_a_low_priority_thread_and_a_full_queue_sheds(ca
     run(cache_lookup_semantic(ctx))
     run(cache_store(ctx, completion("Settings, then Delete.")))
     assert SemanticCacheEntry.objects.filter(org=tenant.org).count() == 1  # stored through the niced thread
+
+
+def test_vectors_travel_in_pgvectors_binary_format_both_ways(run):
+    """The hot-path pool's codec (apps.cache.selectors.vector_connection_init): what Postgres receives is the vector
+    sent (its norm and a distance computed server-side), and what it returns decodes to the same floats."""
+    from finops.asyncdb import close_pools, query_bounded
+
+    vector = np.random.default_rng(7).standard_normal(384).astype(np.float32)
+
+    async def roundtrip():
+        try:
+            row = await query_bounded(
+                "fetchrow",
+                "SELECT $1::vector AS back, vector_norm($1::vector) AS norm, $1::vector <=> $2::vector AS distance",
+                vector,
+                "[" + ",".join(str(float(x)) for x in vector) + "]",  # a text literal still encodes
+            )
+        finally:
+            await close_pools()
+        return row
+
+    row = run(roundtrip())
+    assert np.array_equal(row["back"], vector)
+    assert row["norm"] == pytest.approx(float(np.linalg.norm(vector)), rel=1e-6)
+    assert row["distance"] == pytest.approx(0.0, abs=1e-6)

@@ -83,7 +83,7 @@ bench: services tools ## benchmarks (BENCH_ONLY=gateway,... for some); results g
 	  else $(PY) bench/bench_$$b.py; fi; \
 	done
 
-eval: migrate ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/
+eval: seed ## evaluations (cache threshold, router, anomalies, cost model) on the full sets vendored in fixtures/ (the cost model measures its cache rates on the seeded ledger)
 	$(MANAGE) eval_anomalies
 	$(MANAGE) eval_cache
 	$(MANAGE) eval_router --full-if-available --learned --bench

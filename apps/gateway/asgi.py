@@ -184,11 +184,8 @@ class GatewayASGI:
             await self.django_app(scope, receive, send)
         finally:
             pipeline.deferred_work.reset(token)
-            for work in pending:  # /chat's settlement and ledger row, after its response has been sent
-                try:
-                    await work
-                except Exception:
-                    logger.exception("deferred work failed")
+            for work in pending:  # /chat's settlement and ledger row, after its response has been sent,
+                await pipeline.finish_after_response(work)  # without holding the connection (as /v1's)
 
     async def body_too_large(self, scope, send, headers: dict[str, str], limit: int) -> None:
         """413 before Django: for /chat through the pipeline, so that the refused request has its ledger row."""

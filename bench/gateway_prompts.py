@@ -37,19 +37,14 @@ SHORT_MAX_CHARS = 600
 LONG_CHARS = 2000
 SEED = 20261202
 
+if str(ROOT) not in sys.path:  # run as a script: the repository's packages
+    sys.path.insert(0, str(ROOT))
+from evals.cache.long_prompts import cut_at_whitespace  # noqa: E402
+
 
 def _routellm() -> list[dict]:
     with gzip.open(ROUTELLM, "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
-
-
-def _cut(text: str, limit: int) -> str:
-    """`text` cut back to the last whitespace at or before `limit` characters."""
-    if len(text) <= limit:
-        return text.rstrip()
-    head = text[: limit + 1]
-    cut = max(head.rfind(" "), head.rfind("\n"))
-    return (head[:cut] if cut > limit // 2 else text[:limit]).rstrip()
 
 
 def _unique(texts: Iterable[str]) -> list[str]:
@@ -106,7 +101,7 @@ def _bundles(records: list[dict], *, target: int) -> list[str]:
     for rec in records:
         parts.append(rec["prompt"].strip())
         if len("\n\n".join(parts)) >= target:
-            out.append(_cut("\n\n".join(parts), target))
+            out.append(cut_at_whitespace("\n\n".join(parts), target))
             parts = []
     return out
 

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,7 +73,30 @@ def server_pids(proc: subprocess.Popen) -> list[int]:
         return []
 
 
-class Mock:
+class _Server:
+    """A server process of the bench as a context manager: ready once `health_url` answers, stopped with its process
+    group on exit (or if it never became ready)."""
+
+    proc: subprocess.Popen
+    start_timeout = 120.0
+    stop_timeout = 30.0
+
+    def health_url(self) -> str:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            wait_http(self.health_url(), proc=self.proc, timeout=self.start_timeout)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _stop_group(self.proc, timeout=self.stop_timeout)
+
+
+class Mock(_Server):
     """The mock LLM, one process; `latency(ms)` sets the delay of every answer through its fault API."""
 
     def __init__(self, logs) -> None:
@@ -82,16 +106,8 @@ class Mock:
         cmd = [sys.executable, "-m", "demo.mock_llm", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=logs, stderr=logs, start_new_session=True)
 
-    def __enter__(self) -> Mock:
-        try:
-            wait_http(f"{self.url}/models", proc=self.proc)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _stop_group(self.proc, timeout=30)
+    def health_url(self) -> str:
+        return f"{self.url}/models"
 
     def latency(self, ms: float) -> None:
         """Every answer waits `ms` (0: none); the same for every target, so no request header is needed."""
@@ -102,8 +118,11 @@ class Mock:
             pass
 
 
-class Finops:
+class Finops(_Server):
     """finops under uvicorn, `workers` processes, as a production deployment runs it; a context manager."""
+
+    start_timeout = 180.0
+    stop_timeout = 60.0  # graceful: the ledger writer drains before exit
 
     def __init__(self, *, workers: int, mock_url: str, database_url: str, prom: Path, logs, env: dict[str, str]):
         self.port = free_port()
@@ -125,16 +144,8 @@ class Finops:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=logs, stderr=logs, start_new_session=True)
         self.chat_url = f"{self.url}/v1/chat/completions"
 
-    def __enter__(self) -> Finops:
-        try:
-            wait_http(f"{self.url}/healthz", proc=self.proc, timeout=180)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _stop_group(self.proc)  # graceful: the ledger writer drains before exit
+    def health_url(self) -> str:
+        return f"{self.url}/healthz"
 
     def worker_pids(self) -> list[int]:
         import psutil
@@ -161,8 +172,10 @@ def litellm_python(logs=None) -> Path:
     return python
 
 
-class LiteLLM:
+class LiteLLM(_Server):
     """The LiteLLM proxy with `workers` uvicorn workers, routing the benchmark's model to the mock."""
+
+    start_timeout = 240.0
 
     def __init__(self, *, workers: int, mock_url: str, tmp: Path, logs):
         python = litellm_python(logs)
@@ -191,16 +204,8 @@ class LiteLLM:
                "--port", str(self.port), "--num_workers", str(workers), "--timeout_worker_healthcheck", str(WORKER_HEALTHCHECK_S)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=logs, stderr=logs, start_new_session=True)
 
-    def __enter__(self) -> LiteLLM:
-        try:
-            wait_http(f"{self.url}/health/liveliness", proc=self.proc, timeout=240)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _stop_group(self.proc, timeout=30)
+    def health_url(self) -> str:
+        return f"{self.url}/health/liveliness"
 
     def worker_pids(self) -> list[int]:
         return server_pids(self.proc)[1:]

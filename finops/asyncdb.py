@@ -140,16 +140,12 @@ class _Breaker:
     reason: str = ""
     trips: int = 0
     probe: asyncio.Task | None = None
-    overdue: int = 0  # tripping queries past their deadline, still in their confirmation window
-    overdue_on: dict[str, int] = field(default_factory=dict)  # the same, by pool
+    # tripping queries past their deadline, still in their confirmation window, by pool
+    overdue_on: dict[str, int] = field(default_factory=dict)
 
 
 def _breaker() -> _Breaker:
-    rt = runtime()
-    breaker = rt.get("asyncdb.breaker")
-    if breaker is None:
-        breaker = rt.put("asyncdb.breaker", _Breaker(), close=_close_breaker)
-    return breaker
+    return runtime().get_or_put("asyncdb.breaker", _Breaker, close=_close_breaker)
 
 
 async def _close_breaker(breaker: _Breaker) -> None:
@@ -163,7 +159,7 @@ def db_suspect() -> bool:
     deadline, unanswered, still in its confirmation window): a new query would most likely wait out its whole
     deadline too. A slow vector search (trips=False) never makes the database suspect."""
     breaker = _breaker()
-    return breaker.down_since is not None or breaker.overdue > 0
+    return breaker.down_since is not None or any(breaker.overdue_on.values())
 
 
 def db_down(pool: str | None = None) -> bool:
@@ -229,10 +225,7 @@ async def reply_within(
     what is left of it is local work, waited for without a deadline.
     Before the query is sent, every `timeout_s` of waiting asks `give_up()`; None when it said yes."""
     loop = asyncio.get_running_loop()
-    while not task.done():
-        if replied:
-            await asyncio.wait({task})
-            return True
+    while not task.done() and not replied:
         remaining = (sent[0] + timeout_s - loop.time()) if sent else timeout_s
         if remaining > 0:
             await asyncio.wait({task}, timeout=remaining)
@@ -243,9 +236,10 @@ async def reply_within(
             await asyncio.sleep(0)
             if task.done() or replied:
                 break
-        if replied and not task.done():
-            await asyncio.wait({task})
-        return task.done()
+        if not replied:
+            return task.done()
+    if not task.done():  # the reply is in: what is left (releasing the connection) is local work
+        await asyncio.wait({task})
     return True
 
 
@@ -383,7 +377,6 @@ def _confirm_later(
 ) -> None:
     breaker = _breaker()
     overdue = 1 if trips else 0  # a query that may not trip the breaker (a vector search) makes no one suspect
-    breaker.overdue += overdue
     breaker.overdue_on[pool] = breaker.overdue_on.get(pool, 0) + overdue
 
     async def confirm() -> None:
@@ -391,7 +384,6 @@ def _confirm_later(
             window = conf().db_confirm_timeout_ms / 1000
             late = await reply_within(task, [asyncio.get_running_loop().time()], window, replied=replied)
         finally:
-            breaker.overdue -= overdue
             breaker.overdue_on[pool] -= overdue
         if late:
             if on_late is not None and not task.cancelled() and task.exception() is None:

@@ -81,16 +81,21 @@ class LocalWindow:
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
+    def _window(self, key: str, now: float, window_s: float) -> deque[float]:
+        """The key's hits within the window (old ones dropped); call with the lock held."""
+        hits = self._hits.get(key)
+        if hits is None:
+            if len(self._hits) >= self.MAX_KEYS:
+                self._prune(now, window_s)
+            hits = self._hits[key] = deque()
+        while hits and hits[0] <= now - window_s:
+            hits.popleft()
+        return hits
+
     def admit(self, key: str, *, limit: int, window_s: float = WINDOW_S) -> bool:
         now = time.monotonic()
         with self._lock:
-            hits = self._hits.get(key)
-            if hits is None:
-                if len(self._hits) >= self.MAX_KEYS:
-                    self._prune(now, window_s)
-                hits = self._hits[key] = deque()
-            while hits and hits[0] <= now - window_s:
-                hits.popleft()
+            hits = self._window(key, now, window_s)
             if len(hits) >= limit:
                 return False
             hits.append(now)
@@ -101,14 +106,7 @@ class LocalWindow:
         requests Redis already let through this minute still count — the user's minute is not split in two."""
         now = time.monotonic()
         with self._lock:
-            hits = self._hits.get(key)
-            if hits is None:
-                if len(self._hits) >= self.MAX_KEYS:
-                    self._prune(now, window_s)
-                hits = self._hits[key] = deque()
-            while hits and hits[0] <= now - window_s:
-                hits.popleft()
-            hits.append(now)
+            self._window(key, now, window_s).append(now)
 
     def retry_after(self, key: str, *, window_s: float = WINDOW_S) -> float:
         """Seconds until the oldest request of the window leaves it (0 for an empty window)."""

@@ -41,6 +41,11 @@ class LoopRuntime:
         self.closers.append((name, close))
         return value
 
+    def get_or_put(self, name: str, make: Callable[[], T], *, close: Closer | None = None) -> T:
+        """The value kept under `name`, or `make()` kept there now (with `close`, as `put`)."""
+        value = self.values.get(name)
+        return value if value is not None else self.put(name, make(), close=close)
+
     def pop(self, name: str) -> Any:
         self.closers = [(n, c) for n, c in self.closers if n != name]
         return self.values.pop(name, None)

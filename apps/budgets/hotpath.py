@@ -267,11 +267,7 @@ async def _close_reserve_queue(queue: _ReserveQueue) -> None:
 
 
 def reserve_queue() -> _ReserveQueue:
-    rt = runtime()
-    queue = rt.get("budgets.reserve_queue")
-    if queue is None:
-        queue = rt.put("budgets.reserve_queue", _ReserveQueue(), close=_close_reserve_queue)
-    return queue
+    return runtime().get_or_put("budgets.reserve_queue", _ReserveQueue, close=_close_reserve_queue)
 
 
 async def reservation_create(
@@ -369,10 +365,7 @@ async def _close_settle_queue(queue: _SettleQueue) -> None:
 
 def reservation_settle_later(*, reservation_id: int, actual_usd: Decimal) -> None:
     """Queue a settle for this loop's batcher; returns at once and never raises."""
-    rt = runtime()
-    queue = rt.get("budgets.settle_queue")
-    if queue is None:
-        queue = rt.put("budgets.settle_queue", _SettleQueue(), close=_close_settle_queue)
+    queue = runtime().get_or_put("budgets.settle_queue", _SettleQueue, close=_close_settle_queue)
     queue.items.append((reservation_id, actual_usd, 0))
     if queue.worker is None or queue.worker.done():
         queue.worker = _spawn(queue.run())

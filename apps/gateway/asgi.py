@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from apps.gateway import embeddings_api, pipeline, wire_messages, wire_responses
@@ -141,6 +142,21 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+async def _admitted(endpoint: str, send, serve: Callable[[Admission], Awaitable[None]]) -> None:
+    """`serve(admission)` if the worker admits one more request (apps.gateway.admission); else the overloaded answer:
+    a 503 with Retry-After (on /v1/messages Anthropic's 529 `overloaded_error`), never a budget 429. Every paid
+    endpoint counts against the one in-flight limit; `serve` may release its slot once its response has left."""
+    admission = Admission(endpoint)
+    with admission as admitted:
+        if admitted:
+            await serve(admission)
+            return
+        status, body, headers = overloaded_error()
+        if endpoint == "messages":
+            status, body = 529, wire_messages.anthropic_error(529, body)
+        await _send_json(send, status, body, headers)
+
+
 class GatewayASGI:
     def __init__(self, django_app):
         self.django_app = django_app
@@ -156,12 +172,7 @@ class GatewayASGI:
 
     async def django(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/chat":
-            admission = Admission("chat")
-            with admission as admitted:  # /chat counts against the same in-flight limit as the /v1 endpoints
-                if not admitted:
-                    await _send_json(send, *overloaded_error())
-                    return
-                await self._django(scope, receive, send)
+            await _admitted("chat", send, lambda admission: self._django(scope, receive, send))
             return
         await self._django(scope, receive, send)
 
@@ -184,8 +195,11 @@ class GatewayASGI:
             await self.django_app(scope, receive, send)
         finally:
             pipeline.deferred_work.reset(token)
-            for work in pending:  # /chat's settlement and ledger row, after its response has been sent,
-                await pipeline.finish_after_response(work)  # without holding the connection (as /v1's)
+            for work in pending:  # /chat's settlement and ledger row, after its response has been sent
+                try:
+                    await work
+                except Exception:
+                    logger.exception("deferred work failed")
 
     async def body_too_large(self, scope, send, headers: dict[str, str], limit: int) -> None:
         """413 before Django: for /chat through the pipeline, so that the refused request has its ledger row."""
@@ -224,12 +238,7 @@ class GatewayASGI:
             await _send_json(send, 404, _error(404, f"Unknown request URL: {method} {scope['path']}.", "unknown_url"))
 
     async def chat_completions(self, scope, receive, send) -> None:
-        admission = Admission("chat_completions")
-        with admission as admitted:  # load shedding: a 503, never a budget 429
-            if not admitted:
-                await _send_json(send, *overloaded_error())
-                return
-            await self._chat_completions(scope, receive, send, admission)
+        await _admitted("chat_completions", send, lambda admission: self._chat_completions(scope, receive, send, admission))
 
     async def _chat_completions(self, scope, receive, send, admission: Admission) -> None:
         headers = _headers(scope)
@@ -246,7 +255,7 @@ class GatewayASGI:
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             admission.release()
-            await pipeline.finish_after_response(pipeline.finalize(reply))  # the connection is free for the next request
+            await asyncio.shield(pipeline.finalize(reply))
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
         disconnected = True  # unless the relay reaches the end: a cancelled handler still finishes the stream
@@ -257,15 +266,7 @@ class GatewayASGI:
 
     async def wire(self, scope, receive, send, endpoint: str, handler) -> None:
         """/v1/embeddings, /v1/responses, /v1/messages: the format's module answers (apps.gateway.wire), as chat_completions."""
-        admission = Admission(endpoint)
-        with admission as admitted:  # the same in-flight limit as chat completions: a 503 (Anthropic: 529), never a 429
-            if not admitted:
-                status, body, extra = overloaded_error()
-                if endpoint == "messages":
-                    status, body = 529, wire_messages.anthropic_error(529, body)
-                await _send_json(send, status, body, extra)
-                return
-            await self._wire(scope, receive, send, endpoint, handler, admission)
+        await _admitted(endpoint, send, lambda admission: self._wire(scope, receive, send, endpoint, handler, admission))
 
     async def _wire(self, scope, receive, send, endpoint: str, handler, admission: Admission) -> None:
         headers = _headers(scope)
@@ -280,7 +281,7 @@ class GatewayASGI:
         if reply.stream is None:
             await _send_json(send, reply.status, reply.payload, reply.headers)
             admission.release()
-            await pipeline.finish_after_response(reply.finish())
+            await asyncio.shield(reply.finish())
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encode_headers(reply.headers)})
         disconnected = await self._pump(reply.stream, receive, send)

@@ -15,6 +15,7 @@ what runs after the response: settle, cache store, 11 record), `streams` (SSE re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -152,43 +153,28 @@ async def chat_to_the_end(
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        end = asyncio.ensure_future(_end_abandoned(task))
-        abandoned = _abandoned()
-        abandoned.add(end)  # a strong reference: asyncio keeps only weak ones
-        end.add_done_callback(abandoned.discard)
+        _detach(_end_abandoned(task))
         raise
 
 
 def _abandoned() -> set[asyncio.Future]:
-    """This loop's requests finishing on their own: their transport was cancelled, or their response has left and
-    what remains (settle, cache store, ledger row) no longer holds the client's connection (finish_after_response)."""
-    rt = runtime()
-    tasks = rt.get("gateway.abandoned")
-    if tasks is None:
-        tasks = rt.put("gateway.abandoned", set(), close=_abandoned_wait)
+    """This loop's requests whose transport was cancelled, finishing on their own."""
+    tasks: set[asyncio.Future] = runtime().get_or_put("gateway.abandoned", set, close=_abandoned_wait)
     return tasks
 
 
-async def finish_after_response(work: Awaitable[Any]) -> None:
-    """Run a request's post-response work (`finalize`) without holding its HTTP connection: on a keep-alive
-    connection the server reads the client's next request only once the ASGI call returns, so awaiting the settle,
-    the cache store (a full-model embedding, sometimes) and the ledger row there delayed that next request. The
-    work is shielded from cancellation and drained by the lifespan shutdown (abandoned_drain), like an abandoned
-    request's. Past FINOPS_GATEWAY_MAX_IN_FLIGHT such tasks in this loop it is awaited in place (backpressure)."""
+def _detach(work: Awaitable[Any]) -> None:
+    """Run `work` as a task of this loop's finishing set (a strong reference: asyncio keeps only weak ones)."""
     tasks = _abandoned()
-    limit = conf().gateway_max_in_flight
-    if limit and len(tasks) >= limit:
-        await asyncio.shield(work)
-        return
     task = asyncio.ensure_future(work)
     tasks.add(task)
-    task.add_done_callback(_finished)
+    task.add_done_callback(functools.partial(_finished, tasks))
 
 
-def _finished(task: asyncio.Future) -> None:
-    _abandoned().discard(task)
+def _finished(tasks: set[asyncio.Future], task: asyncio.Future) -> None:
+    tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:
-        logger.error("post-response work failed", exc_info=task.exception())
+        logger.error("an abandoned request failed to finish", exc_info=task.exception())
 
 
 async def abandoned_drain() -> None:

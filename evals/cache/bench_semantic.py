@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.cache.long_prompts import _cut, load_long_prompts, load_source
+from evals.cache.long_prompts import cut_at_whitespace, load_long_prompts, load_source
 from evals.cache.replay import ROOT
 
 MODEL = "gpt-4o-mini"
@@ -66,7 +66,7 @@ def prompts_of(chars: int, count: int) -> list[str]:
         text = " ".join(record["prompt"].split())
         if len(text) < chars:
             continue
-        cut = _cut(text, chars)
+        cut = cut_at_whitespace(text, chars)
         if cut not in seen and len(cut) >= chars * 0.8:
             seen.add(cut)
             out.append(cut)

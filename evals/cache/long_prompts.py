@@ -34,7 +34,7 @@ COUNT = 300
 SEPARATOR = "\n\n"
 
 
-def _cut(text: str, limit: int) -> str:
+def cut_at_whitespace(text: str, limit: int) -> str:
     """``text`` cut back to the last whitespace at or before ``limit`` characters (no trailing whitespace)."""
     if len(text) <= limit:
         return text.rstrip()
@@ -66,7 +66,7 @@ def build(records: Iterable[dict[str, Any]], *, count: int = COUNT, target: int 
                 ids.append(rows[i]["id"])
                 i += 1
             cursors[subject] = i
-            text = _cut(SEPARATOR.join(parts), target)
+            text = cut_at_whitespace(SEPARATOR.join(parts), target)
             if len(text) < target - 100:  # subject exhausted: a short tail is not a long prompt
                 continue
             out.append({"id": f"long-{len(out):03d}", "subject": subject.removeprefix("mmlu-"), "sources": ids, "prompt": text})

@@ -42,6 +42,37 @@ def child_process_env(**extra: str) -> dict[str, str]:
     }
 
 
+def pytest_configure(config):
+    _flush_retries_deadlocks()
+
+
+def _flush_retries_deadlocks() -> None:
+    """A transactional test ends with Django's flush (one TRUNCATE of every table). A gateway under test may still
+    be finishing the request it answered last (its semantic-cache store or ledger row is written after the reply),
+    and Postgres can pick the TRUNCATE as the victim of the deadlock between the two. The flush runs in a
+    transaction, so a deadlocked one left nothing behind: try it again. Any other flush error is raised at once."""
+    import time
+
+    from django.core.management.base import CommandError
+    from django.test import TransactionTestCase
+
+    plain = TransactionTestCase._fixture_teardown
+    if getattr(plain, "retries_deadlocks", False):
+        return
+
+    def fixture_teardown(self):
+        for attempt in range(6):
+            try:
+                return plain(self)
+            except CommandError as error:
+                if attempt == 5 or "deadlock detected" not in str(error.__cause__ or ""):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    fixture_teardown.retries_deadlocks = True  # type: ignore[attr-defined]
+    TransactionTestCase._fixture_teardown = fixture_teardown  # type: ignore[method-assign]
+
+
 # The day tests that seed or scan run on, whatever the calendar says (STYLE.md §12). A Wednesday in the
 # middle of a month; tests about other days parametrize `pinned_now` (indirect) with their own instants.
 # FINOPS_TEST_NOW (ISO, with a UTC offset) moves it: `FINOPS_TEST_NOW=2027-03-01T00:30:00Z make test`.

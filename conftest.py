@@ -56,7 +56,7 @@ def _flush_retries_deadlocks() -> None:
     from django.core.management.base import CommandError
     from django.test import TransactionTestCase
 
-    plain = TransactionTestCase._fixture_teardown
+    plain = getattr(TransactionTestCase, "_fixture_teardown")  # noqa: B009 - private in django-stubs
     if getattr(plain, "retries_deadlocks", False):
         return
 
@@ -70,7 +70,7 @@ def _flush_retries_deadlocks() -> None:
                 time.sleep(0.1 * (attempt + 1))
 
     fixture_teardown.retries_deadlocks = True  # type: ignore[attr-defined]
-    TransactionTestCase._fixture_teardown = fixture_teardown  # type: ignore[method-assign]
+    setattr(TransactionTestCase, "_fixture_teardown", fixture_teardown)  # noqa: B010 - private in django-stubs
 
 
 # The day tests that seed or scan run on, whatever the calendar says (STYLE.md §12). A Wednesday in the

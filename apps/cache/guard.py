@@ -375,10 +375,38 @@ def _negation_scope(folded_words: list[str], position: int) -> list[str]:
 
 
 def _numbers_in_order(text: str, words: list[tuple[str, int, int]]) -> list[str]:
-    """Digits and number words, interleaved in order of appearance ("2 or three" → 2, 3)."""
+    """Digits and number words, interleaved in order of appearance ("2 or three" → 2, 3). "one" used as a
+    pronoun ("one can", "can one", "a new one") is not a number."""
     found: list[tuple[int, str]] = [(m.start(), _h(_normalise_number(m.group(0)))) for m in _NUMBER_RE.finditer(text)]
-    found += [(start, _h(NUMBER_WORDS[_fold(word)])) for word, start, _ in words if _fold(word) in NUMBER_WORDS]
+    folded = [_fold(word) for word, _, _ in words]
+    found += [
+        (start, _h(NUMBER_WORDS[folded[i]]))
+        for i, (_, start, _) in enumerate(words)
+        if folded[i] in NUMBER_WORDS and not _pronoun_one(text, words, folded, i)
+    ]
     return [value for _, value in sorted(found)]
+
+
+# "one" as a pronoun: before a modal ("one can"), after one ("can one"), or after a determiner at the end of a
+# phrase ("a new one.", "a new one using …", "which one?"). Another number in its place is still a number, so
+# "two can" still differs from "one can", and "a one-line fix" keeps its number.
+_MODALS = frozenset("can could may might must should would will shall cannot needs need has had".split())
+_PRONOUN_DETERMINERS = frozenset("a an the new another this that which each every any no".split())
+_PHRASE_ENDS = frozenset("using with for in from to that which who instead than is are was were does do".split())
+
+
+def _pronoun_one(text: str, words: list[tuple[str, int, int]], folded: list[str], i: int) -> bool:
+    if folded[i] != "one":
+        return False
+    before = folded[i - 1] if i > 0 else ""
+    end = words[i][2]
+    rest = text[end : end + 2].lstrip()
+    if rest[:1] in ("-", "‐", "–"):
+        return False  # "a one-line fix": a compound, a number
+    after = folded[i + 1] if i + 1 < len(folded) and (not rest or rest[0].isalnum()) else ""
+    if after in _MODALS or before in _MODALS:
+        return True
+    return before in _PRONOUN_DETERMINERS and (after == "" or after in _PHRASE_ENDS)
 
 
 def _after_number(text: str, start: int, number_ends: set[int]) -> bool:

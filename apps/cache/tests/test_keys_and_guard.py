@@ -93,6 +93,14 @@ def test_the_guard_accepts_the_paraphrase_and_refuses_every_hard_negative(pair):
         ("Why doesn't my code work?", "Why does my code not work?", None),
         ("The safe flag is not used to cast.", "The flag decides whether a cast or not is needed.", "negation"),
         ("What's 2 + 2?", "What is 2+2?", None),
+        # "one" as a pronoun is not a number; in its place, another number still is one.
+        ("How can one load text data?", "How can you load text data?", None),
+        ("By following the guide, one can learn to stream.", "You can learn to stream by following the guide.", None),
+        ("Rename the column to a new one using rename_column().", "Use rename_column() with the new column name.", None),
+        ("One can load it in pandas.", "Two can load it in pandas.", "number"),
+        ("Write a one-line fix.", "Write a fix.", "number"),
+        ("Write a one-line fix.", "Write a two-line fix.", "number"),
+        ("I have one apple.", "I have an apple.", "number"),
     ],
 )
 def test_the_guard_reasons(a, b, reason):

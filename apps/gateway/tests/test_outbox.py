@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
 
 import openai
@@ -28,11 +29,21 @@ from finops.models import JobRun
 STREAM = "finops:ledger:outbox"
 
 
+@pytest.fixture
+def own_stream(settings) -> str:
+    """An outbox stream of this test's own: a gateway of an earlier test that is still writing a late row (to the
+    default stream, refused by Postgres after that test's flush) cannot change what this test counts."""
+    stream = f"finops:ledger:outbox:test-{uuid.uuid4().hex[:8]}"
+    settings.FINOPS = {**settings.FINOPS, "LEDGER_OUTBOX_STREAM": stream}
+    return stream
+
+
 @pytest.mark.django_db(transaction=True)
-def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url, tenant, redis_client):
+def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url, tenant, redis_client, own_stream):
     # This gateway's ledger writer points at a port where no Postgres listens; everything else is normal.
+    STREAM = own_stream  # noqa: N806 - the module's name for the stream, this test's value
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/finops"
-    env = {"FINOPS_LEDGER_DATABASE_URL": dead, "FINOPS_CACHE_ENABLED": "0"}
+    env = {"FINOPS_LEDGER_DATABASE_URL": dead, "FINOPS_CACHE_ENABLED": "0", "FINOPS_LEDGER_OUTBOX_STREAM": STREAM}
     with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=tenant.secret, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
@@ -102,10 +113,12 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tmp_path, settings, redis_client):
+def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tmp_path, settings, redis_client, own_stream):
     """A row Postgres refuses (here: an org that does not exist) goes to the outbox alone; the replay inserts what
     it can and keeps the refused row in a dead-letter file, so the outbox drains instead of failing every minute."""
     from apps.ledger.recorder import LedgerWriter
+
+    STREAM = own_stream  # noqa: N806
     from finops.asyncdb import close_pools
 
     settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.db import transaction
@@ -39,11 +40,12 @@ def anomaly_eval_run(
         for f in held_out.folds
     ]
     if seed_per_day is not None:
-        seed_section, seed_summary = _seed_section(seed_per_day=seed_per_day, plot_path=output.parent / plot_rel)
-        summary.append(seed_summary)
-        if calendar:
-            calendar_section, calendar_summary = _calendar_section(seed_per_day=seed_per_day, progress=calendar_progress)
-            summary.append(calendar_summary)
+        with scratch_database():
+            seed_section, seed_summary = _seed_section(seed_per_day=seed_per_day, plot_path=output.parent / plot_rel)
+            summary.append(seed_summary)
+            if calendar:
+                calendar_section, calendar_summary = _calendar_section(seed_per_day=seed_per_day, progress=calendar_progress)
+                summary.append(calendar_summary)
     from evals.report import write_report
 
     # The NAB subset's figures never replace the full sets' headline: they go under their own heading.
@@ -57,11 +59,33 @@ def anomaly_eval_run(
     return "\n".join(summary)
 
 
-def _seed_section(*, seed_per_day: int, plot_path: Path) -> tuple[str, str]:
-    from apps.ledger.models import SeedIncident
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """Run the seeded sections in a database of their own (`<database>_anomaly_eval`, created and migrated here),
+    so that their figures do not depend on what the working database holds: `make eval` seeds the working database
+    for the cost model, and a scan over that workload plus the evaluation's own would report other figures than a
+    fresh clone's. Every seed in it is rolled back; the database is kept, so a re-run only migrates what changed."""
+    from django.core.management import call_command
+    from django.db import connections
 
-    if SeedIncident.objects.exists():
-        return _seed_report(plot_path=plot_path, note="the seeded workload already in this database")
+    from finops.asyncdb import dsn_from_settings
+    from finops.services import database_create_if_missing
+
+    connection = connections["default"]
+    working = connection.settings_dict["NAME"]
+    scratch = f"{working}_anomaly_eval"
+    connection.close()
+    connection.settings_dict["NAME"] = scratch
+    try:
+        database_create_if_missing(dsn_from_settings())
+        call_command("migrate", verbosity=0, interactive=False)
+        yield scratch
+    finally:
+        connection.close()
+        connection.settings_dict["NAME"] = working
+
+
+def _seed_section(*, seed_per_day: int, plot_path: Path) -> tuple[str, str]:
     try:
         with transaction.atomic():
             from django.conf import settings

@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--output", default=str(settings.BASE_DIR / "docs" / "anomaly-eval.md"))
         parser.add_argument(
             "--seed-per-day", type=int, default=400,
-            help="when the database holds no seeded incidents, seed this workload in a transaction that is rolled back",
+            help="seed this workload in a database of the evaluation's own (<database>_anomaly_eval), in a transaction that is rolled back",
         )  # fmt: skip
         parser.add_argument("--skip-seed", action="store_true", help="NAB only")
         parser.add_argument(

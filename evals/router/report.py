@@ -47,7 +47,10 @@ SWEPT = ("keyword", "complexity", "confidence", "complexity+confidence", "learne
 
 
 def best_policy(report: SourceReport) -> PolicyResult:
-    return max((r for r in report.results if r.name in SWEPT and r.apgr is not None), key=lambda r: r.apgr or 0.0)
+    """The highest APGR as reported (3 decimals); a tie goes to the simpler policy, the earlier one in SWEPT (on
+    MMLU, learned and learned+confidence are the same policy: there is no answer text for confidence to read)."""
+    swept = sorted((r for r in report.results if r.name in SWEPT and r.apgr is not None), key=lambda r: SWEPT.index(r.name))
+    return max(swept, key=lambda r: round(r.apgr or 0.0, 3))
 
 
 def plot_write(reports: list[SourceReport], path: Path, extra: dict[str, list[PolicyResult]] | None = None) -> None:

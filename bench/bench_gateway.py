@@ -53,7 +53,7 @@ TARGETS = ("direct", "litellm", "finops", "finops-nocache")
 SCENARIOS = ("one", "sat", "slow", "long")
 SLOW_UPSTREAM_MS = 500
 # Prompts per list: enough that no target repeats one at the rates finops is aimed at (the run reports reuse).
-SHORT_COUNT, LONG_COUNT = 30_000, 6_000
+SHORT_COUNT, LONG_COUNT = 60_000, 16_000  # more than the fastest target sends in a run: no prompt repeats
 RESULTS = ROOT / ".finops" / "bench-gateway-results.json"  # the last run's figures, for --report-only
 
 

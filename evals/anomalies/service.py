@@ -28,6 +28,7 @@ def anomaly_eval_run(
     calendar: bool = True,
     progress: Callable[[str], None] | None = None,
     calendar_progress: Callable[[dt.datetime], None] | None = None,
+    database_workload: bool = False,
 ) -> str:
     nab = evaluation.nab_evaluate(evaluation.nab_load(nab_dir), source=nab_source, progress=progress)
     held_out = heldout.heldout_evaluate(nab_dir, progress=progress)
@@ -39,7 +40,12 @@ def anomaly_eval_run(
         f"  leave {f.corpus} out: combined {f.combined.f1:.3f} vs grouped naive {f.naive_grouped.f1:.3f} ({f.margin:+.3f})"
         for f in held_out.folds
     ]
-    if seed_per_day is not None:
+    if database_workload:
+        seed_section, seed_summary = _seed_report(
+            plot_path=output.parent / plot_rel, note="the seeded workload already in this database (--database-workload)"
+        )
+        summary.append(seed_summary)
+    elif seed_per_day is not None:
         with scratch_database():
             seed_section, seed_summary = _seed_section(seed_per_day=seed_per_day, plot_path=output.parent / plot_rel)
             summary.append(seed_summary)
@@ -97,7 +103,8 @@ def _seed_section(*, seed_per_day: int, plot_path: Path) -> tuple[str, str]:
             seed.seed_demo(per_day=seed_per_day, days=30, seed=42)
             result = _seed_report(
                 plot_path=plot_path,
-                note=f"`seed_demo --per-day {seed_per_day} --days 30 --seed 42`, seeded for the run and rolled back",
+                note=f"`seed_demo --per-day {seed_per_day} --days 30 --seed 42`, seeded for the run in a database of its own "
+                "(`<database>_anomaly_eval`) and rolled back",
             )
             raise _Rollback
     except _Rollback:
@@ -341,7 +348,7 @@ Each seeded incident (runaway loop, leaked key, premium-model switch, cache outa
 scan hours: the first hourly scan that would have shown an incident of its org, team or model, with one of its
 anomalous runs overlapping the seeded incident, ran at most 2 hours after the seeded incident's first hour began.
 A false critical is a critical incident that overlaps no seeded incident. For the 1.5M-row reference month, run
-it against the benchmark database: `DATABASE_URL=<…/finops_bench> manage.py eval_anomalies` (the dollar figures
+it against the benchmark database: `DATABASE_URL=<…/finops_bench> manage.py eval_anomalies --database-workload` (the dollar figures
 there are 125× larger, so the same incidents reach warning and critical).
 
 {seed_section}

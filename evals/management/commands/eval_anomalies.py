@@ -24,6 +24,11 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--skip-seed", action="store_true", help="NAB only")
         parser.add_argument(
+            "--database-workload", action="store_true",
+            help="score the seeded workload already in this database (e.g. the benchmarks' reference month) instead of "
+            "seeding one; the calendar section is skipped",
+        )  # fmt: skip
+        parser.add_argument(
             "--skip-calendar", action="store_true", help="skip re-seeding and scanning at 28 pinned dates (about 5 minutes)"
         )
 
@@ -38,7 +43,8 @@ class Command(BaseCommand):
             nab_source=source,
             output=Path(options["output"]),
             seed_per_day=None if options["skip_seed"] else options["seed_per_day"],
-            calendar=not options["skip_calendar"],
+            calendar=not options["skip_calendar"] and not options["database_workload"],
+            database_workload=options["database_workload"],
             progress=lambda name: (bar.set_postfix_str(name.split("/")[-1]), bar.update(1)),
             calendar_progress=lambda now: (dates.set_postfix_str(f"{now:%Y-%m-%d %H:%M}"), dates.update(1)),
         )

@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos chaos-saturation soak tools clean
+.PHONY: screenshots help install services stop migrate seed run test smoke lint bench eval docs-check drill chaos chaos-saturation soak tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ tools: ## best-effort: Debian packages `make run` and some tests use (prometheus
 
 smoke: services ## the quick check (< 1 min): 13 end-to-end checks on a seeded month, live gateway, mock LLM, Alertmanager
 	$(PY) -m pytest -p no:cacheprovider -v finops/tests/test_smoke.py
+
+screenshots: services tools ## re-take the browser tests' screenshots into docs/img/ (make test keeps them in a temporary folder)
+	FINOPS_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -p no:cacheprovider -q apps/reports/tests/test_browser.py apps/budgets/tests/test_admin_browser.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -95,6 +95,15 @@ def subprocess_env(django_db_setup) -> dict[str, str]:
 
 
 @pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """Where a browser test saves its screenshots: docs/img/ with FINOPS_UPDATE_SCREENSHOTS=1 (`make screenshots`),
+    else the test's own temporary folder, so that `make test` leaves the checkout as it found it."""
+    folder = ROOT / "docs" / "img" if os.environ.get("FINOPS_UPDATE_SCREENSHOTS") == "1" else tmp_path / "img"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
 def redis_client(settings):
     import redis
 

@@ -1,7 +1,7 @@
 """The budget admin in a real browser (Debian's headless Chromium through Playwright), over a live server.
 
 A finance user edits a cap and sees the change in the history; a staff user outside finance gets a
-read-only page. The screenshot of the edited budget goes to docs/img/budget-admin.png.
+read-only page. The screenshot of the edited budget goes to docs/img/budget-admin.png under `make screenshots`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from apps.budgets.services import finance_group_ensure
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("FINOPS_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "img" / "budget-admin.png"
 
 
 @contextlib.contextmanager
@@ -46,7 +45,7 @@ def log_in(page, base: str, username: str, password: str) -> None:
     page.wait_for_url(f"{base}/admin/")
 
 
-def test_finance_edits_a_cap_and_others_cannot(live_server, make_tenant, make_budget, django_user_model):
+def test_finance_edits_a_cap_and_others_cannot(live_server, make_tenant, make_budget, django_user_model, screenshots):
     tenant = make_tenant(org="Acme", team="Search", user="alice")
     make_budget(scope="org", tenant=tenant, cap="500.00")
     budget = make_budget(scope="team", tenant=tenant, cap="100.00")
@@ -75,8 +74,7 @@ def test_finance_edits_a_cap_and_others_cannot(live_server, make_tenant, make_bu
         page.wait_for_selector(".messagelist")
         history = page.inner_text("#changes-group")
         assert "100.00" in history and "150.00" in history and "fiona" in history
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(screenshots / "budget-admin.png"), full_page=True)
         context.close()
 
         context = browser.new_context()

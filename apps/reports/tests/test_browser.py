@@ -1,8 +1,8 @@
 """Finance's day in a real browser: Debian's headless Chromium through Playwright, against a live server.
 
 A finance user logs in, reads the cost dashboard, edits a budget cap and finds it in the history,
-acknowledges an anomaly; a staff member outside finance can look but not edit. Screenshots go to
-docs/img/ (dashboard.png, org-dashboard.png, budget-history.png, anomalies.png, ledger.png).
+acknowledges an anomaly; a staff member outside finance can look but not edit. Screenshots (dashboard.png,
+org-dashboard.png, budget-history.png, anomalies.png, ledger.png) go to docs/img/ under `make screenshots`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from apps.reports.tests.conftest import at, make_anomaly, make_budget
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("FINOPS_CHROMIUM", "/usr/bin/chromium")
-IMG = Path(__file__).resolve().parents[3] / "docs" / "img"
 
 
 @contextlib.contextmanager
@@ -87,13 +86,12 @@ def finance_world(ledger, make_tenant, finance_user, django_user_model, today):
     return {"budget": budget, "anomaly": anomaly, "acme": acme}
 
 
-def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, finance_world):
+def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, finance_world, screenshots):
     from apps.anomalies.models import Anomaly
     from apps.budgets.models import BudgetChange
 
     base = live_server.url
     budget, anomaly, acme = finance_world["budget"], finance_world["anomaly"], finance_world["acme"]
-    IMG.mkdir(parents=True, exist_ok=True)
     with chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
@@ -106,14 +104,14 @@ def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, f
         assert "Acme Retail" in page.inner_text("#table-1") and "Globex Bank" in page.inner_text("#table-1")
         assert "acme-retail/search spend spike" in page.inner_text("#anomalies")
         assert page.locator("#app-list, .app-ledger").count() >= 1
-        page.screenshot(path=str(IMG / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
 
         # 2. The org page: the same view, scoped.
         page.click("#table-1 >> text=Acme Retail")
         page.wait_for_selector("#cost-dashboard")
         assert "Costs — Acme Retail" in page.inner_text("h2.fd-title")
         assert "Globex" not in page.inner_text("#cost-dashboard")
-        page.screenshot(path=str(IMG / "org-dashboard.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "org-dashboard.png"), full_page=True)
 
         # 3. Edit a cap; the change shows in the history.
         page.goto(f"{base}/admin/budgets/budget/{budget.id}/change/")
@@ -122,7 +120,7 @@ def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, f
         page.wait_for_selector(".messagelist")
         history = page.inner_text("#changes-group")
         assert "10.00" in history and "12.50" in history and "fiona" in history
-        page.screenshot(path=str(IMG / "budget-history.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "budget-history.png"), full_page=True)
 
         # 4. Acknowledge the open anomaly from the triage list.
         page.goto(f"{base}/admin/anomalies/anomaly/?status__exact=open")
@@ -132,12 +130,12 @@ def test_finance_reviews_costs_edits_a_cap_and_triages_an_anomaly(live_server, f
         page.wait_for_selector(".messagelist")
         assert "1 anomaly acknowledged" in page.inner_text(".messagelist")
         page.goto(f"{base}/admin/anomalies/anomaly/")
-        page.screenshot(path=str(IMG / "anomalies.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "anomalies.png"), full_page=True)
 
         # 5. The ledger list, bounded to the last day by default.
         page.goto(f"{base}/admin/ledger/llmrequest/?received=month")
         assert page.locator("#result_list tbody tr").count() > 0
-        page.screenshot(path=str(IMG / "ledger.png"), full_page=False)
+        page.screenshot(path=str(screenshots / "ledger.png"), full_page=False)
         context.close()
 
         # 6. A staff member outside finance and without an org sees no budget, and cannot triage.

@@ -306,7 +306,7 @@ def guard_signature(text: str) -> Signature:
                 entities.append(hashed)
 
     slots, coordinated = _slots(text, words, folded_words)
-    numbers = _numbers_in_order(text, words)
+    numbers = _numbers_in_order(text, words, folded_words)
     operators = "".join(_OPERATOR_RE.findall(text)) if number_spans else ""
     return Signature(
         tokens=frozenset(tokens),
@@ -374,11 +374,10 @@ def _negation_scope(folded_words: list[str], position: int) -> list[str]:
     return scope
 
 
-def _numbers_in_order(text: str, words: list[tuple[str, int, int]]) -> list[str]:
+def _numbers_in_order(text: str, words: list[tuple[str, int, int]], folded: list[str]) -> list[str]:
     """Digits and number words, interleaved in order of appearance ("2 or three" → 2, 3). "one" used as a
     pronoun ("one can", "can one", "a new one") is not a number."""
     found: list[tuple[int, str]] = [(m.start(), _h(_normalise_number(m.group(0)))) for m in _NUMBER_RE.finditer(text)]
-    folded = [_fold(word) for word, _, _ in words]
     found += [
         (start, _h(NUMBER_WORDS[folded[i]]))
         for i, (_, start, _) in enumerate(words)

@@ -46,6 +46,16 @@ def pytest_configure(config):
     _flush_retries_deadlocks()
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error` or an exception it was raised from is a `kind` (flush: CommandError ← Django's error ← psycopg's)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def _flush_retries_deadlocks() -> None:
     """A transactional test ends with Django's flush (one TRUNCATE of every table). A gateway under test may still
     be finishing the request it answered last (its semantic-cache store or ledger row is written after the reply),
@@ -55,6 +65,7 @@ def _flush_retries_deadlocks() -> None:
 
     from django.core.management.base import CommandError
     from django.test import TransactionTestCase
+    from psycopg.errors import DeadlockDetected
 
     plain = getattr(TransactionTestCase, "_fixture_teardown")  # noqa: B009 - private in django-stubs
     if getattr(plain, "retries_deadlocks", False):
@@ -65,7 +76,7 @@ def _flush_retries_deadlocks() -> None:
             try:
                 return plain(self)
             except CommandError as error:
-                if attempt == 5 or "deadlock detected" not in str(error.__cause__ or ""):
+                if attempt == 5 or not _caused_by(error, DeadlockDetected):
                     raise
                 time.sleep(0.1 * (attempt + 1))
 

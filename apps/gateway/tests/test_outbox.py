@@ -41,9 +41,8 @@ def own_stream(settings) -> str:
 @pytest.mark.django_db(transaction=True)
 def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url, tenant, redis_client, own_stream):
     # This gateway's ledger writer points at a port where no Postgres listens; everything else is normal.
-    STREAM = own_stream  # noqa: N806 - the module's name for the stream, this test's value
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/finops"
-    env = {"FINOPS_LEDGER_DATABASE_URL": dead, "FINOPS_CACHE_ENABLED": "0", "FINOPS_LEDGER_OUTBOX_STREAM": STREAM}
+    env = {"FINOPS_LEDGER_DATABASE_URL": dead, "FINOPS_CACHE_ENABLED": "0", "FINOPS_LEDGER_OUTBOX_STREAM": own_stream}
     with gateway_server(mock_llm_url=mock_llm_url, env=env) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=tenant.secret, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
@@ -52,15 +51,15 @@ def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url,
         usage = raw.parse().usage
         request_id = raw.headers["x-request-id"]
         deadline = time.monotonic() + 10
-        while redis_client.xlen(STREAM) < 1 and time.monotonic() < deadline:
+        while redis_client.xlen(own_stream) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    assert redis_client.xlen(STREAM) == 1
+    assert redis_client.xlen(own_stream) == 1
     assert not LLMRequest.objects.exists()
 
     # A duplicate in the outbox (e.g. an insert that committed just as it timed out) must not double-bill.
-    ((_, fields),) = redis_client.xrange(STREAM)
-    redis_client.xadd(STREAM, {"row": fields[b"row"]})
+    ((_, fields),) = redis_client.xrange(own_stream)
+    redis_client.xadd(own_stream, {"row": fields[b"row"]})
 
     result = ledger_outbox_replay_task()
     assert "inserted=1" in result
@@ -68,7 +67,7 @@ def test_rows_reach_the_redis_outbox_and_are_replayed_exactly_once(mock_llm_url,
     assert str(row.request_id) == request_id
     assert (row.status, row.org_id) == ("served", tenant.org.id)
     assert row.cost_usd == mini_cost(usage.prompt_tokens, usage.completion_tokens) > 0
-    assert redis_client.xlen(STREAM) == 0
+    assert redis_client.xlen(own_stream) == 0
     assert JobRun.objects.get(name="ledger_outbox_replay").successes == 1
 
     ledger_outbox_replay_task()
@@ -86,8 +85,12 @@ def test_the_outbox_row_format_round_trips():
     assert row_from_json(row_to_json(row)) == row
 
 
+def test_the_outbox_stream_is_the_one_the_runbook_names(settings):
+    assert settings.FINOPS["LEDGER_OUTBOX_STREAM"] == STREAM
+
+
 @pytest.mark.django_db
-def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path, settings):
+def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path, settings, own_stream):
     settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}
     rows = [served_row(), served_row()]
     dead_redis = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
@@ -96,7 +99,7 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
     spooled = list(tmp_path.glob("ledger-*.jsonl"))
     assert len(spooled) == 1 and len(spooled[0].read_text().splitlines()) == 2
 
-    empty_redis = f"{settings.REDIS_URL}"  # the test Redis has no outbox entries of its own here
+    empty_redis = f"{settings.REDIS_URL}"  # this test's own outbox stream is empty
     result = ledger_outbox_replay(redis_url=empty_redis, directory=tmp_path)
     assert (result.inserted, result.unreadable) == (2, 0)
     assert set(LLMRequest.objects.values_list("request_id", flat=True)) == {r["request_id"] for r in rows}
@@ -109,7 +112,6 @@ def test_with_redis_down_too_rows_are_spooled_to_disk_and_replayed_once(tmp_path
     result = ledger_outbox_replay(redis_url=empty_redis, directory=tmp_path)
     assert (result.seen, result.inserted, result.unreadable) == (2, 0, 1)
     assert LLMRequest.objects.count() == 2
-    assert settings.FINOPS["LEDGER_OUTBOX_STREAM"] == STREAM
 
 
 @pytest.mark.django_db(transaction=True)
@@ -117,8 +119,6 @@ def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tm
     """A row Postgres refuses (here: an org that does not exist) goes to the outbox alone; the replay inserts what
     it can and keeps the refused row in a dead-letter file, so the outbox drains instead of failing every minute."""
     from apps.ledger.recorder import LedgerWriter
-
-    STREAM = own_stream  # noqa: N806
     from finops.asyncdb import close_pools
 
     settings.FINOPS = {**settings.FINOPS, "LEDGER_SPOOL_DIR": str(tmp_path)}
@@ -133,11 +133,11 @@ def test_a_row_postgres_refuses_neither_takes_its_batch_nor_blocks_the_outbox(tm
 
     asyncio.run(write_both())
     assert list(LLMRequest.objects.values_list("request_id", flat=True)) == [good["request_id"]]
-    assert redis_client.xlen(STREAM) == 1  # only the refused row was diverted
+    assert redis_client.xlen(own_stream) == 1  # only the refused row was diverted
 
     result = ledger_outbox_replay(directory=tmp_path)
     assert (result.seen, result.inserted, result.dead) == (1, 0, 1)
-    assert redis_client.xlen(STREAM) == 0
+    assert redis_client.xlen(own_stream) == 0
     (dead,) = tmp_path.glob("dead-*.jsonl")
     assert str(refused["request_id"]) in dead.read_text() and "foreign key constraint" in dead.read_text()
     assert ledger_outbox_replay(directory=tmp_path).dead == 0  # drained: nothing is retried forever

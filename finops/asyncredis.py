@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from finops.conf import conf
 from finops.runtime import runtime
@@ -29,3 +33,17 @@ def get_redis() -> aioredis.Redis:
             close=_close,
         )
     return client
+
+
+async def redis_script(redis, script: str, keys: list[str], args: list[Any]) -> Any:
+    """EVALSHA `script`, loading it on the first NOSCRIPT (a restarted or another Redis): one round trip usually."""
+    digest = _script_digests.get(script)
+    if digest is None:
+        digest = _script_digests[script] = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    try:
+        return await redis.evalsha(digest, len(keys), *keys, *args)
+    except NoScriptError:
+        return await redis.eval(script, len(keys), *keys, *args)
+
+
+_script_digests: dict[str, str] = {}

@@ -207,6 +207,16 @@ class FinopsConf:
     cache_semantic_store_nice: int = 19
     # Misses waiting for that thread at most; past it, entries are shed (the exact tier has them).
     cache_semantic_store_queue: int = 32
+    # Stage 1 in process (apps.cache.static_index): each process keeps its orgs' static vectors, kept current through
+    # Redis. An org with more live entries than this is searched in Postgres instead; all orgs of a process together
+    # are capped at CACHE_STATIC_INDEX_TOTAL entries (least recently used org dropped); each copy is reloaded from
+    # Postgres after CACHE_STATIC_INDEX_RELOAD_S; the Redis stream that carries new entries keeps the newest
+    # CACHE_STATIC_INDEX_STREAM of an org (a copy further behind reloads).
+    cache_static_index_max_entries: int = 50_000
+    cache_static_index_total: int = 200_000
+    cache_static_index_reload_s: float = 900.0
+    cache_static_index_stream: int = 10_000
+    cache_static_index_load_timeout_ms: int = 10_000
 
     # --- budgets -----------------------------------------------------------------------------------------
     # The reserve must answer within BUDGET_TIMEOUT_MS of being sent (queueing in the worker does not count), else the

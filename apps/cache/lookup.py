@@ -39,9 +39,10 @@ from redis.exceptions import RedisError
 from apps.cache import metrics
 from apps.cache.guard import GUARD_MAX_CHARS, Signature, choose_hit, guard_signature
 from apps.cache.keys import RequestKey, request_key, uses_tools
-from apps.cache.selectors import CachePolicy, cache_policy_for, confirmed_candidates, static_candidates
+from apps.cache.selectors import CachePolicy, StaticCandidate, cache_policy_for, confirmed_candidates, static_candidates
 from apps.cache.semantic import guard_survivors, static_vector, store_budget
 from apps.cache.services import exact_entry_store, exact_key, semantic_entry_hit, semantic_entry_store
+from apps.cache.static_index import Versions, epoch_key, generation_key, static_index
 from apps.embeddings.embeddings import EmbeddingCaller, backend, background_pending, embed_prompt_cpu
 from apps.ledger.money import ZERO
 from apps.ledger.pricing import Price, cost_compute
@@ -112,6 +113,7 @@ class CacheState:
     redis_down: bool = False
     vector: np.ndarray | None = None  # the full model's (only when a candidate had to be confirmed)
     static_vector: np.ndarray | None = None  # the first stage's
+    versions: Versions | None = None  # the org's static-index versions, read with the exact key (None: unknown)
     signature: Signature | None = None
     semantic_looked_up: bool = False
     status: str = "none"  # the last lookup's outcome
@@ -228,7 +230,13 @@ async def cache_lookup_exact(*, state: CacheState, price_for: PriceFor | None = 
         metrics.CACHE_LOOKUPS.labels(tier="exact", outcome="bypass").inc()
         return _looked_up(state, "bypass")
     try:
-        raw = await get_redis().get(exact_key(state.org_id, state.key.exact))
+        if state.semantic:  # the static index's versions come in the same round trip (apps.cache.static_index)
+            raw, generation, epoch = await get_redis().mget(
+                exact_key(state.org_id, state.key.exact), generation_key(state.org_id), epoch_key(state.org_id)
+            )
+            state.versions = Versions.parse(generation, epoch)
+        else:
+            raw = await get_redis().get(exact_key(state.org_id, state.key.exact))
     except (RedisError, OSError, TimeoutError) as exc:
         _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
         state.redis_down = True
@@ -306,16 +314,7 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
         not_before = None
         if state.max_age_s is not None:
             not_before = clock.now() - dt.timedelta(seconds=state.max_age_s)
-        near = await static_candidates(
-            org_id=state.org_id,
-            model_class=state.model_class,
-            context_hash=state.key.context_hash,
-            params_hash=state.key.params_hash,
-            vector=state.static_vector,
-            k=conf().cache_semantic_top_k,
-            min_similarity=conf().cache_semantic_static_threshold,
-            not_before=not_before,
-        )
+        near = await _stage1(state, not_before)
         if near:
             state.signature = guard_signature(text)
             near = guard_survivors(near, state.signature)
@@ -354,6 +353,36 @@ async def cache_lookup_semantic(*, state: CacheState, price_for: PriceFor | None
         return _looked_up(state, miss)
     finally:
         metrics.CACHE_LOOKUP_SECONDS.labels(tier="semantic").observe(time.perf_counter() - started)
+
+
+async def _stage1(state: CacheState, not_before: dt.datetime | None) -> list[StaticCandidate]:
+    """The cached prompts that could be paraphrases: from this process's static index, or from pgvector when the
+    index cannot answer (no copy of the org yet, Redis unknown, the org over the index's cap)."""
+    assert state.key is not None and state.org_id is not None and state.static_vector is not None
+    k, min_similarity = conf().cache_semantic_top_k, conf().cache_semantic_static_threshold
+    near = await static_index().candidates(
+        org_id=state.org_id,
+        scope=(state.model_class, state.key.context_hash, state.key.params_hash),
+        vector=state.static_vector,
+        k=k,
+        min_similarity=min_similarity,
+        not_before=not_before.timestamp() if not_before is not None else 0.0,
+        versions=state.versions,
+    )
+    if near is not None:
+        metrics.CACHE_STATIC_STAGE.labels(source="process").inc()
+        return near
+    metrics.CACHE_STATIC_STAGE.labels(source="postgres").inc()
+    return await static_candidates(
+        org_id=state.org_id,
+        model_class=state.model_class,
+        context_hash=state.key.context_hash,
+        params_hash=state.key.params_hash,
+        vector=state.static_vector,
+        k=k,
+        min_similarity=min_similarity,
+        not_before=not_before,
+    )
 
 
 def _embedding_caller(request: CacheRequest) -> EmbeddingCaller:

@@ -14,6 +14,11 @@ CACHE_STORES = Counter("finops_cache_stores_total", "Answers written to the cach
 # reason: number | operator | negation | entity | polarity | order | unreadable
 # The semantic tier's second stage: full-model embeddings run because the static stage found a candidate.
 CACHE_SEMANTIC_CONFIRMS = Counter("finops_cache_semantic_confirms_total", "Full-model embeddings run to confirm a candidate.")
+# source: process (this process's static index, apps.cache.static_index) | postgres (pgvector: no copy of the org yet,
+# Redis unknown, or the org over the index's cap)
+CACHE_STATIC_STAGE = Counter(
+    "finops_cache_static_stage_total", "Semantic lookups' first stage, by where it was answered.", ["source"]
+)
 CACHE_GUARD_REJECTIONS = Counter(
     "finops_cache_guard_rejections_total", "Semantic candidates above the threshold that the guard refused.", ["reason"]
 )

@@ -222,6 +222,7 @@ def _hash_key() -> bytes:
     return hashlib.sha256(b"finops-cache-guard:" + secret.encode()).digest()
 
 
+@lru_cache(maxsize=1 << 16)  # words recur across prompts: most of a signature's hashes are memo hits
 def _h(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=6, key=_hash_key()).hexdigest()
 

@@ -184,3 +184,31 @@ def test_vectors_travel_in_pgvectors_binary_format_both_ways(run):
     assert np.array_equal(row["back"], vector)
     assert row["norm"] == pytest.approx(float(np.linalg.norm(vector)), rel=1e-6)
     assert row["distance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_static_stage_tokenises_exactly_like_the_model():
+    """The static stage's ASCII fast path (memoised words) gives the model tokenizer's word pieces, on every vendored
+    prompt and on the edge cases of BERT's pre-tokenisation: punctuation, symbols, long words, control characters."""
+    import gzip
+
+    from apps.embeddings.static import static_embedder
+
+    static_embedder.load()
+    texts = [json.loads(line)["origin"] for line in PAIRS200.read_text().splitlines() if line.strip()]
+    texts += [row["similar"] for row in chat_pairs()]
+    long_prompts = PAIRS200.parents[1] / "prompts" / "long_prompts.jsonl.gz"
+    with gzip.open(long_prompts, "rt") as lines:
+        texts += [json.loads(line)["prompt"] for line in lines if line.strip()]
+    texts += [
+        "Hello\x07World\tfoo\r\nbar\x0bbaz\x7fqux",  # BERT deletes control characters: "helloworld"
+        "x^2 + y_1 = {z}; ~`|\\ @#$%&*()[]<>?!",
+        "GPT-4o vs. o1: 3.14% — no",  # not ASCII: the tokenizer itself
+        "don't can't U.S.A. e-mail@x.com #tag $5",
+        "a" * 150 + " b",  # longer than WordPiece's 100 characters: [UNK]
+        "Café naïve résumé",
+        "",
+        "   ",
+    ]
+    assert len(texts) > 500
+    for text in texts:
+        assert static_embedder.piece_ids(text) == static_embedder._tokenizer.encode(text, add_special_tokens=False).ids, text

@@ -168,6 +168,23 @@ def cpu_table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def wave_budget(results: dict) -> str:
+    """What the 200-client throughput criterion leaves for a gateway's CPU, against what finops spends (sat run)."""
+    direct, ours = results.get("direct", {}).get("slow"), results.get("finops", {})
+    if not direct or not direct.get("rps_ok") or "sat_cpu" not in ours or not ours.get("sat", {}).get("requests"):
+        return ""
+    period = 200 / direct["rps_ok"]  # seconds per wave of 200 requests, direct
+    allowed = 200 / (0.95 * direct["rps_ok"]) - period  # the extra per wave that 0.95x the direct throughput allows
+    per_request = allowed * 2 / 200  # 2 cores' worth of that time, shared by the wave's 200 requests
+    spent = sum(v for k, v in ours["sat_cpu"]["spent"].items() if k != "wrk") / ours["sat"]["requests"]
+    return (
+        f"\nAt ≥ 0.95× the direct throughput a wave may take {allowed * 1000:.0f} ms longer than the direct call's "
+        f"{period * 1000:.0f} ms: on 2 cores, at most {per_request * 1000:.2f} ms of CPU per request for the gateway, "
+        f"Postgres, Redis and the mock together, if none of it could overlap the upstream wait. finops, default config, "
+        f"spends {spent * 1000:.2f} ms (64-connection run, table below).\n"
+    )
+
+
 def cache_line(r: dict) -> str:
     """What finops' ledger says each miss run was: by cache status, summed over the runs."""
     total: collections.Counter[str] = collections.Counter()
@@ -260,7 +277,7 @@ so ~{200 // workers} requests (200 clients ÷ {workers} workers) reach each work
 queue for its CPU. The gateway's own timings for the served rows of that run, default config (from
 `llm_requests`): overhead p50 / p99 {slow["overhead_p50"]:.0f} / {slow["overhead_p99"]:.0f} ms, upstream p50 / p99
 {slow["upstream_p50"]:.0f} / {slow["upstream_p99"]:.0f} ms; rows with `budget_state = fail_open`: {slow["fail_open"]}.
-"""
+{wave_budget(results)}"""
     whole = results.get("whole_run", {})
     md += (
         "\nRefused or failed requests of the whole run, by error code (from `llm_requests`, every finops target): "

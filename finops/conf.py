@@ -215,7 +215,7 @@ class FinopsConf:
     cache_static_index_max_entries: int = 50_000
     cache_static_index_total: int = 200_000
     cache_static_index_reload_s: float = 900.0
-    cache_static_index_stream: int = 10_000
+    cache_static_index_stream: int = 1_000
     cache_static_index_load_timeout_ms: int = 10_000
 
     # --- budgets -----------------------------------------------------------------------------------------

@@ -556,6 +556,7 @@ async def _store_semantic(state: CacheState, response: dict[str, Any], answer_mo
         response=response,
         answer_model=answer_model,
         ttl_s=state.ttl_s,
+        publish=not state.redis_down and time.monotonic() >= _redis_down_until,
     )
     metrics.CACHE_STORES.labels(tier="semantic", outcome="stored").inc()
 

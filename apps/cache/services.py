@@ -116,9 +116,11 @@ async def semantic_entry_store(
     answer_model: str,
     ttl_s: int,
     static_vector: np.ndarray | None = None,
+    publish: bool = True,
 ) -> None:
-    """Insert or refresh an entry, then tell every process's static index about it (apps.cache.static_index).
-    Without `static_vector` (the first stage's) lookups never find it."""
+    """Insert or refresh an entry, then tell every process's static index about it (apps.cache.static_index);
+    `publish=False` while Redis is known down (the copies find the entry at their next reload). Without
+    `static_vector` (the first stage's) lookups never find it."""
     pool = await get_pool()
     guard_json = json.dumps(guard, separators=(",", ":"))
     row = await pool.fetchrow(
@@ -136,7 +138,7 @@ async def semantic_entry_store(
         float(ttl_s),
         static_vector,
     )
-    if static_vector is None:
+    if static_vector is None or not publish:
         return
     try:
         await static_index_publish(

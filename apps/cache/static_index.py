@@ -186,7 +186,15 @@ SELECT id, model_class, system_prompt_hash, params_hash, static_embedding, guard
        extract(epoch FROM created_at)::float8 AS created, extract(epoch FROM expires_at)::float8 AS expires
 FROM semantic_cache_entries
 WHERE org_id = $1 AND expires_at > now() AND static_embedding IS NOT NULL
-LIMIT $2
+"""
+
+# Counted first (up to the cap and one), so that an org over the cap is not read whole at every reload.
+_COUNT_SQL = """
+SELECT count(*) FROM (
+    SELECT 1 FROM semantic_cache_entries
+    WHERE org_id = $1 AND expires_at > now() AND static_embedding IS NOT NULL
+    LIMIT $2
+) live
 """
 
 
@@ -267,7 +275,7 @@ class StaticIndex:
             if generation != expected:
                 return False
             expected += 1
-            entry = _entry_from_stream(fields)
+            entry = _entry_from_stream(fields) if copy.complete else None  # an org over the cap keeps no entries
             if entry is not None:
                 copy.put(entry)
         if expected <= versions.generation:
@@ -309,12 +317,12 @@ class StaticIndex:
         generation, epoch = await redis.mget(generation_key(org_id), epoch_key(org_id))
         versions = Versions.parse(generation, epoch)
         cap = conf().cache_static_index_max_entries
-        rows = await query_bounded(
-            "fetch", _LOAD_SQL, org_id, cap + 1, timeout_ms=conf().cache_static_index_load_timeout_ms, trips=False
-        )
+        timeout_ms = conf().cache_static_index_load_timeout_ms
+        live = await query_bounded("fetchval", _COUNT_SQL, org_id, cap + 1, timeout_ms=timeout_ms, trips=False)
+        rows = [] if live > cap else await query_bounded("fetch", _LOAD_SQL, org_id, timeout_ms=timeout_ms, trips=False)
         copy = _OrgCopy(versions=versions, loaded_at=time.time())
-        if len(rows) > cap:
-            copy.complete = False
+        if live > cap or len(rows) > cap:
+            copy.complete = False  # no entries kept: stage 1 asks pgvector's HNSW for this org
         else:
             for row in rows:
                 copy.put(

@@ -27,14 +27,13 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
-from finops import clock
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from evals.report import percentile, write_section  # noqa: E402
+from finops import clock  # noqa: E402
 from finops.envfile import load_env_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,11 +31,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from finops import clock
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from finops import clock  # noqa: E402
 from finops.conf import conf  # noqa: E402
 from finops.envfile import load_env_file  # noqa: E402
 from finops.processes import free_port, stop_process, wait_for_port  # noqa: E402

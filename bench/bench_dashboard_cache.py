@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.refdb import bench_database_url, ensure_reference_month, manage  # noqa: E402
-from bench.report import percentile, write_section  # noqa: E402
+from evals.refdb import bench_database_url, ensure_reference_month, manage  # noqa: E402
+from evals.report import percentile, write_section  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_DASHBOARD_RUNS", "30"))
 
@@ -91,7 +91,9 @@ def main() -> None:
         f"| {label} | {c[0]:.1f} | {c[2]:.1f} | {c[3]} | {w[0]:.1f} | {w[2]:.1f} | {w[3]} | {c[0] / w[0]:.1f}× |"
         for label, c, w in results
     )
-    sessions = "\n".join(f"| `{name}` | {p50:.1f} | {p95:.1f} | {sql_ms:.1f} | {q} |" for name, p50, p95, sql_ms, q in session_rows)
+    sessions = "\n".join(
+        f"| `{name}` | {p50:.1f} | {p95:.1f} | {sql_ms:.1f} | {q} |" for name, p50, p95, sql_ms, q in session_rows
+    )
     md = f"""## Reports: the dashboard with a warm cache (django-redis)
 
 `bench/bench_dashboard_cache.py` on `finops_bench` ({rows:,} llm_requests rows; current month {current_month().label}).

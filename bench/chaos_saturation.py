@@ -8,10 +8,14 @@ What the gateway cannot take it refuses explicitly, as 503 `overloaded` (apps.ga
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
-from bench.chaos_stack import Result, count_recorded, load, start_gateway
-from finops.processes import free_port, stop_process
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the checkout's packages
+
+from bench.chaos_stack import Result, count_recorded, load, start_gateway  # noqa: E402
+from finops.processes import free_port, stop_process  # noqa: E402
 
 
 def scenario_saturation(ctx, args) -> Result:

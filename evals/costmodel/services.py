@@ -173,8 +173,10 @@ def infra_markdown(load: ReferenceLoad, results: list[ScenarioCost]) -> list[str
         f"Sized for the reference load's busiest hour: {sizing.requests_month:,.0f} requests a month is "
         f"{sizing.peak_rps / sizing.peak_factor:.2f} req/s on average and {sizing.peak_rps:.2f} req/s at the peak "
         f"(×{sizing.peak_factor}, the seed's busiest hour of the week). Each request costs the gateway "
-        f"{sizing.cpu_ms_per_request} ms of CPU ({sources['cpu_ms_per_request']}), and each exact miss "
-        f"{sizing.embed_cpu_ms} ms more for the local embedding ({sources['embed_cpu_ms']}; at the lower of the "
+        f"{sizing.cpu_ms_per_request} ms of CPU ({sources['cpu_ms_per_request']}), and each exact miss at most "
+        f"{sizing.embed_cpu_ms} ms more for the local embedding, an upper bound: since issue #18 the full model runs "
+        "only to confirm a candidate and, within the store budget, to store a miss "
+        f"({sources['embed_cpu_ms']}; at the lower of the "
         f"replay's and the seed's exact hit rates, {100 * sizing.exact_hit_rate:.1f} %). Prices: "
         "`fixtures/infra_prices.json`, AWS on-demand list prices (us-east-1), copied by hand from the pages it names "
         "and not re-checked by any test.",

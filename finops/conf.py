@@ -214,6 +214,9 @@ class FinopsConf:
     # CACHE_STATIC_INDEX_STREAM of an org (a copy further behind reloads).
     cache_static_index_max_entries: int = 50_000
     cache_static_index_total: int = 200_000
+    # A scope (model, conversation, parameters) with more entries than this is searched with pgvector's HNSW instead:
+    # the in-process search scans its scope, about 0.1 ms per thousand entries.
+    cache_static_index_scope_max: int = 10_000
     cache_static_index_reload_s: float = 900.0
     cache_static_index_stream: int = 1_000
     cache_static_index_load_timeout_ms: int = 10_000

@@ -17,7 +17,8 @@ Keeping the copies current, with Redis (keys under `finops:cache:`):
 The exact tier's lookup reads both in the same MGET as the exact key, so knowing that a copy is current costs no
 round trip. A copy behind reads the stream from its own generation on; one too far behind (the stream was trimmed
 past it, or Redis restarted) or of another epoch reloads the org from Postgres. Without Redis (down, or an
-unknown generation), or for an org over FINOPS_CACHE_STATIC_INDEX_MAX_ENTRIES live entries, stage 1 falls back
+unknown generation), for an org over FINOPS_CACHE_STATIC_INDEX_MAX_ENTRIES live entries, or a scope over
+FINOPS_CACHE_STATIC_INDEX_SCOPE_MAX (the scan is brute force: about 0.1 ms per thousand entries), stage 1 falls back
 to the pgvector search (apps.cache.selectors.static_candidates), as before.
 
 Expired entries are skipped by the search and dropped when a scope is compacted; entries deleted by the hourly
@@ -247,6 +248,8 @@ class StaticIndex:
         rows = copy.scopes.get(scope)
         if rows is None:
             return []
+        if rows.n > conf().cache_static_index_scope_max:
+            return None  # a brute-force scan this long costs more than pgvector's HNSW: Postgres answers
         if rows.n >= 64 and (rows.expires[: rows.n] <= now).sum() * 2 > rows.n:
             copy.entries -= rows.compact(now)
         return rows.nearest(vector, k=k, min_similarity=min_similarity, not_before=not_before, now=now)

@@ -174,3 +174,14 @@ def test_an_org_over_the_cap_is_searched_in_postgres(cache_env, run, unlimited_s
         return None if hit is None else hit["choices"][0]["message"]["content"]
 
     assert run(paraphrase_served()) == "answer 0"  # through pgvector, as before the copies
+
+
+def test_a_scope_over_the_scan_limit_is_searched_in_postgres(cache_env, run, unlimited_store, settings):
+    tenant = cache_env()
+    for i, text in enumerate(["How do I reset my password?", "What is the capital of France?", "How tall is Everest?"]):
+        run(cache_store(make_ctx(tenant, text), completion(f"answer {i}")))
+    index = StaticIndex()
+    _, loaded = run(_loaded(index, tenant, "How can I reset my password?"))
+    assert len(loaded) == 1  # within the limit: the copy answers
+    settings.FINOPS = {**settings.FINOPS, "CACHE_STATIC_INDEX_SCOPE_MAX": 2}
+    assert run(_near(index, tenant, "How can I reset my password?")) is None  # three entries in the scope: pgvector

@@ -66,6 +66,17 @@ def _fresh_memos():
 
 
 @pytest.fixture
+def unlimited_store():
+    """The semantic store's CPU budget lifted: a test stores entries at many times a real request rate."""
+    from apps.cache.semantic import store_budget
+
+    store_budget.unlimited = True
+    yield
+    store_budget.unlimited = False
+    store_budget.reset()
+
+
+@pytest.fixture
 def cache_env(transactional_db, redis_client, prices, embedder, make_tenant):
     """Everything the hooks touch, committed so the asyncpg pool sees it."""
     return make_tenant

@@ -22,14 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 PAIRS200 = Path(__file__).resolve().parents[3] / "fixtures" / "gptcache" / "pairs200.jsonl"
 
 
-@pytest.fixture
-def unlimited_store():
-    store_budget.unlimited = True
-    yield
-    store_budget.unlimited = False
-    store_budget.reset()
-
-
 def _sample() -> tuple[list[str], list[str]]:
     """Cached prompts and queries: 40 vendored GPTCache pairs and the hand-written chat pairs with their hard negatives."""
     rows = [json.loads(line) for line in PAIRS200.read_text().splitlines() if line.strip()][:40]

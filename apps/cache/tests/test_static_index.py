@@ -21,16 +21,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 K, MIN_SIMILARITY = 5, 0.7
 
 
-@pytest.fixture
-def unlimited_store():
-    from apps.cache.semantic import store_budget
-
-    store_budget.unlimited = True
-    yield
-    store_budget.unlimited = False
-    store_budget.reset()
-
-
 async def _versions(org_id: int) -> Versions:
     return Versions.parse(*await get_redis().mget(generation_key(org_id), epoch_key(org_id)))
 
@@ -59,6 +49,15 @@ async def _loaded(index: StaticIndex, tenant, text: str, *, org_id: int | None =
     first = await _near(index, tenant, text, org_id=org)
     await index.wait_loaded(org)
     return first, await _near(index, tenant, text, org_id=org)
+
+
+def _one_entry_in_a_loaded_copy(tenant, run) -> tuple[StaticIndex, str]:
+    question = "How do I reset my password?"
+    run(cache_store(make_ctx(tenant, question), completion("Use the reset link.")))
+    index = StaticIndex()
+    _, loaded = run(_loaded(index, tenant, question))
+    assert len(loaded) == 1
+    return index, question
 
 
 def test_the_process_copy_serves_the_same_hits_as_the_postgres_search(cache_env, run, unlimited_store):
@@ -116,11 +115,7 @@ def test_a_copy_learns_another_process_store_from_the_stream_and_never_another_o
 
 def test_an_invalidation_makes_every_copy_drop_the_orgs_entries(cache_env, run, unlimited_store):
     tenant = cache_env()
-    question = "How do I reset my password?"
-    run(cache_store(make_ctx(tenant, question), completion("Use the reset link.")))
-    index = StaticIndex()
-    _, loaded = run(_loaded(index, tenant, question))
-    assert len(loaded) == 1
+    index, question = _one_entry_in_a_loaded_copy(tenant, run)
 
     cache_invalidate(org_id=tenant.org.id)  # sync, as the admin runs it: the rows go, the epoch moves
 
@@ -145,11 +140,7 @@ def test_a_copy_behind_a_trimmed_stream_reloads_from_postgres(cache_env, run, un
 
 def test_a_restarted_redis_is_a_new_epoch(cache_env, run, unlimited_store, redis_client):
     tenant = cache_env()
-    question = "How do I reset my password?"
-    run(cache_store(make_ctx(tenant, question), completion("Use the reset link.")))
-    index = StaticIndex()
-    _, loaded = run(_loaded(index, tenant, question))
-    assert len(loaded) == 1
+    index, question = _one_entry_in_a_loaded_copy(tenant, run)
     redis_client.flushdb()  # every key gone: generation 0, no epoch
 
     assert run(_near(index, tenant, question)) is None

@@ -53,6 +53,9 @@ class FinopsConf:
     # Postgres unreachable: a key resolved within this window keeps its last known state (stale-if-error).
     api_key_stale_seconds: int = 900
     api_key_revalidate_timeout_ms: int = 100
+    # A key this process has never resolved has no last known state to answer with: its lookup waits this long after
+    # the query was sent before the gateway answers 503 (a database held for down still fails it at once).
+    api_key_lookup_timeout_ms: int = 1000
     # ApiKey.rate_limit_per_minute (0 = unlimited): a Redis sliding window, in-process when Redis is down.
     api_key_rate_limit_timeout_ms: int = 20
     # Known keys (and keys seen revoked) kept per process, least recently used evicted first. Unknown keys live in a

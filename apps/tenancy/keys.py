@@ -187,8 +187,13 @@ async def caller_for_secret(secret: str, *, client: str = "") -> tuple[Caller | 
     fallback = entry if entry is not None and entry.stale_until > now else None
     try:
         # Bounded from when the query is sent; while the database is held for down it fails at once (finops.asyncdb).
-        # A known key waits at most API_KEY_REVALIDATE_TIMEOUT_MS before its stale entry answers.
-        row = await _key_row(digest, None if fallback is None else cfg["API_KEY_REVALIDATE_TIMEOUT_MS"])
+        # A known key waits at most API_KEY_REVALIDATE_TIMEOUT_MS before its stale entry answers. A key never seen has
+        # only a 503 to fall back on: it waits API_KEY_LOOKUP_TIMEOUT_MS, and is not failed at once because another
+        # query is merely overdue (a slow reply on a loaded machine is not an outage).
+        if fallback is None:
+            row = await _key_row(digest, cfg["API_KEY_LOOKUP_TIMEOUT_MS"], insist=True)
+        else:
+            row = await _key_row(digest, cfg["API_KEY_REVALIDATE_TIMEOUT_MS"])
     except Exception as exc:
         if fallback is None:
             if entry is None:
@@ -226,8 +231,8 @@ async def caller_for_secret(secret: str, *, client: str = "") -> tuple[Caller | 
     return caller, revoked
 
 
-async def _key_row(digest: str, timeout_ms: int | None = None):
-    return await query_bounded("fetchrow", _KEY_SQL, digest, timeout_ms=timeout_ms)
+async def _key_row(digest: str, timeout_ms: int, *, insist: bool = False):
+    return await query_bounded("fetchrow", _KEY_SQL, digest, timeout_ms=timeout_ms, insist=insist)
 
 
 def caller_cache_clear() -> None:

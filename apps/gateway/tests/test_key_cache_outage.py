@@ -7,6 +7,7 @@ the test. Prices and the router config are cached for longer, as in production, 
 
 from __future__ import annotations
 
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -89,3 +90,29 @@ def test_known_keys_are_served_from_their_last_state_while_postgres_is_down(
         proxy.close()
     served_stale = next(line for line in scraped.splitlines() if line.startswith("finops_gateway_auth_stale_total "))
     assert float(served_stale.split()[1]) >= 2  # the active and the revoked key; re-asks within 1 s reuse the answer
+
+
+def test_a_new_keys_slow_lookup_is_waited_for_not_refused(make_tenant, prices, mock_llm_url, tmp_path):
+    """A key the gateway has never resolved has no last known state: a slow reply (Postgres held 300 ms, as on a
+    loaded machine) is waited for up to FINOPS_API_KEY_LOOKUP_TIMEOUT_MS rather than answered with 503 at the
+    100 ms a known key's re-check gets."""
+    warm = make_tenant(org="Warm", team="T", user="w")
+    fresh = make_tenant(org="Fresh", team="T", user="f")
+    proxy = PgProxy(pg_target(database_url()))
+    url = urlparse(database_url())
+    env = {
+        "DATABASE_URL": f"postgresql://{url.username or 'postgres'}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}",
+        "FINOPS_CACHE_ENABLED": "0",
+        "FINOPS_LEDGER_SPOOL_DIR": str(tmp_path),
+    }
+    try:
+        with gateway_server(mock_llm_url=mock_llm_url, env=env) as gateway:
+            assert code(chat(gateway, warm.secret)) == "ok"  # the pools are connected
+            proxy.hang()
+            threading.Timer(0.3, proxy.resume).start()
+            answer = chat(gateway, fresh.secret)
+            assert answer.status_code == 200, answer.text
+            assert code(chat(gateway, fresh.secret)) == "ok"
+    finally:
+        proxy.resume()
+        proxy.close()

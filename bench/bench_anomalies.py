@@ -33,17 +33,17 @@ def main() -> None:
     import datetime as dt
 
     from apps.anomalies import services
-    from apps.anomalies.conf import knob
     from apps.anomalies.models import Anomaly
     from apps.anomalies.selectors import hourly_series
     from apps.ledger.models import LLMRequest
     from evals.report import write_section
+    from finops.conf import conf
 
     last = LLMRequest.objects.order_by("-received_at").values_list("received_at", flat=True).first()
     rows = LLMRequest.objects.count()
     now = last.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1, minutes=12)
     end = now.replace(minute=0)
-    start = end - dt.timedelta(hours=int(knob("ANOMALY_LOOKBACK_HOURS")))
+    start = end - dt.timedelta(hours=int(conf().anomaly_lookback_hours))
     Anomaly.objects.all().delete()
 
     query_s, scan_s, results = [], [], []
@@ -59,7 +59,7 @@ def main() -> None:
     md = f"""## Anomaly scan (apps/anomalies)
 
 Reference month: {rows:,} rows in `llm_requests` ({"seeded in " + format(seeded, ".0f") + " s for this run" if seeded else "already seeded"}).
-One hourly scan = one aggregate query over the {knob("ANOMALY_LOOKBACK_HOURS")} h look-back (GROUPING SETS org / team / model,
+One hourly scan = one aggregate query over the {conf().anomaly_lookback_hours} h look-back (GROUPING SETS org / team / model,
 generate_series-filled) + numpy detectors on {len(series)} scopes × 3 metrics + upserts. Median of {RUNS} runs.
 
 | step | p50 | min | max |

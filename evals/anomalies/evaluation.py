@@ -202,10 +202,10 @@ CV_GRID = tuple(Setting(p, t, c) for p in CV_POWERS for t in CV_THRESHOLDS for c
 
 def scan_setting() -> Setting:
     """What the scan runs with: the detector defaults and the ANOMALY_REALERT_COOLDOWN_HOURS knob."""
-    from apps.anomalies.conf import knob
+    from finops.conf import conf
 
     defaults = d.PatternParams()
-    return Setting(defaults.power, defaults.threshold, int(knob("ANOMALY_REALERT_COOLDOWN_HOURS")))
+    return Setting(defaults.power, defaults.threshold, int(conf().anomaly_realert_cooldown_hours))
 
 
 NAIVE = "naive: abs(x − mean) > 3σ of probation"
@@ -401,11 +401,11 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
     an anomalous run of an incident of its org, team or model overlaps it, and in time when the scan that
     first shows that run ran at most `max_scan_hours` hours after the seeded incident's first hour began.
     """
-    from apps.anomalies.conf import knob
     from apps.anomalies.models import Severity
     from apps.anomalies.selectors import hourly_series, scope_labels
     from apps.anomalies.services import anomalies_detect
     from apps.ledger.models import LLMRequest, SeedIncident
+    from finops.conf import conf
 
     bounds = LLMRequest.objects.order_by().values_list("received_at", flat=True)
     first, last = bounds.order_by("received_at").first(), bounds.order_by("-received_at").first()
@@ -416,7 +416,7 @@ def seed_evaluate(*, max_scan_hours: int = 2) -> SeedReport:
     series = hourly_series(start=start, end=end)
     labels = scope_labels(org_ids={o for o in series.org_id if o}, team_ids={t for t in series.team_id if t})
     incidents = anomalies_detect(series=series, evaluate_from=0, labels=labels)
-    min_impact = float(knob("ANOMALY_MIN_IMPACT_USD"))
+    min_impact = float(conf().anomaly_min_impact_usd)
     seeded = list(SeedIncident.objects.select_related("org", "team"))
     outcomes: list[SeedOutcome] = []
     matched_ids: set[int] = set()

@@ -10,9 +10,9 @@ from pathlib import Path
 from django.db import transaction
 
 from apps.anomalies import detectors as d
-from apps.anomalies.conf import knob
 from evals.anomalies import evaluation, heldout, reporting
 from finops import clock
+from finops.conf import conf
 
 
 class _Rollback(Exception):
@@ -135,8 +135,8 @@ def _seed_report(*, plot_path: Path, note: str) -> tuple[str, str]:
     total = len(report.outcomes)
     lines = [
         f"Workload: {note}; {report.rows:,} ledger rows, {report.start:%Y-%m-%d} to {report.end:%Y-%m-%d}. "
-        f"Thresholds: minimum impact ${knob('ANOMALY_MIN_IMPACT_USD')}, warning ≥ ${knob('ANOMALY_WARNING_USD')} and ≥ "
-        f"{knob('ANOMALY_WARNING_PCT'):g} %, critical ≥ ${knob('ANOMALY_CRITICAL_USD')} and ≥ {knob('ANOMALY_CRITICAL_PCT'):g} %.",
+        f"Thresholds: minimum impact ${conf().anomaly_min_impact_usd}, warning ≥ ${conf().anomaly_warning_usd} and ≥ "
+        f"{conf().anomaly_warning_pct:g} %, critical ≥ ${conf().anomaly_critical_usd} and ≥ {conf().anomaly_critical_pct:g} %.",
         "",
         reporting.seed_markdown(report),
         "",
@@ -271,7 +271,7 @@ _Written by `manage.py eval_anomalies` on {now:%Y-%m-%d %H:%M} UTC. Re-run it af
 All detectors work on hourly series (the scan reads complete hours only) and are causal: the verdict for an
 hour uses that hour and the past, so replaying history gives what each hourly scan would have said.
 Parameters are in hours; the defaults are in `apps/anomalies/detectors.py` (module docstring) and the
-thresholds in `FINOPS[...]` (`apps/anomalies/conf.py`).
+thresholds in `FINOPS[...]` (`finops/conf.py`).
 
 | detector | baseline | flags when | defaults |
 |---|---|---|---|

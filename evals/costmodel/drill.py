@@ -174,7 +174,7 @@ def anomaly_alerts(*, anomalies: Sequence, now: dt.datetime, drill: bool = False
 
 
 def drill_page(
-    *, write: Write, anomalies: Sequence, alertmanager_url: str, receiver_url: str, now: dt.datetime, wait_s: float = 30.0
+    *, write: Write, anomalies: Sequence, alertmanager_url: str, receiver_url: str, wait_s: float = 30.0
 ) -> list[dict]:
     """Page through the running Alertmanager (`make run`): post the drill's critical and warning incidents as the
     FinopsAnomaly* alerts Prometheus would send (plus `drill="true"`), then show what the receiver got.
@@ -300,7 +300,7 @@ def drill_run(
         write(f"  Prometheus rules that fire: {pages} → runbook docs/runbook/FinopsAnomalyCritical.md")
         if alertmanager_url:
             write("\n== 3b. The page: Alertmanager routes it by severity to the receivers")
-            drill_page(write=write, anomalies=found, alertmanager_url=alertmanager_url, receiver_url=receiver_url, now=now)
+            drill_page(write=write, anomalies=found, alertmanager_url=alertmanager_url, receiver_url=receiver_url)
         else:
             write("  (Alertmanager is not running: under `make run` the drill also pages through it)")
 

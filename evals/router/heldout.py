@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from apps.routing import learned
+from evals.router import transfer
 from evals.router.metrics import apgr, sweep
 
 MMLU_GROUPS = {
@@ -100,6 +101,7 @@ class Protocol:
     pooled: Slice | None = None
     rules: list[list[RuleResult]] = field(default_factory=list)  # per slice, one per RULES entry
     pooled_rules: list[RuleResult] = field(default_factory=list)
+    transfer: list[transfer.TransferRow] = field(default_factory=list)  # the experiments of evals.router.transfer
 
     @property
     def passes(self) -> bool:
@@ -184,10 +186,14 @@ def leave_out_evaluate(
         ("leave one MMLU subject group out", [(g, groups == g) for g in MMLU_GROUPS if (groups == g).any()]),
         ("leave one benchmark out", [(s, sources == s) for s in sorted(set(sources.tolist()))]),
     ]
+    form = transfer.features_matrix(items)
+    ids = [i.id for i in items]
+    gains64 = gains.astype(np.float64)
     out: list[Protocol] = []
     for name, slices in plans:
         protocol = Protocol(name)
         pooled: list[_Scored] = []
+        experiments: list[tuple[np.ndarray, np.ndarray | None]] = []  # (format model, oracle) scores per slice
         for label, mask in progress(slices):
             test = np.flatnonzero(mask)
             train = np.flatnonzero(~mask)
@@ -199,12 +205,37 @@ def leave_out_evaluate(
             pooled.append(scored)
             protocol.slices.append(_summary(name, label, scored))
             protocol.rules.append([_rule_summary(rule, scored) for rule in RULES])
+            if not name.startswith(f"{KFOLDS}-fold"):
+                by_subject = name.startswith("leave one MMLU")
+                formed = transfer.ridge_scores(form, gains64, train, test)
+                oracle = transfer.subject_mean_scores([ids[i] for i in test], gains64[test]) if by_subject else None
+                experiments.append((formed, oracle))
+                protocol.transfer.append(_transfer_row(name, label, scored, formed, oracle))
         if pooled:
             merged = _Scored(*(np.concatenate([getattr(p, f) for p in pooled]) for f in _Scored.__dataclass_fields__))
             protocol.pooled = _summary(name, "pooled over the slices", merged)
             protocol.pooled_rules = [_rule_summary(rule, merged) for rule in RULES]
+            if experiments:
+                formed = np.concatenate([f for f, _ in experiments])
+                oracles = [o for _, o in experiments]
+                oracle = None if any(o is None for o in oracles) else np.concatenate(oracles)  # type: ignore[arg-type]
+                protocol.transfer.append(_transfer_row(name, "pooled over the slices", merged, formed, oracle))
         out.append(protocol)
     return out
+
+
+def _transfer_row(
+    protocol: str, name: str, s: _Scored, formed: np.ndarray, oracle: np.ndarray | None
+) -> transfer.TransferRow:
+    return transfer.TransferRow(
+        protocol=protocol,
+        slice=name,
+        n=len(s.weak),
+        complexity=_apgr(s.weak, s.strong, s.complexity),
+        served=_apgr(s.weak, s.strong, s.served),
+        format_model=_apgr(s.weak, s.strong, formed),
+        oracle=None if oracle is None else _apgr(s.weak, s.strong, oracle),
+    )
 
 
 def _rule_summary(rule: tuple[str, Callable[[Any], np.ndarray]], s: _Scored) -> RuleResult:
@@ -314,5 +345,6 @@ def leave_out_markdown(protocols: list[Protocol], *, k: int, dims: int | None) -
         reading,
         "",
         *rules_markdown(protocols),
+        *transfer.transfer_markdown([row for p in protocols for row in p.transfer]),
     ]
     return "\n".join(lines)

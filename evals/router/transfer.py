@@ -133,19 +133,25 @@ def transfer_markdown(rows: list[TransferRow]) -> list[str]:
         )
     pooled = {r.protocol: r for r in rows if r.slice.startswith("pooled")}
     subj = next((r for p, r in pooled.items() if "subject" in p), None)
-    worst = min(rows, key=lambda r: r.format_model - r.complexity)
+    below = [r for r in rows if not r.slice.startswith("pooled") and r.format_model < r.complexity - 0.01]
     lines += [
         "",
         "Form alone does not carry the gain to slices it was not fitted on: pooled, the format model reaches "
-        + "; ".join(f"{p} {r.format_model:.3f}" for p, r in pooled.items())
-        + f" against the 0.60 goal, and it falls below the complexity score on {worst.slice} "
-        f"({worst.format_model - worst.complexity:+.3f}), so serving it would break the per-slice rule."
+        + " and ".join(f"{r.format_model:.3f} ({p})" for p, r in pooled.items())
+        + " against the 0.60 goal"
+        + (
+            ", and it falls below the complexity score on "
+            + ", ".join(f"{r.slice} ({r.format_model - r.complexity:+.3f})" for r in below)
+            + ", so serving it would break the per-slice rule."
+            if below
+            else "."
+        )
         + (
             f" Knowing each subject's mean gain would reach {subj.oracle:.3f} pooled over the subject groups: "
             "the premium tier's advantage is mostly a property of the subject, which a subject never seen cannot "
             "supply. Only a signal from the cheap model itself on the prompt (its answer's log-probabilities, "
             "which the recorded MMLU answers do not include: RouteLLM kept one output token and no logprobs) "
-            "could tell it, and the gateway reads that signal live (escalation on the cheap answer's confidence), "
+            "could tell it, and the gateway reads it live when the cheap answer carries token logprobs (escalation on its confidence), "
             "but it cannot be scored on these sets."
             if subj is not None and subj.oracle is not None
             else ""

@@ -45,9 +45,9 @@ seed: migrate ## migrate, then seed the demo workload (skipped when already seed
 run: seed ## everything: venv, deps, DB, migrate, seed, API + worker + beat (+ mock LLM), Prometheus + Alertmanager, prints the URLs
 	$(PY) -m finops.runner
 
-tools: ## best-effort: Debian packages `make run` and some tests use (prometheus, prometheus-alertmanager, chromium, wrk)
+tools: ## best-effort: Debian packages `make run` and some tests use (prometheus, prometheus-alertmanager, chromium, wrk, faketime)
 	@missing=""; \
-	for pair in chromium:chromium wrk:wrk prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager redis-server:redis-server; do \
+	for pair in chromium:chromium wrk:wrk prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager redis-server:redis-server faketime:faketime; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from finops.envfile import load_env_file
 from finops.processes import wait_for_port
+from finops.services import redis_spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 load_env_file()
@@ -123,10 +124,7 @@ def prepare_database(users: int = 1) -> list[str]:
 
 
 def start_redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = redis_spawn(port)
     wait_for_port(port, timeout=60, proc=proc)
     return proc
 

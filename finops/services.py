@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,32 @@ def postgres_stop_embedded() -> None:
 # --- Redis ----------------------------------------------------------------------------------
 
 
+def real_clock_env() -> dict[str, str]:
+    """This environment without libfaketime in LD_PRELOAD, for starting redis-server.
+
+    Under libfaketime (`faketime '2027-03-01 00:30:00' make test`, docs/reliability.md "Dates") redis-server never
+    starts: it recurses in clock_gettime. Redis needs no calendar (TTLs and the limiter's windows are durations, and
+    every date the code stores comes from finops.clock), so it runs on the machine's clock while the rest is moved.
+    """
+    env = dict(os.environ)
+    preload = [p for p in re.split(r"[\s:]+", env.get("LD_PRELOAD", "")) if p and "faketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
+def redis_spawn(port: int) -> subprocess.Popen:
+    """A throwaway redis-server on loopback (no persistence), as a child process: for chaos runs and tests that stop
+    Redis under load. The caller waits for the port and terminates it."""
+    binary = redis_binary() or "redis-server"
+    return subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=real_clock_env(),
+    )  # fmt: skip
+
+
 def redis_binary() -> str | None:
     found = shutil.which("redis-server")
     if found:
@@ -161,6 +188,7 @@ def redis_start_embedded(previous_url: str | None) -> str:
             "--save", "",
         ],
         check=True,
+        env=real_clock_env(),
     )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(50):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import free_port, gateway_server, wait_for_port
+from finops.services import redis_spawn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -92,10 +93,7 @@ def _recorded(request_ids: list[str], *, settle_s: float = 15.0) -> tuple[int, i
 def test_redis_stopped_mid_load_loses_nothing(make_tenant, prices, mock_llm_url, tmp_path):
     tenant = make_tenant(org="ChaosRedis", team="T", user="r")
     port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    redis = redis_spawn(port)
     try:
         wait_for_port(port, proc=redis)
         env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "FINOPS_LEDGER_SPOOL_DIR": str(tmp_path / "spool")}

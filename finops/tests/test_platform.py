@@ -3,11 +3,14 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+import redis
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_for_port
 from finops.envfile import read_env_file
 
 
@@ -99,3 +102,26 @@ def test_the_asgi_server_serves_the_admin_with_its_static_files(gateway_url):
     with urllib.request.urlopen(f"{base}/static/admin/css/base.css", timeout=10) as css:
         assert css.status == 200
         assert css.headers["Content-Type"].startswith("text/css")
+
+
+def test_redis_runs_on_the_real_clock_when_the_stack_is_moved_with_libfaketime(monkeypatch):
+    """`faketime '2027-03-01 00:30:00' make test` (docs/reliability.md, "Dates"): redis-server cannot start under
+    libfaketime (it recurses in clock_gettime), so the services start it without the preload, keeping other ones."""
+    from finops.services import real_clock_env, redis_spawn
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1:/opt/other.so")
+    assert real_clock_env()["LD_PRELOAD"] == "/opt/other.so"
+    libfaketime = next(iter(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")), None)
+    if libfaketime is None:
+        pytest.skip("libfaketime is not installed (make tools installs the faketime package)")
+    monkeypatch.setenv("LD_PRELOAD", str(libfaketime))
+    monkeypatch.setenv("FAKETIME", "@2027-03-01 00:30:00")
+    assert "LD_PRELOAD" not in real_clock_env()
+    port = free_port()
+    proc = redis_spawn(port)
+    try:
+        wait_for_port(port, timeout=10, proc=proc)
+        assert redis.Redis(port=port, socket_timeout=5).ping()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -109,7 +109,9 @@ def test_a_new_keys_slow_lookup_is_waited_for_not_refused(make_tenant, prices, m
         with gateway_server(mock_llm_url=mock_llm_url, env=env) as gateway:
             assert code(chat(gateway, warm.secret)) == "ok"  # the pools are connected
             proxy.hang()
-            threading.Timer(0.3, proxy.resume).start()
+            # A plain sleep, not threading.Timer: under libfaketime (docs/reliability.md, "Dates") a timed condition
+            # wait does not return on time.
+            threading.Thread(target=lambda: (time.sleep(0.3), proxy.resume()), daemon=True).start()
             answer = chat(gateway, fresh.secret)
             assert answer.status_code == 200, answer.text
             assert code(chat(gateway, fresh.secret)) == "ok"

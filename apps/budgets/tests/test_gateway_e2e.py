@@ -3,6 +3,7 @@ and the settled counter matching the ledger row."""
 
 from __future__ import annotations
 
+import os
 import time
 from decimal import Decimal
 
@@ -69,6 +70,10 @@ def test_remaining_header_then_block_at_the_cap(gateway_url, make_tenant, make_b
     assert LLMRequest.objects.filter(status="served").count() == 2  # the blocked one never reached the upstream
 
 
+@pytest.mark.skipif(
+    "faketime" in os.environ.get("LD_PRELOAD", ""),
+    reason="under libfaketime Postgres's own timers (lock_timeout) never fire, so the locked reserve never gives up",
+)
 def test_budget_database_hang_through_the_gateway(gateway_url, make_tenant, make_budget, prices, redis_client):
     """Counters locked: the gateway keeps answering under the limiter, the 31st request of a user in a minute
     gets 429, every request is in the ledger, and reconcile books the fail-open spend once the lock is gone.

@@ -17,16 +17,24 @@ from apps.ledger.models import LLMRequest
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+def _wait_until_released(timeout_s: float, request_ids: list[str] | None = None) -> None:
+    """Poll until no reservation (of these requests, or at all) is still held, for at most `timeout_s`."""
+    from apps.budgets.models import Reservation
+
+    held = Reservation.objects.filter(state=Reservation.State.RESERVED)
+    if request_ids is not None:
+        held = held.filter(request_id__in=request_ids)
+    deadline = time.monotonic() + timeout_s
+    while held.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(autouse=True)
 def _gateway_settled_before_teardown():
     """The gateway settles reservations after the response; the test database is truncated between tests, and a
     settle still running then can deadlock with the TRUNCATE. Let the live server finish first."""
     yield
-    from apps.budgets.models import Reservation
-
-    deadline = time.monotonic() + 5
-    while Reservation.objects.filter(state=Reservation.State.RESERVED).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until_released(5)
 
 
 def client_for(gateway_url: str, secret: str) -> openai.OpenAI:
@@ -105,11 +113,6 @@ def test_budget_database_hang_through_the_gateway(gateway_url, make_tenant, make
     # A reserve that was waiting on the lock completes once it is gone, and the gateway releases that reservation
     # nobody waited for (finops.asyncdb, on_late). Until it has, the row counts as reserved, not spent (by design:
     # never both), so reconcile runs after the release, as the every-minute task would.
-    from apps.budgets.models import Reservation
-
-    pending = Reservation.objects.filter(state=Reservation.State.RESERVED, request_id__in=request_ids)
-    deadline = time.monotonic() + 10
-    while pending.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until_released(10, request_ids)
     budget_reconcile()
     assert counter_of(budget).spent_usd == sum((r.cost_usd for r in rows), Decimal(0)) > 0

@@ -81,6 +81,10 @@ class PgProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self.writers -= {writer, up_writer}
 
+    def database_url(self, via: str, name: str) -> str:
+        """The libpq URL of database `name` through this proxy, as `via`'s user (postgres when it names none)."""
+        return f"postgresql://{urlparse(via).username or 'postgres'}@127.0.0.1:{self.port}/{name}"
+
     def outage(self) -> None:
         self.up.clear()
 

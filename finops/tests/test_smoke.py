@@ -19,7 +19,6 @@ import json
 import subprocess
 import time
 from decimal import Decimal
-from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -99,9 +98,8 @@ def alertmanager(tmp_path):
 @pytest.fixture
 def gateway(seeded, mock_llm_url, redis_client, tmp_path):
     proxy = PgProxy(pg_target(database_url()))
-    url = urlparse(database_url())
     env = {
-        "DATABASE_URL": f"postgresql://{url.username or 'postgres'}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}",
+        "DATABASE_URL": proxy.database_url(database_url(), connection.settings_dict["NAME"]),
         # Prices and routes are loaded once and kept, as in production, so that only budgets and keys meet the outage.
         "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "300",
         "FINOPS_ROUTER_CONFIG_TTL_S": "300",

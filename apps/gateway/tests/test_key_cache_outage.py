@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -48,9 +47,8 @@ def test_known_keys_are_served_from_their_last_state_while_postgres_is_down(
     never_seen = make_tenant(org="Late", team="T", user="l")  # exists, but the gateway never looked it up
 
     proxy = PgProxy(pg_target(database_url()))
-    url = urlparse(database_url())
     env = {
-        "DATABASE_URL": f"postgresql://{url.username or 'postgres'}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}",
+        "DATABASE_URL": proxy.database_url(database_url(), connection.settings_dict["NAME"]),
         "FINOPS_API_KEY_CACHE_SECONDS": str(KEY_TTL_S),
         "FINOPS_API_KEY_STALE_SECONDS": str(STALE_S),
         "FINOPS_GATEWAY_CATALOG_CACHE_SECONDS": "300",
@@ -99,9 +97,8 @@ def test_a_new_keys_slow_lookup_is_waited_for_not_refused(make_tenant, prices, m
     warm = make_tenant(org="Warm", team="T", user="w")
     fresh = make_tenant(org="Fresh", team="T", user="f")
     proxy = PgProxy(pg_target(database_url()))
-    url = urlparse(database_url())
     env = {
-        "DATABASE_URL": f"postgresql://{url.username or 'postgres'}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}",
+        "DATABASE_URL": proxy.database_url(database_url(), connection.settings_dict["NAME"]),
         "FINOPS_CACHE_ENABLED": "0",
         "FINOPS_LEDGER_SPOOL_DIR": str(tmp_path),
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -68,9 +67,8 @@ def test_random_keys_leave_known_keys_served_from_the_stale_cache_while_postgres
 ):
     known = [make_tenant(org=f"Known{i}", team="T", user=f"k{i}") for i in range(3)]
     proxy = PgProxy(pg_target(database_url()))
-    url = urlparse(database_url())
     env = {
-        "DATABASE_URL": f"postgresql://{url.username or 'postgres'}@127.0.0.1:{proxy.port}/{connection.settings_dict['NAME']}",
+        "DATABASE_URL": proxy.database_url(database_url(), connection.settings_dict["NAME"]),
         "FINOPS_API_KEY_CACHE_SECONDS": "1",
         "FINOPS_API_KEY_STALE_SECONDS": "600",
         "FINOPS_API_KEY_CACHE_MAX": str(KNOWN_CACHE_MAX),

@@ -210,7 +210,7 @@ def leave_out_evaluate(
                 formed = transfer.ridge_scores(form, gains64, train, test)
                 oracle = transfer.subject_mean_scores([ids[i] for i in test], gains64[test]) if by_subject else None
                 experiments.append((formed, oracle))
-                protocol.transfer.append(_transfer_row(name, label, scored, formed, oracle))
+                protocol.transfer.append(_transfer_row(protocol.slices[-1], scored, formed, oracle))
         if pooled:
             merged = _Scored(*(np.concatenate([getattr(p, f) for p in pooled]) for f in _Scored.__dataclass_fields__))
             protocol.pooled = _summary(name, "pooled over the slices", merged)
@@ -218,21 +218,21 @@ def leave_out_evaluate(
             if experiments:
                 formed = np.concatenate([f for f, _ in experiments])
                 oracles = [o for _, o in experiments]
-                oracle = None if any(o is None for o in oracles) else np.concatenate(oracles)  # type: ignore[arg-type]
-                protocol.transfer.append(_transfer_row(name, "pooled over the slices", merged, formed, oracle))
+                known = [o for o in oracles if o is not None]
+                oracle = np.concatenate(known) if len(known) == len(oracles) else None
+                protocol.transfer.append(_transfer_row(protocol.pooled, merged, formed, oracle))
         out.append(protocol)
     return out
 
 
-def _transfer_row(
-    protocol: str, name: str, s: _Scored, formed: np.ndarray, oracle: np.ndarray | None
-) -> transfer.TransferRow:
+def _transfer_row(summary: Slice, s: _Scored, formed: np.ndarray, oracle: np.ndarray | None) -> transfer.TransferRow:
+    """The slice's experiments beside its complexity and served APGRs (already in `summary`)."""
     return transfer.TransferRow(
-        protocol=protocol,
-        slice=name,
-        n=len(s.weak),
-        complexity=_apgr(s.weak, s.strong, s.complexity),
-        served=_apgr(s.weak, s.strong, s.served),
+        protocol=summary.protocol,
+        slice=summary.name,
+        n=summary.n,
+        complexity=summary.complexity,
+        served=summary.served,
         format_model=_apgr(s.weak, s.strong, formed),
         oracle=None if oracle is None else _apgr(s.weak, s.strong, oracle),
     )
